@@ -1,0 +1,23 @@
+# One entry point per job; each target sets up what it needs first (scripts/setup_env.sh is idempotent
+# and fast when nothing changed). Every ROS process started from here uses loopback-only DDS and runs in
+# a private network namespace where the platform allows it (scripts/netns_run.sh).
+PY := .venv/bin/python
+NETNS := scripts/netns_run.sh
+PYTEST_ARGS ?=
+
+.PHONY: setup test lint bench clean
+
+setup:
+	@bash scripts/setup_env.sh
+
+lint: setup
+	$(PY) -m ruff check .
+
+test: setup lint
+	$(NETNS) $(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(NETNS) $(PY) test/bench/run_all.py
+
+clean:
+	rm -rf build install log out .pytest_cache .ruff_cache
