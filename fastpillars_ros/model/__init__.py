@@ -1,0 +1,24 @@
+"""FastPillars in PyTorch: MAPE pillar encoder, CRVNet backbone, RPNV2 neck, CenterPoint head.
+
+Public API: :func:`build_model`, :func:`load_checkpoint`, :func:`save_checkpoint`, :func:`export_onnx`,
+:func:`check_onnx`, :class:`FastPillars`, :class:`Candidates`.
+"""
+
+from .checkpoint import load_checkpoint, read_state_dict, save_checkpoint
+from .export import check_onnx, export_onnx, output_names
+from .fastpillars import FUSION_LEVELS, FastPillars, build_model
+from .head import Candidates, decode_head_outputs
+
+__all__ = [
+    "FUSION_LEVELS",
+    "Candidates",
+    "FastPillars",
+    "build_model",
+    "check_onnx",
+    "decode_head_outputs",
+    "export_onnx",
+    "load_checkpoint",
+    "output_names",
+    "read_state_dict",
+    "save_checkpoint",
+]

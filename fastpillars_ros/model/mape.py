@@ -1,0 +1,103 @@
+"""MAPE: Max-and-Attention Pillar Encoding, plus the scatter of pillar features onto the BEV canvas.
+
+Pure torch (``index_reduce_`` / ``index_add_`` segment reductions), so it runs unchanged on CPU and
+GPU and needs no torch_scatter or custom CUDA op. Points arrive as a flat list with a pillar id each
+("stacked" representation); pillars arrive as a flat list with their canvas cell.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .repvgg import LEAKY_SLOPE
+
+
+def segment_max(values: Tensor, segment: Tensor, num_segments: int, floor: float | None = None) -> Tensor:
+    """Per-segment, per-channel max of ``values`` ``[L, C]`` grouped by ``segment`` ``[L]`` -> ``[M, C]``.
+
+    With ``floor`` the result is ``max(floor, max_i values_i)`` (segments without members give ``floor``);
+    without it, segments without members give ``-inf``.
+    """
+    init = float("-inf") if floor is None else floor
+    out = values.new_full((num_segments, values.shape[1]), init)
+    return out.index_reduce_(0, segment, values, "amax", include_self=True)
+
+
+def segment_sum(values: Tensor, segment: Tensor, num_segments: int) -> Tensor:
+    """Per-segment sum of ``values`` ``[L, C]`` -> ``[M, C]`` (zeros for segments without members)."""
+    out = values.new_zeros((num_segments, values.shape[1]))
+    return out.index_add_(0, segment, values)
+
+
+class MAPE(nn.Module):
+    """Max-and-attention pillar encoder (official ``PillarMaxPooling_dense``).
+
+    Per point: ``f = LeakyReLU(BN1d(Linear(x)))`` (``shared_mlps``) and attention logits
+    ``s = LeakyReLU(Linear(f))`` (``score_fn``). Per pillar and channel: an attention-weighted sum
+    ``sum_i softmax_i(s_i) f_i`` and a max ``max(0, max_i f_i)`` (the zero floor reproduces the official
+    zero-initialised atomic max); the pillar feature is their average.
+    """
+
+    def __init__(self, in_features: int = 8, num_filters: int = 64, bn_eps: float = 1e-3) -> None:
+        super().__init__()
+        self.in_features, self.num_filters = in_features, num_filters
+        self.shared_mlps = nn.Sequential(
+            nn.Linear(in_features, num_filters, bias=False),
+            nn.BatchNorm1d(num_filters, eps=bn_eps, momentum=0.01),
+            nn.LeakyReLU(LEAKY_SLOPE),
+        )
+        self.score_fn = nn.Sequential(nn.Linear(num_filters, num_filters, bias=True), nn.LeakyReLU(LEAKY_SLOPE))
+
+    def forward(self, features: Tensor, point_pillar: Tensor, num_pillars: int) -> Tensor:
+        """Encode points into pillar features.
+
+        Args:
+            features: ``[L, F]`` float32 decorated points (raw columns, then the 3 offsets to the pillar centre).
+            point_pillar: ``[L]`` int64 pillar id of each point, in ``[0, num_pillars)``.
+            num_pillars: M.
+        Returns:
+            ``[M, C]`` pillar features (float32); pillars without points are 0.
+        """
+        if features.shape[1] != self.in_features:
+            raise ValueError(f"MAPE expects {self.in_features} decorated features per point, got "
+                             f"{features.shape[1]} (features = raw point columns + 3 pillar offsets)")
+        idx = point_pillar.long()
+        f = self.shared_mlps(features)
+        s = self.score_fn(f)
+        # Numerically stable per-pillar softmax: subtract the per-pillar, per-channel maximum logit.
+        s_max = segment_max(s, idx, num_pillars)
+        e = torch.exp(s - s_max.index_select(0, idx))
+        denom = segment_sum(e, idx, num_pillars)
+        weighted = segment_sum(e * f, idx, num_pillars)
+        # Each non-empty pillar has denom >= 1 (its arg-max point contributes exp(0)); the clamp only
+        # keeps empty pillars at 0 instead of 0/0.
+        attention = weighted / denom.clamp_min(1e-12)
+        maximum = segment_max(f, idx, num_pillars, floor=0.0)
+        return (attention + maximum) * 0.5
+
+
+def scatter_to_canvas(pillar_features: Tensor, coords: Tensor, height: int, width: int, batch_size: int = 1,
+                      batch_index: Tensor | None = None) -> Tensor:
+    """Write pillar features onto a zero BEV canvas.
+
+    Args:
+        pillar_features: ``[M, C]`` float.
+        coords: ``[M, 2]`` int ``[row, col]`` = ``[y index, x index]`` of each pillar.
+        height, width: canvas size in cells (rows = y, columns = x).
+        batch_size: B.
+        batch_index: ``[M]`` int batch item of each pillar (all 0 when None).
+    Returns:
+        ``[B, C, H, W]`` canvas; cells without a pillar are 0. Cell (r, c) covers
+        ``x in [x_min + c * dx, x_min + (c + 1) * dx)``, ``y in [y_min + r * dy, ...)``.
+    """
+    m, c = pillar_features.shape
+    flat = coords[:, 0].long() * width + coords[:, 1].long()
+    if batch_index is not None:
+        flat = flat + batch_index.long() * (height * width)
+    canvas = pillar_features.new_zeros((c, batch_size * height * width))
+    if m:
+        canvas.index_copy_(1, flat, pillar_features.t())
+    # [C, B*H*W] -> [B, C, H, W]; for B == 1 this is a free view.
+    canvas = canvas.view(c, batch_size, height, width).permute(1, 0, 2, 3)
+    return canvas if batch_size == 1 else canvas.contiguous()
