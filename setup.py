@@ -25,6 +25,8 @@ setup(
     description="FastPillars LiDAR 3D object detection for ROS 2",
     license="Apache-2.0",
     entry_points={
-        "console_scripts": [],
+        "console_scripts": [
+            "fastpillars-ros = fastpillars_ros.cli:main",
+        ],
     },
 )

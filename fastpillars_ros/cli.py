@@ -1,0 +1,47 @@
+"""``fastpillars-ros <command>``: the project's command-line tools.
+
+Each command lives in its own module, which provides ``add_arguments(parser)`` and ``run(args) -> int``.
+Modules are imported only when their command runs, so ``fastpillars-ros --help`` stays instant (torch
+alone takes seconds to import).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# command -> (module, one-line help). Keep sorted by the order a user meets them.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "memcheck": ("fastpillars_ros.runtime.memory", "estimate GPU memory per component and check it fits"),
+}
+
+
+def _overview() -> str:
+    width = max((len(c) for c in COMMANDS), default=0)
+    lines = ["usage: fastpillars-ros <command> [options]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {helptext}" for name, (_, helptext) in COMMANDS.items()]
+    lines += ["", "Run 'fastpillars-ros <command> --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fastpillars-ros`` console script; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_overview())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"fastpillars-ros: unknown command {name!r}\n\n{_overview()}", file=sys.stderr)
+        return 2
+    module_name, helptext = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"fastpillars-ros {name}", description=helptext)
+    module.add_arguments(parser)
+    return int(module.run(parser.parse_args(rest)) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

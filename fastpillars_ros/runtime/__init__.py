@@ -1,0 +1,1 @@
+"""Inference runtime: back ends (torch, TensorRT), engine cache, start-up GPU memory check, profiling."""

@@ -1,0 +1,246 @@
+"""Start-up GPU memory check: estimate what a model needs and compare it with free device memory.
+
+No peer checks before committing memory, so users meet out-of-memory as a crash in the middle of an
+engine build or the first frame. The estimate is a sum of named components, each in bytes:
+
+* ``cuda_context``: the CUDA context, kernels and library handles a process pays once (measured
+  ~300-500 MiB with torch on recent cards; we budget :data:`CUDA_CONTEXT_MIB`);
+* ``parameters``: parameter count of the deployed (fused) network x bytes per element of the precision
+  (fp32 4, fp16/bf16 2, int8 1) - the familiar "N params x bytes" rule of thumb;
+* ``activations``: peak activation memory of the dense network for the config's canvas at batch 1,
+  traced layer by layer on the ``meta`` device (no memory is allocated for the trace), plus the
+  tensors that stay alive across layers (the canvas, the stage-3 skip into the neck);
+* ``encoder``: MAPE per-point and per-pillar tensors for the configured maximum point count;
+* ``workspace``: TensorRT builder/runtime workspace or cuDNN workspace for torch;
+* ``buffers``: pre/post-processing buffers (raw cloud bytes, point columns, decorated features,
+  pillar maps, occupancy grid, candidates and the NMS mask).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import ModelConfig, load_model_config
+
+MIB = 1024 * 1024
+BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
+CUDA_CONTEXT_MIB = 400
+DEFAULT_WORKSPACE_MIB = {"tensorrt": 1024, "torch": 256}
+# Bytes of one raw PointCloud2 point budgeted for the device copy of the message (Ouster's 48-byte layout
+# is the widest common one).
+RAW_POINT_BYTES = 48
+# A fraction of free memory kept in reserve: allocator fragmentation and other processes' growth.
+HEADROOM = 0.10
+ON_INSUFFICIENT = ("error", "fp16", "cpu")
+
+
+class InsufficientMemoryError(RuntimeError):
+    """The model does not fit in free device memory; the message lists needed vs free per component."""
+
+
+@dataclass
+class MemoryEstimate:
+    """Estimated device memory by component (bytes) for one model, precision and set of caps."""
+
+    config: str
+    precision: str
+    backend: str
+    max_points: int
+    max_pillars: int
+    num_parameters: int
+    components: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.components.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": self.config, "precision": self.precision, "backend": self.backend,
+                "max_points": self.max_points, "max_pillars": self.max_pillars,
+                "num_parameters": self.num_parameters,
+                "components_mib": {k: v / MIB for k, v in self.components.items()}, "total_mib": self.total / MIB}
+
+
+@dataclass
+class DeviceMemory:
+    """Free and total memory of one CUDA device (bytes)."""
+
+    name: str
+    free: int
+    total: int
+    unified: bool = False
+
+
+@functools.lru_cache(maxsize=8)
+def _trace(config: ModelConfig) -> tuple[int, int]:
+    """(floating-point state elements of the deployed, fully fused model; peak live activation elements
+    of ``forward_dense`` at batch 1). Built and run on the ``meta`` device: nothing is allocated, even
+    for the official model.
+
+    For every leaf module, input + output are alive at once; on top of that the canvas (input of the
+    whole network) and the backbone's stage-3 output (kept for the neck) stay alive.
+    """
+    from ..model import build_model
+
+    with torch.device("meta"):
+        model = build_model(config).eval()
+        model.fuse("full")
+        canvas = torch.empty((1, *config.canvas_shape))
+    n_params = sum(t.numel() for t in model.state_dict().values() if t.is_floating_point())
+    peak = 0
+
+    def hook(_module: torch.nn.Module, inputs: tuple, output: Any) -> None:
+        nonlocal peak
+        outs = output if isinstance(output, (tuple, list)) else (output,)
+        peak = max(peak, sum(t.numel() for t in (*inputs, *outs) if isinstance(t, torch.Tensor)))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    with torch.no_grad():
+        x4, _ = model.backbone(canvas)
+        model.forward_dense(canvas)
+    for h in handles:
+        h.remove()
+    return n_params, peak + canvas.numel() + x4.numel()
+
+
+def parameter_count(config: str | Path | ModelConfig) -> int:
+    """Floating-point parameters (and BN statistics) of the deployed, fully fused model."""
+    return _trace(load_model_config(config))[0]
+
+
+def estimate_memory(config: str | Path | ModelConfig, precision: str = "fp32", *, backend: str = "tensorrt",
+                    max_points: int = 300_000, max_pillars: int | None = None,
+                    workspace_mib: int | None = None) -> MemoryEstimate:
+    """Estimate device memory for running ``config`` at ``precision`` (see the module docstring)."""
+    cfg = load_model_config(config)
+    if precision not in BYTES_PER_ELEMENT:
+        raise ValueError(f"precision must be one of {sorted(BYTES_PER_ELEMENT)}, got {precision!r}")
+    if backend not in DEFAULT_WORKSPACE_MIB:
+        raise ValueError(f"backend must be one of {sorted(DEFAULT_WORKSPACE_MIB)}, got {backend!r}")
+    if max_points <= 0:
+        raise ValueError(f"max_points must be positive, got {max_points}")
+    nx, ny = cfg.grid_size
+    max_pillars = min(max_points, nx * ny) if max_pillars is None else max_pillars
+    bpe = BYTES_PER_ELEMENT[precision]
+    n_params, activation_elements = _trace(cfg)
+    c = cfg.encoder.num_filters
+    f = cfg.num_decorated_features
+    # MAPE runs in fp32 in every back end: per point f, s, exp(s - max) and e*f (each L x C), per pillar
+    # max, softmax denominator, weighted sum and the result (each M x C).
+    encoder = 4 * (4 * max_points * c + 4 * max_pillars * c + max_points * f)
+    ws = DEFAULT_WORKSPACE_MIB[backend] if workspace_mib is None else workspace_mib
+    n_tasks = len(cfg.tasks)
+    pre = cfg.decode.pre_max
+    buffers = (
+        max_points * RAW_POINT_BYTES                      # raw PointCloud2 bytes on the device
+        + max_points * cfg.num_point_features * 4         # extracted point columns (float32)
+        + max_points * (8 + 8 + 4)                        # point -> pillar, point index, keep flags
+        + nx * ny * 4 * 2                                 # occupancy grid and its prefix sum (int32)
+        + max_pillars * 2 * 4                             # pillar coords
+        + n_tasks * pre * (7 + 4) * 4                     # candidates: box, score, label, task, iou
+        + n_tasks * pre * math.ceil(pre / 64) * 8         # NMS suppression bitmask
+    )
+    components = {
+        "cuda_context": CUDA_CONTEXT_MIB * MIB,
+        "parameters": n_params * bpe,
+        "activations": activation_elements * bpe,
+        "encoder": encoder,
+        "workspace": ws * MIB,
+        "buffers": buffers,
+    }
+    return MemoryEstimate(cfg.name, precision, backend, max_points, max_pillars, n_params, components)
+
+
+def query_device_memory(device: int = 0) -> DeviceMemory | None:
+    """Free/total memory of CUDA device ``device`` via torch, or None when no CUDA device is visible."""
+    if not torch.cuda.is_available():
+        return None
+    free, total = torch.cuda.mem_get_info(device)
+    props = torch.cuda.get_device_properties(device)
+    # Jetson (integrated GPU) shares system memory with the CPU: "free" competes with every process.
+    return DeviceMemory(props.name, int(free), int(total), unified=bool(getattr(props, "is_integrated", False)))
+
+
+def fits(estimate: MemoryEstimate, free_bytes: int) -> bool:
+    """True when the estimate fits in ``free_bytes`` minus the :data:`HEADROOM` reserve."""
+    return estimate.total <= free_bytes * (1.0 - HEADROOM)
+
+
+def format_table(estimate: MemoryEstimate, free_bytes: int | None = None) -> str:
+    """Human-readable per-component table, with the parameter rule of thumb and the verdict."""
+    bpe = BYTES_PER_ELEMENT[estimate.precision]
+    lines = [f"{estimate.config} / {estimate.precision} / {estimate.backend}: "
+             f"max_points {estimate.max_points:,}, max_pillars {estimate.max_pillars:,}"]
+    for name, value in estimate.components.items():
+        lines.append(f"  {name:<13s} {value / MIB:10.1f} MiB")
+    lines.append(f"  {'total':<13s} {estimate.total / MIB:10.1f} MiB")
+    p = estimate.num_parameters * bpe
+    lines.append(f"  rule of thumb: {estimate.num_parameters:,} params x {bpe} B = {p / 1e9:.3f} GB "
+                 f"= {p / 2**30:.3f} GiB")
+    if free_bytes is not None:
+        verdict = "fits" if fits(estimate, free_bytes) else "DOES NOT FIT"
+        lines.append(f"  free {free_bytes / MIB:.0f} MiB (keeping {HEADROOM:.0%} headroom): {verdict}")
+    return "\n".join(lines)
+
+
+def insufficient_message(estimate: MemoryEstimate, device: DeviceMemory) -> str:
+    """The one message a user sees when the model does not fit: needed vs free and the knobs that help."""
+    parts = ", ".join(f"{k} {v / MIB:.0f}" for k, v in estimate.components.items())
+    shared = " (integrated GPU: this memory is shared with the CPU and every other process)" if device.unified else ""
+    return (f"not enough GPU memory on {device.name}{shared}: {estimate.config} at {estimate.precision} needs "
+            f"{estimate.total / MIB:.0f} MiB ({parts} MiB) but {device.free / MIB:.0f} MiB are free "
+            f"(with {HEADROOM:.0%} headroom). Knobs that help: precision fp16 (parameters/activations halve), "
+            f"a smaller max_points (now {estimate.max_points:,}), backend torch (smaller workspace), "
+            f"device cpu, or on_insufficient_memory: fp16|cpu to fall back automatically.")
+
+
+# ------------------------------------------------------------------------------------------------
+# fastpillars-ros memcheck
+# ------------------------------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="tiny", help="model config name or YAML path (default: tiny)")
+    parser.add_argument("--precision", default="all", choices=[*BYTES_PER_ELEMENT, "all"])
+    parser.add_argument("--backend", default="tensorrt", choices=sorted(DEFAULT_WORKSPACE_MIB))
+    parser.add_argument("--max-points", type=int, default=300_000)
+    parser.add_argument("--max-pillars", type=int, default=None)
+    parser.add_argument("--workspace-mib", type=int, default=None)
+    parser.add_argument("--free-mib", type=float, default=None,
+                        help="pretend this much device memory is free (works without a GPU)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the estimate per precision and the verdict. Exit 0 when the asked precision(s) fit, 3 when
+    one does not, 2 when no free amount is known (no GPU and no ``--free-mib``)."""
+    precisions = list(BYTES_PER_ELEMENT) if args.precision == "all" else [args.precision]
+    if args.free_mib is not None:
+        free, device_name = int(args.free_mib * MIB), "--free-mib"
+    else:
+        dev = query_device_memory()
+        free, device_name = (None, "no CUDA device") if dev is None else (dev.free, dev.name)
+    estimates = [estimate_memory(args.config, p, backend=args.backend, max_points=args.max_points,
+                                 max_pillars=args.max_pillars, workspace_mib=args.workspace_mib)
+                 for p in precisions]
+    verdicts = [None if free is None else fits(e, free) for e in estimates]
+    if args.json:
+        print(json.dumps({"device": device_name, "free_mib": None if free is None else free / MIB,
+                          "estimates": [dict(e.to_dict(), fits=v) for e, v in zip(estimates, verdicts, strict=True)]},
+                         indent=2))
+    else:
+        print(f"device: {device_name}")
+        for e in estimates:
+            print(format_table(e, free))
+    if free is None:
+        if not args.json:
+            print("free device memory unknown (no CUDA device visible): pass --free-mib to check an amount")
+        return 2
+    return 0 if all(verdicts) else 3

@@ -1,0 +1,90 @@
+"""Start-up GPU memory check: the arithmetic, the verdict and the memcheck command."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fastpillars_ros.cli import main as cli_main
+from fastpillars_ros.model import build_model
+from fastpillars_ros.runtime.memory import (
+    MIB,
+    DeviceMemory,
+    estimate_memory,
+    fits,
+    insufficient_message,
+    parameter_count,
+)
+
+
+@pytest.mark.parametrize("config", ["kitti", "nuscenes_official"])
+def test_parameter_bytes_equal_the_deployed_state_dict_size(config):
+    model = build_model(config).eval().fuse("full")
+    exact = sum(t.numel() * t.element_size() for t in model.state_dict().values() if t.is_floating_point())
+    assert parameter_count(config) * 4 == exact
+    assert estimate_memory(config, "fp32").components["parameters"] == exact
+
+
+def test_parameter_bytes_scale_with_the_precision():
+    sizes = {p: estimate_memory("kitti", p).components["parameters"] for p in ("fp32", "fp16", "bf16", "int8")}
+    assert sizes["fp16"] * 2 == sizes["fp32"] == sizes["int8"] * 4
+    assert sizes["bf16"] == sizes["fp16"]
+
+
+def test_activations_cover_the_largest_layer_and_halve_in_fp16():
+    e32, e16 = estimate_memory("nuscenes_official", "fp32"), estimate_memory("nuscenes_official", "fp16")
+    # Stage 1 runs 64 x 720 x 720 convs: input + output of one of them, plus the canvas, is a lower bound.
+    assert e32.components["activations"] >= 3 * 64 * 720 * 720 * 4
+    assert e16.components["activations"] * 2 == e32.components["activations"]
+
+
+def test_point_caps_change_encoder_and_buffer_memory():
+    small, large = estimate_memory("kitti", max_points=50_000), estimate_memory("kitti", max_points=500_000)
+    assert small.components["encoder"] < large.components["encoder"]
+    assert small.components["buffers"] < large.components["buffers"]
+    assert small.components["parameters"] == large.components["parameters"]
+
+
+def test_verdict_keeps_headroom():
+    e = estimate_memory("kitti", "fp16")
+    assert fits(e, int(e.total / 0.85))
+    assert not fits(e, e.total)  # exactly the estimate leaves no headroom
+
+
+def test_insufficient_message_lists_components_and_knobs():
+    e = estimate_memory("kitti", "fp32")
+    msg = insufficient_message(e, DeviceMemory("Jetson Orin", free=512 * MIB, total=8192 * MIB, unified=True))
+    for word in ("cuda_context", "parameters", "activations", "workspace", "512 MiB are free", "fp16", "max_points",
+                 "cpu", "shared with the CPU"):
+        assert word in msg
+
+
+def test_memcheck_exits_0_when_it_fits_and_3_when_it_does_not(capsys):
+    assert cli_main(["memcheck", "--config", "kitti", "--precision", "fp16", "--free-mib", "80000"]) == 0
+    assert "fits" in capsys.readouterr().out
+    assert cli_main(["memcheck", "--config", "kitti", "--precision", "fp32", "--free-mib", "500"]) == 3
+    assert "DOES NOT FIT" in capsys.readouterr().out
+
+
+def test_memcheck_prints_every_precision_and_the_rule_of_thumb(capsys):
+    cli_main(["memcheck", "--config", "kitti", "--free-mib", "80000"])
+    out = capsys.readouterr().out
+    for p in ("fp32", "fp16", "bf16", "int8"):
+        assert f"kitti / {p} /" in out
+    assert "params x 4 B" in out and "GiB" in out
+
+
+def test_memcheck_json_is_machine_readable(capsys):
+    assert cli_main(["memcheck", "--config", "kitti", "--precision", "int8", "--free-mib", "100", "--json"]) == 3
+    data = json.loads(capsys.readouterr().out)
+    (est,) = data["estimates"]
+    assert est["precision"] == "int8" and est["fits"] is False
+    assert est["total_mib"] == pytest.approx(sum(est["components_mib"].values()))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU answer")
+def test_memcheck_without_gpu_or_free_amount_says_so_and_exits_2(capsys):
+    assert cli_main(["memcheck", "--config", "kitti", "--precision", "fp16"]) == 2
+    assert "--free-mib" in capsys.readouterr().out
