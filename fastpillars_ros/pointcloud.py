@@ -10,7 +10,10 @@ Conventions used by every function here:
 * Points come out as a float32 array of shape ``(N, K)``, one column per requested field, in the order
   asked. Coordinates are whatever the message carries (metres, in ``header.frame_id``; REP 103 for the
   drivers listed). Integer fields are converted exactly when they fit in float32's 24-bit mantissa
-  (all 8/16-bit values; 32-bit values above 2**24 are rounded).
+  (all 8/16-bit values; 32-bit values above 2**24 are rounded). FLOAT64 values are rounded to float32:
+  absolute epoch timestamps (Livox/Hesai/RoboSense ``timestamp``, ~1.7e9 s) then keep only ~128 s
+  resolution, so per-point time should be read in float64 from :func:`structured_view` and made
+  relative (e.g. to ``header.stamp``) before it becomes a float32 feature.
 * Validity is about x, y and z only: when ``drop_invalid`` is true, a point whose x, y or z is NaN or
   +-Inf is dropped. Those of x, y, z that the message (or file) *has* are checked, whether or not they
   were requested, so asking only for ``("intensity",)`` returns the intensities of the valid points.
