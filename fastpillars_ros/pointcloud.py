@@ -24,7 +24,7 @@ Conventions used by every function here:
   :func:`structured_view` but requesting it as a column raises ``ValueError``; it is not silently
   truncated to its first element. ``count == 0`` is read as 1: a few older drivers leave it unset.
 * Missing requested fields raise ``ValueError`` naming the field and the fields that exist, unless
-  ``defaults`` gives a constant for it.
+  ``defaults`` gives a constant for it (a field the message has is always read from the message).
 
 Nothing here imports rclpy; ``sensor_msgs``/``std_msgs`` are imported only by the functions that build
 messages, so the readers also work on machines without ROS (offline evaluation, training).
@@ -44,6 +44,15 @@ import numpy as np
 __all__ = [
     "DATATYPE_NAMES",
     "DRIVER_LAYOUTS",
+    "FLOAT32",
+    "FLOAT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "PAD_BYTE",
+    "UINT8",
+    "UINT16",
+    "UINT32",
     "DriverLayout",
     "array_to_cloud",
     "cloud_fields",

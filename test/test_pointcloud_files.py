@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from real_data import real_data_dir, real_file
@@ -224,3 +228,13 @@ def test_lzf_decompress_rejects_corrupt_input():
         lzf_decompress(bytes([0x20, 5]), 3)
     with pytest.raises(ValueError, match="decompressed to 3 bytes, header says 4"):
         lzf_decompress(bytes([2]) + b"abc", 4)
+
+
+def test_readers_work_without_ros_message_packages():
+    # pointcloud.py must stay importable below the node (offline eval, training) where ROS is absent.
+    code = ("import sys; sys.modules['sensor_msgs'] = sys.modules['std_msgs'] = None\n"
+            "from fastpillars_ros.pointcloud import read_points\n"
+            f"print(read_points({str(real_file(KITTI[0][0]))!r}).shape)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "(115384, 4)"
