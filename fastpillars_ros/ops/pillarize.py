@@ -1,0 +1,295 @@
+"""Dynamic pillarization and point decoration (CPU reference, numpy; plus a pure-torch path).
+
+This is the reference semantics for the CUDA kernels in ``fastpillars_ros/cuda/pillarize.cu``: both
+must give identical results, element for element. The rules (FastPillars ``points_cuda``, see
+``fastpillars-model.md`` §1.4-1.5):
+
+* Grid: ``nx = round((x_max - x_min) / px)``, ``ny = round((y_max - y_min) / py)`` (double precision, on
+  the host). Pillar ``(row, col) = (iy, ix)``; flat cell ``iy * nx + ix``.
+* Column of a point, computed in **float32** exactly like the kernel::
+
+      qx = (x - x_min) / px        # two IEEE float32 operations, round to nearest, x_min and px as float32
+      keep iff -1 < qx < nx        # (NaN fails, so non-finite x is dropped)
+      ix = trunc(qx)               # C truncation toward zero: qx in (-1, 0) gives column 0
+
+  and the same for rows. The (-1, 0) case is the official "sliver": points up to one pillar below
+  ``x_min`` land in column 0. ``z`` is not cropped (it is a feature), but points whose ``z`` is not finite
+  are dropped, so that no NaN/Inf reaches the pillar encoder.
+* Pillar ids: occupancy over the grid, compact ids in row-major order of the occupied cells (what an
+  inclusive prefix sum over the occupancy gives); deterministic.
+* Kept points are listed in ascending order of their index in the input.
+* Decoration (per kept point): its C raw columns, then ``xr - (ix + 0.5) * px``, ``yr - (iy + 0.5) * py``,
+  ``zr - zc`` with ``xr = x - x_min``, ``yr = y - y_min``, ``zr = z - z_min`` and
+  ``zc = (z_max - z_min) * 0.5`` (the z centre of every pillar in relative coordinates), all in float32
+  with one rounding per operation (the kernel uses ``__f*_rn`` intrinsics so nvcc does not fuse them).
+
+Frames: points are in the sensor (lidar) frame, metres; ``pc_range`` and ``pillar_size`` in the same frame.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["GridConstants", "Pillars", "decorate", "grid_constants", "pillarize"]
+
+
+class GridConstants(NamedTuple):
+    """Scalars shared by every implementation (numpy, torch, CUDA kernels), float32 where the maths is."""
+
+    x_min: np.float32
+    y_min: np.float32
+    z_min: np.float32
+    px: np.float32
+    py: np.float32
+    z_centre: np.float32  # (z_max - z_min) * 0.5 in float32: z centre of a pillar relative to z_min
+    nx: int
+    ny: int
+
+
+def grid_constants(pc_range: tuple[float, ...] | list[float], pillar_size: tuple[float, ...] | list[float]
+                   ) -> GridConstants:
+    """Grid size and float32 constants for ``pc_range`` (x_min, y_min, z_min, x_max, y_max, z_max) [m]
+    and ``pillar_size`` (px, py) [m]. ``nx``/``ny`` are rounded in double precision."""
+    if len(pc_range) != 6 or len(pillar_size) < 2:
+        raise ValueError("pc_range must be (x_min, y_min, z_min, x_max, y_max, z_max), pillar_size (px, py)")
+    x_min, y_min, z_min, x_max, y_max, z_max = (float(v) for v in pc_range)
+    px, py = float(pillar_size[0]), float(pillar_size[1])
+    if not (px > 0 and py > 0 and x_max > x_min and y_max > y_min):
+        raise ValueError(f"empty grid: pc_range={tuple(pc_range)}, pillar_size={tuple(pillar_size)}")
+    nx, ny = round((x_max - x_min) / px), round((y_max - y_min) / py)
+    if nx < 1 or ny < 1 or nx * ny >= 2**31 or max(nx, ny) >= 2**23:
+        raise ValueError(f"grid {ny}x{nx} is empty or too large for int32 cell ids")
+    f32 = np.float32
+    z_centre = f32(f32(f32(z_max) - f32(z_min)) * f32(0.5))
+    return GridConstants(f32(x_min), f32(y_min), f32(z_min), f32(px), f32(py), z_centre, nx, ny)
+
+
+@dataclass(frozen=True)
+class Pillars:
+    """Result of :func:`pillarize`. Arrays are numpy or torch (same type and device as the input points).
+
+    Attributes:
+        coords: (M, 2) int32 ``[row, col]`` = ``[y index, x index]`` of each non-empty pillar, row-major
+            order; the pillar id is the row number in this array.
+        point_pillar: (L,) int64 pillar id of each kept point.
+        point_index: (L,) int64 index of each kept point in the input ``points`` (strictly ascending).
+        grid_shape: (ny, nx) number of pillar rows and columns.
+    """
+
+    coords: Any
+    point_pillar: Any
+    point_index: Any
+    grid_shape: tuple[int, int]
+
+    @property
+    def num_pillars(self) -> int:
+        """M, the number of non-empty pillars."""
+        return int(self.coords.shape[0])
+
+    @property
+    def num_points(self) -> int:
+        """L, the number of kept points."""
+        return int(self.point_index.shape[0])
+
+
+def _is_torch(x: object) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+# Scratch buffers reused between calls (per thread): allocating and page-faulting fresh megabyte-sized
+# temporaries on every call costs about as much as the whole O(N) pass. `occ` is all False between calls.
+_scratch = threading.local()
+
+
+class _Scratch:
+    def __init__(self) -> None:
+        self.grids: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.capacity = 0
+        self.iota = np.arange(0, dtype=np.int64)
+
+    def grid(self, cells: int) -> tuple[np.ndarray, np.ndarray]:
+        if cells not in self.grids:
+            if len(self.grids) > 4:
+                self.grids.clear()
+            self.grids[cells] = (np.zeros(cells, np.bool_), np.empty(cells, np.int64))
+        return self.grids[cells]
+
+    def arange(self, n: int) -> np.ndarray:
+        """0..n-1 as int64 (read-only view of a cached array)."""
+        if self.iota.shape[0] < n:
+            self.iota = np.arange(max(n, 2 * self.iota.shape[0]), dtype=np.int64)
+            self.iota.flags.writeable = False
+        return self.iota[:n]
+
+    def points(self, n: int) -> tuple[np.ndarray, ...]:
+        """qx, qy, gathered float, keep, mask (N,) and flat, tmp (N,) int64 views of length n."""
+        if n > self.capacity or self.capacity == 0:
+            self.capacity = max(n, int(self.capacity * 1.5), 1024)
+            c = self.capacity
+            self.f = np.empty((3, c), np.float32)
+            self.b = np.empty((2, c), np.bool_)
+            self.i = np.empty((2, c), np.int64)
+        return (self.f[0, :n], self.f[1, :n], self.f[2, :n], self.b[0, :n], self.b[1, :n], self.i[0, :n],
+                self.i[1, :n])
+
+
+def _get_scratch() -> _Scratch:
+    s = getattr(_scratch, "s", None)
+    if s is None:
+        s = _scratch.s = _Scratch()
+    return s
+
+
+def _as_points_numpy(points: np.ndarray) -> np.ndarray:
+    pts = np.asarray(points)
+    if pts.ndim != 2 or pts.shape[1] < 3:
+        raise ValueError(f"points must be (N, C>=3), got shape {pts.shape}")
+    return pts if pts.dtype == np.float32 else pts.astype(np.float32)
+
+
+def _pillarize_numpy(points: np.ndarray, g: GridConstants) -> Pillars:
+    pts = _as_points_numpy(points)
+    nx, ny = g.nx, g.ny
+    scratch = _get_scratch()
+    qx, qy, gathered, keep, mask, flat_all, tmp_all = scratch.points(pts.shape[0])
+    # float32 maths, one rounding per operation (see module docstring), written into reused buffers.
+    np.subtract(pts[:, 0], g.x_min, out=qx)
+    qx /= g.px
+    np.subtract(pts[:, 1], g.y_min, out=qy)
+    qy /= g.py
+    np.greater(qx, -1, out=keep)
+    keep &= np.less(qx, nx, out=mask)
+    keep &= np.greater(qy, -1, out=mask)
+    keep &= np.less(qy, ny, out=mask)
+    keep &= np.isfinite(pts[:, 2], out=mask)
+    point_index = np.flatnonzero(keep)
+    n_kept = point_index.shape[0]
+    # Assigning float32 to int64 truncates toward zero (C conversion), like __float2int_rz; the values
+    # are in (-1, n) here. int64 (intp) cell indices: numpy's fancy indexing is ~2x faster than with int32.
+    flat, tmp, g_kept = flat_all[:n_kept], tmp_all[:n_kept], gathered[:n_kept]
+    flat[...] = np.take(qy, point_index, out=g_kept)
+    flat *= nx
+    tmp[...] = np.take(qx, point_index, out=g_kept)
+    flat += tmp
+
+    occ, lut = scratch.grid(nx * ny)
+    occ[flat] = True
+    cells = np.flatnonzero(occ)  # occupied cells in row-major order == pillar ids 0..M-1
+    occ[cells] = False  # restore the all-False invariant in O(M)
+    lut[cells] = scratch.arange(cells.shape[0])
+    point_pillar = lut.take(flat)
+    coords = np.empty((cells.shape[0], 2), np.int32)
+    np.floor_divide(cells, nx, out=coords[:, 0], casting="unsafe")
+    np.remainder(cells, nx, out=coords[:, 1], casting="unsafe")
+    return Pillars(coords, point_pillar, point_index, (ny, nx))
+
+
+def _pillarize_torch(points: torch.Tensor, g: GridConstants) -> Pillars:
+    import torch
+
+    if points.dim() != 2 or points.shape[1] < 3:
+        raise ValueError(f"points must be (N, C>=3), got shape {tuple(points.shape)}")
+    pts = points.float()
+    dev = pts.device
+    nx, ny = g.nx, g.ny
+    # Divide by 1-element device tensors, not Python scalars: torch's CUDA `div` turns a CPU-scalar
+    # divisor into a multiplication by its reciprocal, which is not bit-identical to a float32 division.
+    consts = torch.tensor([g.x_min, g.y_min, g.px, g.py], dtype=torch.float32, device=dev)
+    qx = (pts[:, 0] - consts[0:1]) / consts[2:3]
+    qy = (pts[:, 1] - consts[1:2]) / consts[3:4]
+    keep = (qx > -1) & (qx < nx) & (qy > -1) & (qy < ny) & torch.isfinite(pts[:, 2])
+    point_index = torch.nonzero(keep).squeeze(1)  # ascending (row-major order of nonzero)
+    flat = qy[point_index].to(torch.int64) * nx + qx[point_index].to(torch.int64)  # .to truncates
+    occ = torch.zeros(nx * ny, dtype=torch.bool, device=dev)
+    occ[flat] = True
+    cells = torch.nonzero(occ).squeeze(1)
+    lut = torch.empty(nx * ny, dtype=torch.int64, device=dev)
+    lut[cells] = torch.arange(cells.numel(), dtype=torch.int64, device=dev)
+    point_pillar = lut[flat]
+    coords = torch.stack([cells // nx, cells % nx], dim=1).to(torch.int32)
+    return Pillars(coords, point_pillar, point_index, (ny, nx))
+
+
+def _decorate_torch(points: torch.Tensor, pillars: Pillars, g: GridConstants) -> torch.Tensor:
+    import torch
+
+    pts = points.float()
+    kept = pts[pillars.point_index]
+    cr = pillars.coords[pillars.point_pillar].to(torch.float32)
+    # float32 tensor (op) Python scalar keeps float32 maths; multiplication and subtraction are exact
+    # IEEE operations on CUDA (no reciprocal trick as for division), one kernel each, so nothing fuses.
+    off_x = (kept[:, 0] - float(g.x_min)) - (cr[:, 1] + 0.5) * float(g.px)
+    off_y = (kept[:, 1] - float(g.y_min)) - (cr[:, 0] + 0.5) * float(g.py)
+    off_z = (kept[:, 2] - float(g.z_min)) - float(g.z_centre)
+    return torch.cat([kept, torch.stack([off_x, off_y, off_z], dim=1)], dim=1)
+
+
+def pillarize(points: np.ndarray | torch.Tensor, pc_range: tuple[float, ...] | list[float],
+              pillar_size: tuple[float, ...] | list[float]) -> Pillars:
+    """Assign points to BEV pillars (dynamic pillarization, no caps on points per pillar or pillars).
+
+    Args:
+        points: (N, C>=3) float32 [x, y, z, ...] in metres, lidar frame; numpy array or torch tensor (CPU or
+            CUDA). Other float dtypes are converted to float32 first.
+        pc_range: (x_min, y_min, z_min, x_max, y_max, z_max) [m]; z bounds are not used for cropping.
+        pillar_size: (px, py) [m].
+
+    Returns:
+        :class:`Pillars` with numpy arrays for numpy input, torch tensors on the input's device for torch
+        input. CPU torch tensors go through the numpy path (zero-copy); CUDA tensors through pure torch
+        ops (no CuPy needed). See the module docstring for the exact rules.
+    """
+    g = grid_constants(pc_range, pillar_size)
+    if _is_torch(points):
+        import torch
+
+        if points.device.type == "cpu":
+            p = _pillarize_numpy(points.detach().float().contiguous().numpy(), g)
+            return Pillars(torch.from_numpy(p.coords), torch.from_numpy(p.point_pillar),
+                           torch.from_numpy(p.point_index), p.grid_shape)
+        return _pillarize_torch(points.detach(), g)
+    return _pillarize_numpy(points, g)
+
+
+def decorate(points: np.ndarray | torch.Tensor, pillars: Pillars, pc_range: tuple[float, ...] | list[float],
+             pillar_size: tuple[float, ...] | list[float]) -> np.ndarray | torch.Tensor:
+    """Per-point features for the pillar encoder.
+
+    Args:
+        points: the same (N, C) points that were given to :func:`pillarize`.
+        pillars: its result.
+        pc_range, pillar_size: as for :func:`pillarize`.
+
+    Returns:
+        (L, C + 3) float32, one row per kept point in ``pillars.point_index`` order: the C raw columns,
+        then the offsets [m] of the point from its pillar centre in x, y and z (z centre = middle of the
+        z range). numpy for numpy input, torch on the input's device for torch input.
+    """
+    g = grid_constants(pc_range, pillar_size)
+    if _is_torch(points):
+        import torch
+
+        if points.device.type == "cpu":
+            return torch.from_numpy(decorate(
+                points.detach().float().contiguous().numpy(),
+                Pillars(pillars.coords.numpy(), pillars.point_pillar.numpy(), pillars.point_index.numpy(),
+                        pillars.grid_shape), pc_range, pillar_size))
+        return _decorate_torch(points.detach(), pillars, g)
+
+    pts = _as_points_numpy(points)
+    n_cols = pts.shape[1]
+    out = np.empty((pillars.point_index.shape[0], n_cols + 3), np.float32)
+    np.take(pts, pillars.point_index, axis=0, out=out[:, :n_cols])
+    cr = pillars.coords[pillars.point_pillar].astype(np.float32)
+    half = np.float32(0.5)
+    out[:, n_cols] = (out[:, 0] - g.x_min) - (cr[:, 1] + half) * g.px
+    out[:, n_cols + 1] = (out[:, 1] - g.y_min) - (cr[:, 0] + half) * g.py
+    out[:, n_cols + 2] = (out[:, 2] - g.z_min) - g.z_centre
+    return out
