@@ -1,0 +1,145 @@
+"""Detector: points -> boxes, end to end on real scans with the tiny model (CPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from real_data import real_file
+
+from fastpillars_ros.detector import STAGES, Detector
+from fastpillars_ros.pointcloud import read_points
+
+
+@pytest.fixture(scope="module")
+def detector() -> Detector:
+    return Detector("tiny", device="cpu", warmup=False)
+
+
+@pytest.fixture(scope="module")
+def kitti_points() -> np.ndarray:
+    return read_points(real_file("kitti/training/velodyne/000000.bin"))
+
+
+def _assert_valid(det, result, n_points):
+    k = len(result)
+    assert result.boxes.shape == (k, 7) and result.boxes.dtype == np.float32
+    assert result.scores.shape == (k,) and result.labels.shape == (k,) and result.labels.dtype == np.int64
+    assert np.isfinite(result.boxes).all() and np.isfinite(result.scores).all()
+    assert ((result.scores >= 0) & (result.scores <= 1)).all()
+    assert ((result.labels >= 0) & (result.labels < len(det.class_names))).all()
+    assert (result.boxes[:, 3:6] > 0).all()
+    assert set(STAGES) | {"total"} <= set(result.timings)
+    assert result.timings["total"] >= sum(result.timings[s] for s in STAGES) * 0.99
+    assert result.stats["num_points"] == n_points
+    assert 0 <= result.stats["num_points_in_range"] <= n_points
+    assert 0 < result.stats["num_pillars"] <= result.stats["num_points_in_range"]
+
+
+def test_detects_on_a_real_kitti_scan(detector, kitti_points):
+    result = detector.detect(kitti_points)
+    _assert_valid(detector, result, len(kitti_points))
+
+
+@pytest.mark.parametrize("name,fields_scale", [
+    ("pcd_sensorscalibration/p64.pcd", 255.0),         # binary_compressed, intensity 0..255
+    ("pcd_nebula/velodyne_vlp16_1673400472138016708.pcd", 255.0),
+    ("pcd_fast_gicp/251370668.pcd", 255.0),
+])
+def test_detects_on_real_scans_of_other_sensors_with_intensity_rescaled(detector, name, fields_scale):
+    pts = read_points(real_file(name))
+    pts[:, 3] *= detector.intensity_scale / fields_scale
+    _assert_valid(detector, detector.detect(pts), len(pts))
+
+
+def test_same_frame_gives_identical_detections(detector, kitti_points):
+    a, b = detector.detect(kitti_points), detector.detect(kitti_points.copy())
+    np.testing.assert_array_equal(a.boxes, b.boxes)
+    np.testing.assert_array_equal(a.scores, b.scores)
+
+
+def test_torch_input_equals_numpy_input(detector, kitti_points):
+    a, b = detector.detect(kitti_points), detector.detect(torch.from_numpy(kitti_points))
+    np.testing.assert_array_equal(a.boxes, b.boxes)
+
+
+def test_empty_frame_gives_no_detections(detector):
+    result = detector.detect(np.zeros((0, 4), dtype=np.float32))
+    assert len(result) == 0 and result.boxes.shape == (0, 7)
+    assert result.stats["num_pillars"] == 0
+
+
+def test_points_outside_the_range_are_ignored(detector):
+    far = np.full((1000, 4), 500.0, dtype=np.float32)
+    result = detector.detect(far)
+    assert len(result) == 0 and result.stats["num_points_in_range"] == 0
+
+
+def test_points_beyond_max_points_are_dropped_deterministically_and_counted(kitti_points):
+    det = Detector("tiny", device="cpu", warmup=False, max_points=50_000)
+    a, b = det.detect(kitti_points), det.detect(kitti_points)
+    assert a.stats["dropped_points"] == len(kitti_points) - 50_000
+    assert a.stats["num_points_used"] == 50_000
+    np.testing.assert_array_equal(a.boxes, b.boxes)
+
+
+def test_pillars_beyond_max_pillars_are_dropped_and_counted(kitti_points):
+    full = Detector("tiny", device="cpu", warmup=False).detect(kitti_points)
+    capped = Detector("tiny", device="cpu", warmup=False, max_pillars=500).detect(kitti_points)
+    assert capped.stats["num_pillars"] == 500
+    assert capped.stats["dropped_pillars"] == full.stats["num_pillars"] - 500
+
+
+def test_wrong_number_of_columns_is_rejected_with_the_expected_layout(detector):
+    with pytest.raises(ValueError, match=r"\(N, 4\).*intensity"):
+        detector.detect(np.zeros((10, 3), dtype=np.float32))
+
+
+def test_per_class_score_threshold_removes_only_that_class(kitti_points):
+    det = Detector("tiny", device="cpu", warmup=False, score_threshold=0.0)
+    base = det.detect(kitti_points)
+    assert len(base) > 0, "random-weight tiny model should produce candidates at threshold 0"
+    top = det.class_names[int(np.bincount(base.labels).argmax())]
+    det.set_score_threshold({top: 1.0})
+    after = det.detect(kitti_points)
+    assert top not in {det.class_names[i] for i in after.labels}
+    others = base.labels != det.class_names.index(top)
+    assert len(after) == int((others & (base.scores >= det.config.decode.score_threshold)).sum())
+
+
+def test_bad_settings_fail_at_construction_with_the_fix():
+    with pytest.raises(ValueError, match=r"fp16.*needs a GPU"):
+        Detector("tiny", device="cpu", precision="fp16", warmup=False)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        Detector("tiny", backend="onnx", warmup=False)
+    with pytest.raises(ValueError, match=r"score_threshold must be a number in \[0, 1\]"):
+        Detector("tiny", score_threshold=1.5, warmup=False)
+    with pytest.raises(ValueError, match="unknown classes"):
+        Detector("tiny", score_threshold={"truck": 0.3}, warmup=False)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Detector("tiny", checkpoint="/nonexistent/model.pt", warmup=False)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU answer")
+def test_tensorrt_backend_without_a_gpu_says_what_is_missing():
+    with pytest.raises(RuntimeError, match=r"TensorRT|CUDA"):
+        Detector("tiny", backend="tensorrt", device="cuda", warmup=False)
+
+
+def test_warm_up_runs_at_construction():
+    det = Detector("tiny", device="cpu", warmup=True)
+    assert det.warmup_ms is not None and det.warmup_ms > 0
+
+
+@pytest.mark.gpu
+def test_gpu_and_cpu_give_the_same_boxes(kitti_points, tmp_path):
+    from fastpillars_ros.model import build_model
+    from fastpillars_ros.model.checkpoint import save_checkpoint
+
+    ckpt = tmp_path / "tiny.pt"
+    save_checkpoint(build_model("tiny"), ckpt)
+    cpu = Detector("tiny", ckpt, device="cpu", warmup=False).detect(kitti_points)
+    gpu = Detector("tiny", ckpt, device="cuda", backend="torch", warmup=False).detect(kitti_points)
+    assert len(cpu) == len(gpu)
+    np.testing.assert_allclose(gpu.boxes, cpu.boxes, atol=1e-3)
+    np.testing.assert_allclose(gpu.scores, cpu.scores, atol=1e-4)
