@@ -91,6 +91,7 @@ class Detector:
         max_pillars: non-empty pillars beyond this are dropped (the ones with fewest points), counted.
         on_insufficient_memory: what to do when the start-up GPU memory check fails: "error" (raise
             :class:`InsufficientMemoryError`), "fp16" (retry at fp16) or "cpu" (run on the CPU).
+        engine_cache_dir: where TensorRT engines are cached (default ``~/.cache/fastpillars_ros/engines``).
         warmup: run two frames of synthetic points at construction so the first real frame is not slow.
     """
 
@@ -99,7 +100,8 @@ class Detector:
                  score_threshold: float | Mapping[str, float] | None = None, nms_kind: str | None = None,
                  nms_iou_threshold: float | None = None, nms_pre_max: int | None = None,
                  nms_post_max: int | None = None, max_points: int = 300_000, max_pillars: int | None = None,
-                 on_insufficient_memory: str = "error", warmup: bool = True) -> None:
+                 on_insufficient_memory: str = "error", engine_cache_dir: str | Path | None = None,
+                 warmup: bool = True) -> None:
         self.config = load_model_config(config)
         cfg = self.config
         _check_choice("backend", backend, BACKENDS)
@@ -132,11 +134,7 @@ class Detector:
             load_checkpoint(model, self.checkpoint, strict=True)
         model.eval().fuse("full")
         self.model = model.to(self.device)
-        self._dense_dtype = torch.float16 if self.precision == "fp16" else torch.float32
-        self._dense = self.model
-        if self._dense_dtype == torch.float16:
-            # MAPE stays fp32 (segment softmax sums); only the dense part runs in half precision.
-            self._dense = _HalfDense(self.model)
+        self._dense, self.backend = self._make_dense(self.backend, backend == "tensorrt", engine_cache_dir)
         self.warmup_ms: float | None = None
         if warmup:
             t0 = time.perf_counter()
@@ -177,16 +175,36 @@ class Detector:
     def _resolve_backend(self, backend: str) -> str:
         if backend == "torch" or (backend == "auto" and self.device == "cpu"):
             return "torch"
-        try:
-            import tensorrt  # noqa: F401
-        except ImportError as exc:
+        if self.device != "cuda":
+            raise ValueError("backend 'tensorrt' needs device 'cuda' (or 'auto' on a GPU machine)")
+        from .runtime.tensorrt_backend import tensorrt_version
+
+        if tensorrt_version() is None:
             if backend == "tensorrt":
                 raise RuntimeError("backend 'tensorrt' needs the TensorRT Python package "
-                                   "(pip install tensorrt) and a GPU; or use backend 'torch'") from exc
+                                   "(pip install tensorrt); or use backend 'torch'")
             log.warning("TensorRT is not installed: using the torch backend on the GPU "
                         "(install tensorrt for the faster engine)")
             return "torch"
-        raise RuntimeError("the TensorRT back end is not available in this build yet; use backend 'torch'")
+        return "tensorrt"
+
+    def _make_dense(self, backend: str, explicit: bool, engine_cache_dir: str | Path | None):  # type: ignore[no-untyped-def]
+        """The object whose ``forward_dense`` runs the dense part; falls back to torch when a TensorRT
+        engine cannot be built and the backend was "auto"."""
+        if backend == "tensorrt":
+            from .runtime.engine_cache import EngineCache
+            from .runtime.tensorrt_backend import TensorRTDense
+
+            try:
+                return TensorRTDense(self.model, self.precision, EngineCache(engine_cache_dir)), "tensorrt"
+            except Exception as exc:
+                if explicit:
+                    raise
+                log.warning("TensorRT engine unavailable (%s): falling back to the torch backend", exc)
+        if self.precision == "fp16":
+            # MAPE stays fp32 (segment softmax sums); only the dense part runs in half precision.
+            return _HalfDense(self.model), "torch"
+        return self.model, "torch"
 
     def _resolve_checkpoint(self, checkpoint: str | Path | None) -> Path | None:
         if checkpoint is not None and str(checkpoint) != "":
@@ -277,6 +295,11 @@ class Detector:
         stats["num_points_in_range"] = int(pillars.point_index.shape[0])
         stats["num_pillars"] = int(pillars.coords.shape[0])
         lap("pillarize")
+        if stats["num_pillars"] == 0:
+            # Nothing in range: no object can be there, and the network would only answer with its biases.
+            timings.update({s: 0.0 for s in STAGES[1:]}, total=(time.perf_counter() - t_start) * 1e3)
+            return Detections(np.zeros((0, 7), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64),
+                              np.zeros((0, 2), np.float32) if cfg.vel else None, timings, stats)
 
         canvas = self.model.encode(features, pillars.point_pillar, pillars.coords)
         lap("encode")
