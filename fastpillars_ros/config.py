@@ -152,8 +152,10 @@ class ModelConfig:
         return tuple(out)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict/list form (YAML- and ``torch.load(weights_only=True)``-safe)."""
-        return _plain(asdict(self))
+        """Plain nested dict/list form, same keys as the YAML files (YAML- and ``weights_only``-safe)."""
+        d = _plain(asdict(self))
+        d["classes"] = d.pop("tasks")  # same spelling as the YAML files
+        return d
 
 
 def _plain(value: Any) -> Any:
@@ -249,11 +251,13 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> ModelConfi
     unknown = sorted(set(data) - top)
     if unknown:
         raise ConfigError(f"{source}: unknown top-level key(s) {unknown}; allowed keys: {sorted(top)}")
+    if "tasks" in data and "classes" not in data:
+        data = {**data, "classes": data["tasks"]}
     required = ["name", "classes", "pc_range", "pillar_size", "point_features", "intensity_scale"]
     for key in required:
         if key not in data:
             raise ConfigError(f"{source}: missing required key '{key}'")
-    classes = data["classes"] if "classes" in data else data.get("tasks")
+    classes = data["classes"]
     if not isinstance(classes, list) or not classes:
         raise ConfigError(f"{source}: 'classes' must be a non-empty list of tasks, each a list of class names, "
                           "e.g. classes: [[car], [pedestrian, cyclist]]")

@@ -1,6 +1,6 @@
 """MAPE: Max-and-Attention Pillar Encoding, plus the scatter of pillar features onto the BEV canvas.
 
-Pure torch (``index_reduce_`` / ``index_add_`` segment reductions), so it runs unchanged on CPU and
+Pure torch (``scatter_reduce_`` / ``index_add_`` segment reductions), so it runs unchanged on CPU and
 GPU and needs no torch_scatter or custom CUDA op. Points arrive as a flat list with a pillar id each
 ("stacked" representation); pillars arrive as a flat list with their canvas cell.
 """
@@ -8,6 +8,7 @@ GPU and needs no torch_scatter or custom CUDA op. Points arrive as a flat list w
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .repvgg import LEAKY_SLOPE
@@ -21,7 +22,10 @@ def segment_max(values: Tensor, segment: Tensor, num_segments: int, floor: float
     """
     init = float("-inf") if floor is None else floor
     out = values.new_full((num_segments, values.shape[1]), init)
-    return out.index_reduce_(0, segment, values, "amax", include_self=True)
+    # scatter_reduce_ with an expanded (stride-0) index is stable API and faster on CPU than the
+    # beta index_reduce_.
+    index = segment.view(-1, 1).expand(-1, values.shape[1])
+    return out.scatter_reduce_(0, index, values, "amax", include_self=True)
 
 
 def segment_sum(values: Tensor, segment: Tensor, num_segments: int) -> Tensor:
@@ -49,6 +53,16 @@ class MAPE(nn.Module):
         )
         self.score_fn = nn.Sequential(nn.Linear(num_filters, num_filters, bias=True), nn.LeakyReLU(LEAKY_SLOPE))
 
+    def point_features(self, features: Tensor) -> Tensor:
+        """``[L, F] -> [L, C]``: Linear + BN1d + LeakyReLU. In eval mode BN is folded into the Linear
+        (one GEMM with bias instead of GEMM + a full pass over ``[L, C]``)."""
+        if self.training:
+            return self.shared_mlps(features)
+        linear, bn = self.shared_mlps[0], self.shared_mlps[1]
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        shift = bn.bias - bn.running_mean * scale
+        return F.leaky_relu(F.linear(features, linear.weight * scale[:, None], shift), LEAKY_SLOPE)
+
     def forward(self, features: Tensor, point_pillar: Tensor, num_pillars: int) -> Tensor:
         """Encode points into pillar features.
 
@@ -63,7 +77,7 @@ class MAPE(nn.Module):
             raise ValueError(f"MAPE expects {self.in_features} decorated features per point, got "
                              f"{features.shape[1]} (features = raw point columns + 3 pillar offsets)")
         idx = point_pillar.long()
-        f = self.shared_mlps(features)
+        f = self.point_features(features)
         s = self.score_fn(f)
         # Numerically stable per-pillar softmax: subtract the per-pillar, per-channel maximum logit.
         s_max = segment_max(s, idx, num_pillars)
