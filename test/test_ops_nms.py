@@ -1,0 +1,184 @@
+"""Greedy NMS (BEV, 3D, circle, grouped) against plain greedy loops over shapely IoUs."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from test_ops_iou import random_boxes, shapely_iou
+
+from fastpillars_ros.ops import circle_nms, nms_3d, nms_bev, nms_grouped
+
+
+def detector_like(rng: np.random.Generator, n: int, objects: int, extent: float = 40.0
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes clustered around ``objects`` positions with jitter, like raw detector output."""
+    dims = np.array([[4.5, 1.9, 1.6], [0.8, 0.7, 1.7], [1.8, 0.7, 1.6]])[rng.choice(3, objects)]
+    centres = rng.uniform(-extent, extent, (objects, 2))
+    yaw = rng.uniform(-np.pi, np.pi, objects)
+    owner = rng.integers(0, objects, n)
+    boxes = np.column_stack((
+        centres[owner] + rng.normal(0, 0.3, (n, 2)), rng.normal(-1, 0.2, n),
+        dims[owner] * rng.normal(1, 0.08, (n, 3)), yaw[owner] + rng.normal(0, 0.1, n)))
+    return boxes, rng.uniform(0, 1, n)
+
+
+def reference_nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, three_d: bool = False,
+                  pre_max: int | None = None, post_max: int | None = None) -> np.ndarray:
+    """Textbook greedy NMS over an (N, N) shapely IoU matrix."""
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:pre_max]
+    n = len(boxes)
+    ii, jj = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    iou = shapely_iou(boxes[ii.ravel()], boxes[jj.ravel()], three_d).reshape(n, n)
+    kept: list[int] = []
+    for i in order:
+        if all(iou[k, i] <= threshold for k in kept):
+            kept.append(i)
+    return np.array(kept[:post_max], dtype=np.int64)
+
+
+def reference_circle(boxes: np.ndarray, scores: np.ndarray, radius: float) -> np.ndarray:
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    kept: list[int] = []
+    for i in order:
+        if all(np.hypot(*(boxes[i, :2] - boxes[k, :2])) > radius for k in kept):
+            kept.append(i)
+    return np.array(kept, dtype=np.int64)
+
+
+@pytest.mark.parametrize("threshold", [0.01, 0.1, 0.5, 0.8])
+def test_nms_bev_keeps_what_greedy_shapely_nms_keeps(threshold: float) -> None:
+    rng = np.random.default_rng(int(threshold * 100))
+    boxes, scores = detector_like(rng, 300, 90)
+    keep = nms_bev(boxes, scores, threshold)
+    assert keep.dtype == np.int64
+    np.testing.assert_array_equal(keep, reference_nms(boxes, scores, threshold))
+
+
+def test_nms_3d_keeps_what_greedy_shapely_3d_nms_keeps() -> None:
+    rng = np.random.default_rng(11)
+    boxes, scores = detector_like(rng, 250, 70)
+    boxes[:, 2] += rng.choice([0.0, 1.0, 5.0], 250)  # some stacked / separated vertically
+    for threshold in (0.1, 0.4):
+        np.testing.assert_array_equal(nms_3d(boxes, scores, threshold),
+                                      reference_nms(boxes, scores, threshold, three_d=True))
+
+
+def test_nms_on_uniform_random_overlapping_boxes() -> None:
+    rng = np.random.default_rng(12)
+    boxes = random_boxes(rng, 200, spread=5.0)
+    scores = rng.uniform(0, 1, 200)
+    np.testing.assert_array_equal(nms_bev(boxes, scores, 0.2), reference_nms(boxes, scores, 0.2))
+
+
+def test_pre_max_and_post_max_truncate_before_and_after_suppression() -> None:
+    rng = np.random.default_rng(13)
+    boxes, scores = detector_like(rng, 200, 60)
+    np.testing.assert_array_equal(nms_bev(boxes, scores, 0.1, pre_max=50, post_max=20),
+                                  reference_nms(boxes, scores, 0.1, pre_max=50, post_max=20))
+    full = nms_bev(boxes, scores, 0.1)
+    np.testing.assert_array_equal(nms_bev(boxes, scores, 0.1, post_max=7), full[:7])
+    assert len(nms_bev(boxes, scores, 0.1, post_max=0)) == 0
+
+
+def test_equal_scores_keep_the_lower_index_first() -> None:
+    box = np.array([1.0, 1.0, 0.0, 4.0, 2.0, 1.5, 0.2])
+    boxes = np.stack([box, box + [10, 0, 0, 0, 0, 0, 0], box, box + [10, 0, 0, 0, 0, 0, 0]])
+    scores = np.array([0.5, 0.5, 0.5, 0.5])
+    np.testing.assert_array_equal(nms_bev(boxes, scores, 0.5), [0, 1])
+    np.testing.assert_array_equal(nms_bev(boxes, np.zeros(4), 0.5), [0, 1])
+
+
+def test_suppression_needs_iou_strictly_above_threshold() -> None:
+    a = np.array([0.0, 0.0, 0.0, 2.0, 2.0, 1.0, 0.0])
+    b = a + [1.0, 0, 0, 0, 0, 0, 0]  # IoU = 2 / 6 = 1/3
+    boxes, scores = np.stack([a, b]), np.array([0.9, 0.8])
+    np.testing.assert_array_equal(nms_bev(boxes, scores, 0.34), [0, 1])
+    np.testing.assert_array_equal(nms_bev(boxes, scores, 0.33), [0])
+    np.testing.assert_array_equal(nms_bev(boxes, scores, 0.0), [0])
+
+
+def test_nan_scores_are_dropped_with_a_warning_naming_the_count() -> None:
+    rng = np.random.default_rng(14)
+    boxes, scores = detector_like(rng, 60, 20)
+    scores[[3, 10, 11]] = np.nan
+    with pytest.warns(RuntimeWarning, match="3 box"):
+        keep = nms_bev(boxes, scores, 0.2)
+    assert not set(keep.tolist()) & {3, 10, 11}
+    finite = np.flatnonzero(~np.isnan(scores))
+    np.testing.assert_array_equal(keep, finite[reference_nms(boxes[finite], scores[finite], 0.2)])
+    with pytest.warns(RuntimeWarning, match="3 box"):
+        nms_grouped(boxes, scores, np.arange(60) % 3, 0.2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nms_bev(boxes[finite], scores[finite], 0.2)
+
+
+@pytest.mark.parametrize("fn", [
+    lambda b, s: nms_bev(b, s, 0.5), lambda b, s: nms_3d(b, s, 0.5), lambda b, s: circle_nms(b, s, 1.0),
+    lambda b, s: nms_grouped(b, s, np.zeros(len(s), dtype=int), 0.5)])
+def test_empty_input_gives_empty_int64(fn) -> None:
+    out = fn(np.zeros((0, 7)), np.zeros(0))
+    assert out.dtype == np.int64 and out.shape == (0,)
+    with pytest.warns(RuntimeWarning):
+        out = fn(np.zeros((2, 7)), np.array([np.nan, np.nan]))
+    assert out.dtype == np.int64 and out.shape == (0,)
+
+
+def test_circle_nms_suppresses_centres_within_radius() -> None:
+    rng = np.random.default_rng(15)
+    boxes, scores = detector_like(rng, 400, 100)
+    for radius in (0.5, 1.0, 4.0):
+        np.testing.assert_array_equal(circle_nms(boxes, scores, radius), reference_circle(boxes, scores, radius))
+    two = np.zeros((2, 7))
+    two[1, 0] = 1.0  # exactly at the radius: suppressed (<=)
+    np.testing.assert_array_equal(circle_nms(two, np.array([0.1, 0.2]), 1.0), [1])
+    np.testing.assert_array_equal(circle_nms(boxes, scores, 1.0, post_max=5),
+                                  reference_circle(boxes, scores, 1.0)[:5])
+
+
+def test_grouped_nms_never_suppresses_across_groups() -> None:
+    rng = np.random.default_rng(16)
+    boxes, scores = detector_like(rng, 90, 30)
+    doubled = np.concatenate([boxes, boxes])  # every box has an identical twin in the other group
+    groups = np.repeat([0, 7], 90)
+    scores2 = np.concatenate([scores, scores * 0.5])
+    for kind in ("bev", "3d", "circle"):
+        keep = nms_grouped(doubled, scores2, groups, 0.3, kind=kind, min_radius=1.0)
+        assert (np.diff(scores2[keep]) <= 0).all()
+        kept_a, kept_b = keep[keep < 90], keep[keep >= 90] - 90
+        np.testing.assert_array_equal(np.sort(kept_a), np.sort(kept_b))
+        single = {"bev": nms_bev(boxes, scores, 0.3), "3d": nms_3d(boxes, scores, 0.3),
+                  "circle": circle_nms(boxes, scores, 1.0)}[kind]
+        np.testing.assert_array_equal(kept_a, single)
+
+
+def test_grouped_nms_equals_per_group_reference_with_per_group_limits() -> None:
+    rng = np.random.default_rng(17)
+    boxes, scores = detector_like(rng, 240, 80)
+    groups = rng.integers(0, 3, 240)
+    scores[:10] = 0.5  # ties across and within groups
+    keep = nms_grouped(boxes, scores, groups, 0.2, pre_max=40, post_max=15)
+    expected = []
+    for g in range(3):
+        members = np.flatnonzero(groups == g)
+        expected.extend(members[reference_nms(boxes[members], scores[members], 0.2, pre_max=40,
+                                              post_max=15)])
+    expected = np.array(expected)
+    expected = expected[np.lexsort((expected, -scores[expected]))]
+    np.testing.assert_array_equal(keep, expected)
+    assert all((groups[keep] == g).sum() <= 15 for g in range(3))
+
+
+def test_torch_in_gives_torch_int64_out() -> None:
+    rng = np.random.default_rng(18)
+    boxes, scores = detector_like(rng, 100, 30)
+    tb, ts = torch.from_numpy(boxes).float(), torch.from_numpy(scores).float()
+    keep = nms_bev(tb, ts, 0.2)
+    assert isinstance(keep, torch.Tensor) and keep.dtype == torch.int64
+    np.testing.assert_array_equal(keep.numpy(), nms_bev(tb.numpy(), ts.numpy(), 0.2))
+    assert isinstance(nms_grouped(tb, ts, torch.zeros(100, dtype=torch.long), 0.2), torch.Tensor)
+    assert isinstance(circle_nms(tb, ts, 1.0), torch.Tensor)
+    assert nms_3d(tb[:0], ts[:0], 0.2).dtype == torch.int64
