@@ -1,0 +1,408 @@
+"""The ROS 2 detector node ``fastpillars_detector`` (executable ``detector_node``): a thin layer over the
+library.
+
+Topics (all remappable):
+
+* ``points`` (in, ``sensor_msgs/PointCloud2``): sensor-data QoS (best effort, volatile), depth 1.
+  The callback only stores the newest cloud; a worker thread processes it. A cloud replaced before the
+  worker took it is counted as ``dropped_superseded``; one older than ``max_input_age_ms`` (header stamp
+  vs the node's clock, i.e. sim time with ``use_sim_time``) when its turn comes is dropped and counted
+  as ``dropped_stale``. So the node always works on the newest frame and never builds a backlog.
+* ``detections`` (out, ``vision_msgs/Detection3DArray``): header copied from the cloud (``frame_id``
+  parameter overrides the frame). Rejected or empty clouds give an empty array with the input header.
+* ``detection_markers`` (out, ``visualization_msgs/MarkerArray``): boxes, headings, labels; a DELETEALL
+  first, so rejected frames clear the display (``publish_markers`` switches them off).
+* ``/diagnostics`` (out, ``diagnostic_msgs/DiagnosticArray``) every ``diagnostics_period`` s.
+
+Parameters: :mod:`fastpillars_ros.node_params` (schema, defaults, validation). Per-frame input work:
+:mod:`fastpillars_ros.frame_input`; counters: :mod:`fastpillars_ros.diagnostics`.
+
+Exit codes: 0 after a normal shutdown, 2 for invalid parameters, 1 when the detector cannot start.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, SetParametersResult
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import PointCloud2
+from std_msgs.msg import Header
+from vision_msgs.msg import Detection3DArray
+from visualization_msgs.msg import MarkerArray
+
+from fastpillars_ros import node_params
+from fastpillars_ros.diagnostics import NodeStats, Throttle
+from fastpillars_ros.frame_input import FrameInput, FrameRejected
+from fastpillars_ros.messages import detections_to_markers, detections_to_msg
+from fastpillars_ros.node_params import (
+    CLASS_THRESHOLD_PREFIX,
+    NODE_NAME,
+    SPECS,
+    NodeParams,
+    ParamError,
+    ParamSpec,
+)
+
+#: Sensor-data QoS with a queue of one: only the newest cloud waits, older ones are superseded.
+INPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT,
+                       durability=DurabilityPolicy.VOLATILE)
+#: Parameters whose change affects the frame converter.
+_INPUT_PARAMS = ("intensity_scale", "clip_intensity", "expected_frame_id")
+_TYPES = {"string": ParameterType.PARAMETER_STRING, "double": ParameterType.PARAMETER_DOUBLE,
+          "integer": ParameterType.PARAMETER_INTEGER, "bool": ParameterType.PARAMETER_BOOL,
+          "scale": ParameterType.PARAMETER_NOT_SET}
+
+
+class StartupError(Exception):
+    """The node cannot start; ``exit_code`` 2 for bad parameters, 1 otherwise."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def descriptor(spec: ParamSpec) -> ParameterDescriptor:
+    """ROS descriptor of one parameter: type, description with the allowed values, range, read-only."""
+    d = ParameterDescriptor(name=spec.name, type=_TYPES[spec.kind],
+                            description=f"{spec.description} Allowed: {spec.allowed()}.",
+                            read_only=not spec.runtime)
+    if spec.choices is not None:
+        d.additional_constraints = "one of: " + ", ".join(repr(c) for c in spec.choices)
+    if spec.kind == "scale":
+        d.dynamic_typing = True
+        d.additional_constraints = "'auto' or a number > 0"
+    if spec.range is not None and spec.kind == "double":
+        d.floating_point_range = [FloatingPointRange(from_value=float(spec.range[0]), to_value=float(spec.range[1]),
+                                                     step=0.0)]
+    if spec.range is not None and spec.kind == "integer":
+        d.integer_range = [IntegerRange(from_value=int(spec.range[0]), to_value=int(spec.range[1]), step=1)]
+    return d
+
+
+def _class_spec(name: str) -> ParamSpec:
+    return ParamSpec(CLASS_THRESHOLD_PREFIX + name, -1.0, "double",
+                     f"Minimum score of a published {name} detection.", range=(-1.0, 1.0), runtime=True,
+                     note="negative = use score_threshold")
+
+
+def _stamp_ns(header: Header) -> int:
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+class DetectorNode(Node):
+    """See the module docstring. ``detector_factory(params, class_names_hint) -> Detector`` is for tests."""
+
+    def __init__(self, *, detector_factory=None, **node_kwargs: Any):
+        super().__init__(NODE_NAME, **node_kwargs)
+        t_start = time.perf_counter()
+        log = self.get_logger()
+        overrides = {name: p.value for name, p in getattr(self, "_parameter_overrides", {}).items()}
+        try:
+            params, unknown = node_params.parse(overrides)
+        except ParamError as exc:
+            raise StartupError(str(exc), 2) from None
+        for text in unknown:
+            log.warning(text)
+
+        from fastpillars_ros.config import ConfigError, load_model_config
+
+        try:
+            cfg = load_model_config(params.model)
+        except ConfigError as exc:
+            raise StartupError(f"parameter 'model' = {params.model!r} is invalid: {exc}", 2) from None
+        try:
+            node_params.check_class_thresholds(params, cfg.class_names, params.model)
+            node_params.check_point_features(params, cfg.point_features, params.model)
+        except ParamError as exc:
+            raise StartupError(str(exc), 2) from None
+
+        try:
+            self.detector = (detector_factory or _build_detector)(params, cfg)
+        except Exception as exc:  # any start-up failure ends the node with its message
+            raise StartupError(f"cannot start the detector: {type(exc).__name__}: {exc}", 1) from None
+        det = self.detector
+        self.class_names = list(det.class_names)
+        self.default_score_threshold = float(cfg.decode.score_threshold)
+
+        # Declare everything with descriptors (values already validated; overrides applied by us).
+        for spec in SPECS:
+            self.declare_parameter(spec.name, params.get(spec.name), descriptor(spec), ignore_override=True)
+        for name in self.class_names:
+            spec = _class_spec(name)
+            params.score_thresholds.setdefault(name, -1.0)
+            self.declare_parameter(spec.name, params.score_thresholds[name], descriptor(spec), ignore_override=True)
+        self.params = params
+        self.add_on_set_parameters_callback(self._validate_change)
+        self.add_post_set_parameters_callback(self._apply_change)
+
+        self.stats = NodeStats()
+        self.throttle = Throttle(params.warning_period)
+        self.frame_input = FrameInput(det.point_features, det.intensity_scale, params)
+        self._cv = threading.Condition()
+        self._pending: tuple[PointCloud2, float] | None = None
+        self._stopping = False
+
+        self.det_pub = self.create_publisher(Detection3DArray, "detections", 10)
+        self.marker_pub = self.create_publisher(MarkerArray, "detection_markers", 10)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.sub = self.create_subscription(PointCloud2, "points", self._on_cloud, INPUT_QOS)
+        self.diag_timer = self.create_timer(params.diagnostics_period, self._publish_diagnostics)
+        self._worker = threading.Thread(target=self._work, name="fastpillars_worker", daemon=True)
+        self._worker.start()
+
+        warm = getattr(det, "warmup_ms", None)
+        warm_text = f"{warm:.0f} ms" if warm is not None else "off"
+        ckpt = getattr(det, "checkpoint", None) or params.checkpoint or None
+        fields = ", ".join(
+            f"{f}<-{'|'.join(params.field_candidates(f)) or 'fill'}"
+            + (f" (fill {params.fill[f]:g})" if f in params.fill and params.missing_field == "fill" else "")
+            for f in det.point_features)
+        log.info(
+            f"ready: model {cfg.name} ({ckpt or 'RANDOM WEIGHTS'}), backend {det.backend}, device {det.device}, "
+            f"precision {det.precision}, classes {self.class_names}, input {self.sub.topic_name} "
+            f"fields [{fields}], intensity_scale {params.intensity_scale} (model 0..{det.intensity_scale:g}), "
+            f"warm-up {warm_text}, start-up {time.perf_counter() - t_start:.1f} s")
+
+    # --- parameters at runtime ------------------------------------------------------------------------
+    def _validate_change(self, changes: Sequence[rclpy.parameter.Parameter]) -> SetParametersResult:
+        reasons = []
+        for p in changes:
+            spec = node_params.SPEC_BY_NAME.get(p.name)
+            if spec is not None and not spec.runtime:
+                reasons.append(f"parameter '{p.name}' cannot change while the node runs; restart the node")
+                continue
+            try:
+                node_params.coerce(p.name, p.value)
+            except ValueError as exc:
+                reasons.append(str(exc))
+        return SetParametersResult(successful=not reasons, reason="; ".join(reasons))
+
+    def _apply_change(self, changes: Sequence[rclpy.parameter.Parameter]) -> None:
+        new = copy.deepcopy(self.params)
+        for p in changes:
+            if p.name in node_params.SPEC_BY_NAME or p.name.startswith(CLASS_THRESHOLD_PREFIX):
+                new.set(p.name, node_params.coerce(p.name, p.value))
+        names = {p.name for p in changes}
+        if any(n == "score_threshold" or n.startswith(CLASS_THRESHOLD_PREFIX) for n in names):
+            self.detector.set_score_threshold(new.effective_score_threshold(self.class_names,
+                                                                            self.default_score_threshold))
+        if names & set(_INPUT_PARAMS):
+            self.frame_input.update_params(new)
+        else:
+            self.frame_input.params = new
+        self.throttle.period = new.warning_period
+        self.params = new
+        self.get_logger().info("parameters changed: " + ", ".join(f"{p.name}={p.value!r}" for p in changes))
+
+    # --- frames ---------------------------------------------------------------------------------------
+    def _on_cloud(self, msg: PointCloud2) -> None:
+        self.stats.count("received")
+        with self._cv:
+            if self._pending is not None:
+                self.stats.count("dropped_superseded")
+            self._pending = (msg, time.monotonic())
+            self._cv.notify()
+
+    def _work(self) -> None:
+        while True:
+            with self._cv:
+                while self._pending is None and not self._stopping:
+                    self._cv.wait(0.5)
+                if self._stopping:
+                    return
+                msg, t_received = self._pending
+                self._pending = None
+            try:
+                self._process(msg, t_received)
+            except Exception as exc:  # the worker must survive anything a frame does
+                self.stats.error(f"{type(exc).__name__}: {exc}")
+                self._warn("internal", f"unexpected error while processing a frame: {type(exc).__name__}: {exc}",
+                           error=True)
+
+    def _warn(self, key: str, text: str, *, error: bool = False) -> None:
+        ok, held = self.throttle.ready(key)
+        if ok:
+            suffix = f" ({held} similar message(s) suppressed)" if held else ""
+            (self.get_logger().error if error else self.get_logger().warning)(text + suffix)
+
+    def _listeners(self, p: NodeParams) -> int:
+        n = self.det_pub.get_subscription_count()
+        if p.publish_markers:
+            n += self.marker_pub.get_subscription_count()
+        return n
+
+    def _process(self, msg: PointCloud2, t_received: float) -> None:
+        p = self.params
+        t0 = time.perf_counter()
+        if p.skip_when_unsubscribed and self._listeners(p) == 0:
+            self.stats.count("skipped_unsubscribed")
+            return
+        stamp_ns = _stamp_ns(msg.header)
+        now_ns = self.get_clock().now().nanoseconds
+        if stamp_ns > 0 and p.max_input_age_ms > 0:
+            age_ms = (now_ns - stamp_ns) / 1e6
+            if age_ms > p.max_input_age_ms:
+                self.stats.count("dropped_stale")
+                self._warn("stale", f"dropped a frame {age_ms:.0f} ms old (max_input_age_ms "
+                                    f"{p.max_input_age_ms:g}): inference is slower than the input, or the "
+                                    f"sensor's clock differs from this node's (check time sync / use_sim_time)")
+                return
+        elif stamp_ns == 0:
+            self.stats.note("unstamped", "cloud has a zero header stamp: its age cannot be checked")
+
+        header = Header(stamp=msg.header.stamp, frame_id=p.frame_id or msg.header.frame_id)
+        queue_ms = (time.monotonic() - t_received) * 1e3
+        try:
+            frame = self.frame_input.convert(msg)
+        except FrameRejected as rej:
+            self.stats.reject(rej.kind, rej.message)
+            self._warn(f"reject:{rej.kind}", f"rejected a frame ({rej.kind}): {rej.message}")
+            self._publish_empty(header, p)
+            self.stats.count("processed")
+            return
+        t_conv = time.perf_counter()
+        for kind, text in frame.notes:
+            self.stats.note(kind, text)
+            self._warn(f"note:{kind}", text)
+        if frame.layout_changed:
+            self.get_logger().info(f"input layout of {self.sub.topic_name} ({msg.header.frame_id!r}, "
+                                   f"{msg.point_step}-byte points): {frame.mapping}")
+
+        try:
+            result = self.detector.detect(frame.points)
+        except Exception as exc:  # reported, the next frame is processed normally
+            self.stats.error(f"{type(exc).__name__}: {exc}")
+            self._warn("detect", f"inference failed: {type(exc).__name__}: {exc}", error=True)
+            return
+        t_det = time.perf_counter()
+        self.det_pub.publish(detections_to_msg(result.boxes, result.scores, result.labels, self.class_names, header))
+        if p.publish_markers:
+            self.marker_pub.publish(detections_to_markers(result.boxes, result.scores, result.labels,
+                                                          self.class_names, header, lifetime_s=p.marker_lifetime))
+        t_pub = time.perf_counter()
+        timings = dict(result.timings)
+        timings.update(queue=queue_ms, convert=(t_conv - t0) * 1e3, publish=(t_pub - t_det) * 1e3,
+                       node_total=(t_pub - t0) * 1e3)
+        if stamp_ns > 0:
+            timings["stamp_to_output"] = (self.get_clock().now().nanoseconds - stamp_ns) / 1e6
+        self.stats.latency(timings)
+        st = result.stats
+        self.stats.frame(
+            frame_id=msg.header.frame_id, mapping=frame.mapping,
+            points={"input": frame.num_input, "valid": frame.num_valid, "used": int(frame.points.shape[0]),
+                    "in_range": int(st.get("num_points_in_range", -1)), "detections": len(result.scores)},
+            intensity=frame.intensity.summary() if frame.intensity else "",
+            intensity_warning=(frame.intensity.warning or "") if frame.intensity else "",
+            num_pillars=st.get("num_pillars"))
+        self.stats.count("processed")
+        self.stats.count("published")
+
+    def _publish_empty(self, header: Header, p: NodeParams) -> None:
+        self.det_pub.publish(Detection3DArray(header=header))
+        if p.publish_markers:
+            self.marker_pub.publish(detections_to_markers(_EMPTY_BOXES, _EMPTY, _EMPTY_LABELS, self.class_names,
+                                                          header))
+        self.stats.count("published")
+
+    # --- diagnostics ----------------------------------------------------------------------------------
+    def _publish_diagnostics(self) -> None:
+        det, p = self.detector, self.params
+        static = {
+            "model": det.config.name if hasattr(det, "config") else p.model,
+            "checkpoint": str(getattr(det, "checkpoint", None) or p.checkpoint or "RANDOM WEIGHTS"),
+            "backend": det.backend, "device": det.device, "precision": det.precision,
+            "classes": ",".join(self.class_names),
+            "point_features": ",".join(det.point_features),
+            "score_thresholds": ", ".join(f"{k}={v:g}" for k, v in _thresholds(det, p, self).items()),
+            "model_intensity_scale": f"{det.intensity_scale:g}",
+            "intensity_scale_param": str(p.intensity_scale),
+            "max_points": p.max_points, "max_input_age_ms": f"{p.max_input_age_ms:g}",
+            "input_topic": self.sub.topic_name,
+        }
+        cap = getattr(det, "max_pillars", None) or None
+        now = self.get_clock().now().to_msg()
+        out = DiagnosticArray()
+        out.header.stamp = now
+        for s in self.stats.statuses(self.get_name(), static, pillar_cap=cap):
+            out.status.append(DiagnosticStatus(
+                level=bytes([s.level]), name=s.name, message=s.message, hardware_id=f"{det.device}",
+                values=[KeyValue(key=k, value=v) for k, v in s.values]))
+        self.diag_pub.publish(out)
+
+    def close(self) -> None:
+        """Stop the worker thread (waits for the frame in progress)."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        self._worker.join(timeout=10.0)
+
+
+def _thresholds(det: Any, p: NodeParams, node: DetectorNode) -> dict[str, float]:
+    current = getattr(det, "score_thresholds", None)
+    if isinstance(current, dict):
+        return current
+    eff = p.effective_score_threshold(node.class_names, node.default_score_threshold)
+    return eff if isinstance(eff, dict) else {c: eff for c in node.class_names}
+
+
+def _numpy_empty():
+    import numpy as np
+
+    return np.zeros((0, 7), np.float32), np.zeros((0,), np.float32), np.zeros((0,), np.int64)
+
+
+_EMPTY_BOXES, _EMPTY, _EMPTY_LABELS = _numpy_empty()
+
+
+def _build_detector(params: NodeParams, cfg: Any) -> Any:
+    from fastpillars_ros.detector import Detector
+
+    return Detector(
+        config=cfg, checkpoint=params.checkpoint_or_none, backend=params.backend, device=params.device,
+        precision=params.precision,
+        score_threshold=params.effective_score_threshold(cfg.class_names, cfg.decode.score_threshold),
+        nms_kind=params.nms_kind or None,
+        nms_iou_threshold=params.nms_iou_threshold if params.nms_iou_threshold > 0 else None,
+        nms_pre_max=params.nms_pre_max or None, nms_post_max=params.nms_post_max or None,
+        max_points=params.max_points, max_pillars=params.max_pillars or None,
+        on_insufficient_memory=params.on_insufficient_memory, warmup=params.warmup)
+
+
+def main(args: Sequence[str] | None = None) -> int:
+    """Entry point of ``detector_node``; returns the exit code (see the module docstring)."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        try:
+            node = DetectorNode()
+        except StartupError as exc:
+            # The logger goes to stderr (and /rosout); print too, in case logging is configured away.
+            rclpy.logging.get_logger(NODE_NAME).fatal(str(exc))
+            print(f"[{NODE_NAME}] FATAL: {exc}", file=sys.stderr, flush=True)
+            return exc.exit_code
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        try:
+            executor.spin()
+        except (KeyboardInterrupt, ExternalShutdownException):
+            pass
+        return 0
+    finally:
+        if node is not None:
+            node.close()
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,475 @@
+"""Parameters of the detector node: schema, defaults and validation, without ROS.
+
+One table (:data:`SPECS`) describes every parameter the node ``fastpillars_detector`` declares: its
+ROS name, default, type, allowed values, whether it may change while the node runs, and a description.
+The node builds its ``ParameterDescriptor`` s from it, ``config/fastpillars.yaml`` lists the same
+defaults (a test keeps them equal), the launcher and docs read it, and :func:`parse` turns the values a
+user gave (params file, ``-p name:=value``) into a validated :class:`NodeParams` or raises
+:class:`ParamError` naming *every* bad value, what is allowed and how to fix it.
+
+Per-class score thresholds (``score_thresholds.<class>``) depend on the model's classes, so they are not
+in the table; :func:`check_class_thresholds` validates them once the model config is known.
+
+``python -m fastpillars_ros.node_params`` prints the default parameter file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Node name; the key under which parameter files list the node's parameters.
+NODE_NAME = "fastpillars_detector"
+
+BACKENDS = ("auto", "torch", "tensorrt")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "fp16")
+MEMORY_POLICIES = ("error", "fp16", "cpu")
+NMS_KINDS = ("", "rotate", "3d", "circle", "none")
+MISSING_FIELD_POLICIES = ("fill", "error")
+#: Point features a model may ask for (fastpillars_ros.config.KNOWN_POINT_FEATURES) that the node maps.
+FEATURES = ("x", "y", "z", "intensity", "dt")
+#: Features whose absence can be filled with a constant (x, y, z never can).
+FILLABLE = ("intensity", "dt")
+#: Prefix of the per-class threshold parameters.
+CLASS_THRESHOLD_PREFIX = "score_thresholds."
+#: Names other nodes' shared parameter files commonly carry, and rclpy's own: never reported as unknown.
+FOREIGN_OK_PREFIXES = ("use_sim_time", "qos_overrides.", "start_type_description_service")
+
+
+class ParamError(ValueError):
+    """One or more parameter values are invalid; ``errors`` holds one complete sentence per problem."""
+
+    def __init__(self, errors: Iterable[str]):
+        self.errors = list(errors)
+        lines = "\n".join(f"  - {e}" for e in self.errors)
+        super().__init__(f"{len(self.errors)} invalid parameter value(s) for {NODE_NAME}:\n{lines}")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One node parameter.
+
+    ``kind`` is the ROS type: ``"string"``, ``"double"``, ``"integer"``, ``"bool"``, or ``"scale"`` (a
+    number or the string ``"auto"``, declared with dynamic typing). ``choices`` lists allowed strings;
+    ``range`` is the inclusive ``(low, high)`` range of a number (the ROS descriptor's range);
+    ``runtime`` marks values that may change while the node runs (the rest are read-only).
+    """
+
+    name: str
+    default: Any
+    kind: str
+    description: str
+    choices: tuple[str, ...] | None = None
+    range: tuple[float, float] | None = None
+    runtime: bool = False
+    #: How a value is interpreted beyond the range (shown in errors and docs), e.g. the meaning of -1.
+    note: str = ""
+
+    def allowed(self) -> str:
+        """Human-readable description of the allowed values."""
+        if self.choices is not None:
+            text = "one of " + ", ".join(repr(c) for c in self.choices)
+        elif self.kind == "bool":
+            text = "true or false"
+        elif self.kind == "scale":
+            text = "'auto' or a number > 0"
+        elif self.range is not None:
+            lo, hi = self.range
+            text = f"{'an integer' if self.kind == 'integer' else 'a number'} in [{_fmt(lo)}, {_fmt(hi)}]"
+        elif self.kind == "string":
+            text = "a string"
+        else:
+            text = f"a {self.kind}"
+        return f"{text} ({self.note})" if self.note else text
+
+
+def _fmt(v: float) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+_XYZ_NOTE = "a field name, or comma-separated candidates tried in order"
+_FIELD_NOTE = _XYZ_NOTE + "; empty = always use the fill value"
+
+SPECS: tuple[ParamSpec, ...] = (
+    # --- model and runtime --------------------------------------------------------------------------
+    ParamSpec("model", "tiny", "string",
+              "Model config: a bundled name (tiny, kitti, nuscenes_official) or a path to a model .yaml."),
+    ParamSpec("checkpoint", "", "string",
+              "Weights file (.pt/.pth) matching the model; empty = the weights shipped for the model "
+              "(random weights with a warning when none are shipped)."),
+    ParamSpec("backend", "auto", "string",
+              "Inference backend for the dense network: auto (TensorRT when available on a GPU, else "
+              "torch), torch or tensorrt.", choices=BACKENDS),
+    ParamSpec("device", "auto", "string", "auto (cuda when available, else cpu), cpu or cuda.", choices=DEVICES),
+    ParamSpec("precision", "fp32", "string", "Numeric precision on the GPU: fp32 or fp16.", choices=PRECISIONS),
+    ParamSpec("on_insufficient_memory", "error", "string",
+              "What the start-up GPU memory check does when the model does not fit: error (exit with the "
+              "numbers), fp16 (retry in half precision) or cpu (fall back to the CPU).",
+              choices=MEMORY_POLICIES),
+    ParamSpec("warmup", True, "bool", "Run a warm-up inference at start-up so the first frame is not slow."),
+    # --- detection output ---------------------------------------------------------------------------
+    ParamSpec("score_threshold", -1.0, "double",
+              "Minimum score of a published detection, all classes (per class: score_thresholds.<class>).",
+              range=(-1.0, 1.0), runtime=True, note="negative = the model config's default"),
+    ParamSpec("nms_kind", "", "string",
+              "Non-maximum suppression: rotate (rotated BEV IoU), 3d (3D IoU), circle (centre distance), none.",
+              choices=NMS_KINDS, note="empty = the model config's choice"),
+    ParamSpec("nms_iou_threshold", -1.0, "double", "IoU above which the weaker of two boxes is suppressed.",
+              range=(-1.0, 1.0), note="negative = the model config's default; 0 is not allowed"),
+    ParamSpec("nms_pre_max", 0, "integer", "Candidates kept (by score) before NMS.", range=(0, 100000),
+              note="0 = the model config's default"),
+    ParamSpec("nms_post_max", 0, "integer", "Detections kept after NMS.", range=(0, 10000),
+              note="0 = the model config's default"),
+    # --- input ----------------------------------------------------------------------------------------
+    ParamSpec("fields.x", "x", "string", "PointCloud2 field giving the model's x (metres).", note=_XYZ_NOTE),
+    ParamSpec("fields.y", "y", "string", "PointCloud2 field giving the model's y (metres).", note=_XYZ_NOTE),
+    ParamSpec("fields.z", "z", "string", "PointCloud2 field giving the model's z (metres).", note=_XYZ_NOTE),
+    ParamSpec("fields.intensity", "intensity", "string",
+              "PointCloud2 field giving the model's intensity (e.g. 'intensity,reflectivity').", note=_FIELD_NOTE),
+    ParamSpec("fields.dt", "", "string",
+              "PointCloud2 field giving the model's dt (time lag of a past sweep, seconds); single sweeps use "
+              "the fill value.", note=_FIELD_NOTE),
+    ParamSpec("missing_field", "fill", "string",
+              "When a cloud lacks a mapped non-coordinate field: fill (use fill.<feature>, warn once per "
+              "layout) or error (reject the frame). Missing x/y/z always rejects the frame.",
+              choices=MISSING_FIELD_POLICIES),
+    ParamSpec("fill.intensity", 0.0, "double", "Intensity used when the cloud has no intensity field "
+              "(in the model's scale).", range=(-1e6, 1e6)),
+    ParamSpec("fill.dt", 0.0, "double", "dt used when the cloud has no dt field (seconds).", range=(-1e6, 1e6)),
+    ParamSpec("intensity_scale", "auto", "scale",
+              "Multiplier from the cloud's intensity to the model's (e.g. 0.00392 for 0..255 into a 0..1 "
+              "model). auto: infer the cloud's range (uint8 or values above 1 mean 0..255) and map it onto "
+              "the model's.", runtime=True),
+    ParamSpec("clip_intensity", True, "bool",
+              "Clip scaled intensity to [0, the model's intensity scale].", runtime=True),
+    ParamSpec("max_points", 300000, "integer",
+              "Points per frame kept for inference; larger clouds are subsampled evenly (deterministic) "
+              "with a counted warning.", range=(1000, 10_000_000)),
+    ParamSpec("max_pillars", 0, "integer", "Cap on non-empty pillars per frame.", range=(0, 1_000_000),
+              note="0 = the model config's default"),
+    ParamSpec("expected_frame_id", "", "string",
+              "Reject clouds whose header.frame_id differs (the model assumes its training sensor frame).",
+              runtime=True, note="empty = accept any frame"),
+    ParamSpec("max_input_age_ms", 500.0, "double",
+              "Drop (and count) a frame whose header stamp is older than this when its turn comes; uses the "
+              "ROS clock (sim time with use_sim_time).", range=(0.0, 600000.0), runtime=True,
+              note="0 = never drop for age"),
+    # --- output ---------------------------------------------------------------------------------------
+    ParamSpec("frame_id", "", "string", "frame_id written into the outputs.", runtime=True,
+              note="empty = the input cloud's frame_id"),
+    ParamSpec("publish_markers", True, "bool", "Publish RViz markers on detection_markers.", runtime=True),
+    ParamSpec("marker_lifetime", 0.0, "double", "Lifetime of published markers in seconds.",
+              range=(0.0, 3600.0), runtime=True, note="0 = until replaced"),
+    ParamSpec("skip_when_unsubscribed", True, "bool",
+              "Skip inference (still counting frames) while nobody subscribes to detections or markers.",
+              runtime=True),
+    ParamSpec("diagnostics_period", 1.0, "double", "Seconds between /diagnostics messages.",
+              range=(0.1, 60.0)),
+    ParamSpec("warning_period", 5.0, "double",
+              "Minimum seconds between two log warnings of the same kind (e.g. a bad input).",
+              range=(0.0, 3600.0), runtime=True),
+)
+
+SPEC_BY_NAME: dict[str, ParamSpec] = {s.name: s for s in SPECS}
+
+
+def _field_default(feature: str) -> str:
+    return SPEC_BY_NAME[f"fields.{feature}"].default
+
+
+@dataclass
+class NodeParams:
+    """Validated node parameters (attribute per :data:`SPECS` entry; dotted names become dicts)."""
+
+    model: str = "tiny"
+    checkpoint: str = ""
+    backend: str = "auto"
+    device: str = "auto"
+    precision: str = "fp32"
+    on_insufficient_memory: str = "error"
+    warmup: bool = True
+    score_threshold: float = -1.0
+    score_thresholds: dict[str, float] = field(default_factory=dict)
+    nms_kind: str = ""
+    nms_iou_threshold: float = -1.0
+    nms_pre_max: int = 0
+    nms_post_max: int = 0
+    fields: dict[str, str] = field(default_factory=lambda: {f: _field_default(f) for f in FEATURES})
+    missing_field: str = "fill"
+    fill: dict[str, float] = field(default_factory=lambda: {"intensity": 0.0, "dt": 0.0})
+    intensity_scale: str | float = "auto"
+    clip_intensity: bool = True
+    max_points: int = 300000
+    max_pillars: int = 0
+    expected_frame_id: str = ""
+    max_input_age_ms: float = 500.0
+    frame_id: str = ""
+    publish_markers: bool = True
+    marker_lifetime: float = 0.0
+    skip_when_unsubscribed: bool = True
+    diagnostics_period: float = 1.0
+    warning_period: float = 5.0
+
+    # --- flat ROS names <-> attributes ---------------------------------------------------------------
+    def to_parameters(self) -> dict[str, Any]:
+        """Flat ``{ROS name: value}`` of every parameter in :data:`SPECS` plus the per-class thresholds."""
+        out: dict[str, Any] = {}
+        for spec in SPECS:
+            out[spec.name] = self.get(spec.name)
+        for cls, value in self.score_thresholds.items():
+            out[CLASS_THRESHOLD_PREFIX + cls] = value
+        return out
+
+    def get(self, name: str) -> Any:
+        """Value of the parameter with ROS name ``name``."""
+        if name.startswith(CLASS_THRESHOLD_PREFIX):
+            return self.score_thresholds.get(name[len(CLASS_THRESHOLD_PREFIX):], -1.0)
+        group, _, key = name.partition(".")
+        if key:
+            return getattr(self, group)[key]
+        return getattr(self, name)
+
+    def set(self, name: str, value: Any) -> None:
+        """Store an already validated (and coerced) value under its ROS name."""
+        if name.startswith(CLASS_THRESHOLD_PREFIX):
+            self.score_thresholds[name[len(CLASS_THRESHOLD_PREFIX):]] = value
+            return
+        group, _, key = name.partition(".")
+        if key:
+            getattr(self, group)[key] = value
+        else:
+            setattr(self, name, value)
+
+    def validate(self) -> None:
+        """Check every value; raise :class:`ParamError` listing all problems."""
+        errors = []
+        for name, value in self.to_parameters().items():
+            try:
+                coerce(name, value)
+            except ValueError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise ParamError(errors)
+
+    # --- derived values the node uses ----------------------------------------------------------------
+    @property
+    def checkpoint_or_none(self) -> str | None:
+        return self.checkpoint or None
+
+    def effective_score_threshold(self, class_names: Iterable[str], default: float) -> float | dict[str, float]:
+        """What ``Detector.set_score_threshold`` gets: one float, or a class -> threshold dict when any class
+        has its own threshold (classes without one use the global value, or ``default`` when unset)."""
+        glob = self.score_threshold if self.score_threshold >= 0 else default
+        own = {c: v for c, v in self.score_thresholds.items() if v >= 0}
+        if not own:
+            return float(glob)
+        return {c: float(own.get(c, glob)) for c in class_names}
+
+    def field_candidates(self, feature: str) -> list[str]:
+        """Field names to try, in order, for a model feature (empty list = always fill)."""
+        return [n.strip() for n in self.fields.get(feature, "").split(",") if n.strip()]
+
+    def intensity_multiplier(self) -> float | None:
+        """The fixed intensity multiplier, or None for ``auto``."""
+        return None if self.intensity_scale == "auto" else float(self.intensity_scale)
+
+
+def _how_to_fix(name: str) -> str:
+    return (f"fix: set {name} in the parameter file (config/fastpillars.yaml) or on the command line "
+            f"(--ros-args -p {name}:=<value>)")
+
+
+def _bad(name: str, value: Any, allowed: str) -> ValueError:
+    return ValueError(f"parameter '{name}' = {value!r} is invalid: allowed is {allowed}; {_how_to_fix(name)}")
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Validate one value given under ROS name ``name`` and return it in its canonical type.
+
+    Integers are accepted for doubles (YAML writes ``1`` for ``1.0``). Raises ``ValueError`` with a message
+    naming the parameter, the value, what is allowed and how to fix it; unknown names raise too.
+    """
+    if name.startswith(CLASS_THRESHOLD_PREFIX):
+        spec = ParamSpec(name, -1.0, "double", "", range=(-1.0, 1.0),
+                         note="negative = use score_threshold for this class")
+    elif name in SPEC_BY_NAME:
+        spec = SPEC_BY_NAME[name]
+    else:
+        raise ValueError(unknown_message(name))
+    if spec.kind == "bool":
+        if not isinstance(value, bool):
+            raise _bad(name, value, spec.allowed())
+        return value
+    if spec.kind == "string":
+        if not isinstance(value, str):
+            raise _bad(name, value, spec.allowed())
+        if spec.choices is not None and value not in spec.choices:
+            raise _bad(name, value, spec.allowed())
+        if name.startswith("fields."):
+            names = [n.strip() for n in value.split(",")]
+            if any(not n for n in names) and value.strip():
+                raise _bad(name, value, "comma-separated field names without empty entries")
+            if name in ("fields.x", "fields.y", "fields.z") and not value.strip():
+                raise _bad(name, value, "a field name (x, y and z cannot be filled with a constant)")
+        if name == "model" and not value.strip():
+            raise _bad(name, value, "a bundled model name (e.g. tiny) or a path to a model .yaml")
+        return value
+    if spec.kind == "scale":
+        return _coerce_scale(name, value, spec)
+    if spec.kind == "integer":
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            else:
+                raise _bad(name, value, spec.allowed())
+        _check_range(name, value, spec)
+        return value
+    if spec.kind == "double":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise _bad(name, value, spec.allowed())
+        value = float(value)
+        _check_range(name, value, spec)
+        if name == "nms_iou_threshold" and value == 0.0:
+            raise _bad(name, value, spec.allowed())
+        return value
+    raise AssertionError(f"unknown kind {spec.kind}")
+
+
+def _check_range(name: str, value: float, spec: ParamSpec) -> None:
+    if spec.range is not None and not spec.range[0] <= value <= spec.range[1]:
+        raise _bad(name, value, spec.allowed())
+
+
+def _coerce_scale(name: str, value: Any, spec: ParamSpec) -> str | float:
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == "auto":
+            return "auto"
+        try:
+            value = float(text)
+        except ValueError:
+            raise _bad(name, value, spec.allowed()) from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise _bad(name, value, spec.allowed())
+    return float(value)
+
+
+def unknown_message(name: str) -> str:
+    """Sentence for a parameter name the node does not have (with a suggestion when one is close)."""
+    close = difflib.get_close_matches(name, list(SPEC_BY_NAME), n=1, cutoff=0.75)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"parameter '{name}' is not a parameter of {NODE_NAME}{hint}; it is ignored"
+
+
+def parse(values: Mapping[str, Any]) -> tuple[NodeParams, list[str]]:
+    """Build :class:`NodeParams` from user-given values (flat ROS names) on top of the defaults.
+
+    Returns ``(params, warnings)``: warnings name unknown parameters (ignored, with a suggestion).
+    Raises :class:`ParamError` with one sentence per invalid value.
+    """
+    params = NodeParams()
+    errors: list[str] = []
+    warnings: list[str] = []
+    for name, value in values.items():
+        if name not in SPEC_BY_NAME and not name.startswith(CLASS_THRESHOLD_PREFIX):
+            if not name.startswith(FOREIGN_OK_PREFIXES):
+                warnings.append(unknown_message(name))
+            continue
+        try:
+            params.set(name, coerce(name, value))
+        except ValueError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise ParamError(errors)
+    return params, warnings
+
+
+def check_class_thresholds(params: NodeParams, class_names: Iterable[str], model: str) -> None:
+    """Per-class thresholds must name classes of the model; raise :class:`ParamError` otherwise."""
+    names = list(class_names)
+    errors = [f"parameter '{CLASS_THRESHOLD_PREFIX}{c}' names a class that model {model!r} does not have; "
+              f"its classes are {names}; fix: rename it to one of "
+              f"{', '.join(CLASS_THRESHOLD_PREFIX + n for n in names)} or remove it"
+              for c in params.score_thresholds if c not in names]
+    if errors:
+        raise ParamError(errors)
+
+
+def check_point_features(params: NodeParams, point_features: Iterable[str], model: str) -> None:
+    """Every feature the model needs must be mappable: a field or a fill value."""
+    errors = []
+    for feature in point_features:
+        if feature not in FEATURES:
+            errors.append(f"model {model!r} asks for point feature {feature!r}, which the node cannot map "
+                          f"(known: {list(FEATURES)}); fix: use a model config with known features")
+        elif feature not in FILLABLE and not params.field_candidates(feature):
+            errors.append(f"parameter 'fields.{feature}' is empty but model {model!r} needs {feature}; "
+                          f"{_how_to_fix('fields.' + feature)}")
+    if errors:
+        raise ParamError(errors)
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested parameter-file mapping -> flat dotted names (``{'fields': {'x': 'x'}}`` -> ``fields.x``)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _yaml_scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, int):
+        return str(value)
+    return '""' if value == "" else f'"{value}"'
+
+
+def default_yaml() -> str:
+    """The default parameter file (``config/fastpillars.yaml``): every parameter with its default."""
+    lines = [
+        "# Parameters of the fastpillars_ros detector node, every one with its default value.",
+        "# Generated from fastpillars_ros/node_params.py (python -m fastpillars_ros.node_params);",
+        "# a test keeps this file and the code's defaults equal. (runtime) = may be changed while running.",
+        f"{NODE_NAME}:",
+        "  ros__parameters:",
+    ]
+    groups: dict[str, list[ParamSpec]] = {}
+    for spec in SPECS:
+        group, _, key = spec.name.partition(".")
+        if key:
+            if group not in groups:
+                groups[group] = []
+                lines.append(f"    {group}:")
+            lines += _yaml_entry(spec, key, indent=6)
+        else:
+            lines += _yaml_entry(spec, spec.name, indent=4)
+        if spec.name == "score_threshold":
+            lines += [
+                "    # Per-class thresholds override score_threshold for one class of the model, e.g.",
+                "    # score_thresholds:",
+                "    #   car: 0.3",
+                "    #   pedestrian: 0.2",
+            ]
+    return "\n".join(lines) + "\n"
+
+
+def _yaml_entry(spec: ParamSpec, key: str, indent: int) -> list[str]:
+    pad = " " * indent
+    tag = " (runtime)" if spec.runtime else ""
+    comment = f"{pad}# {spec.description} Allowed: {spec.allowed()}.{tag}"
+    return [comment, f"{pad}{key}: {_yaml_scalar(spec.default)}"]
+
+
+if __name__ == "__main__":
+    print(default_yaml(), end="")
