@@ -85,7 +85,9 @@ def test_pre_max_and_post_max_truncate_before_and_after_suppression() -> None:
 
 def test_equal_scores_keep_the_lower_index_first() -> None:
     box = np.array([1.0, 1.0, 0.0, 4.0, 2.0, 1.5, 0.2])
-    boxes = np.stack([box, box + [10, 0, 0, 0, 0, 0, 0], box, box + [10, 0, 0, 0, 0, 0, 0]])
+    far = box.copy()
+    far[0] += 10.0
+    boxes = np.stack([box, far, box, far])
     scores = np.array([0.5, 0.5, 0.5, 0.5])
     np.testing.assert_array_equal(nms_bev(boxes, scores, 0.5), [0, 1])
     np.testing.assert_array_equal(nms_bev(boxes, np.zeros(4), 0.5), [0, 1])
@@ -93,7 +95,8 @@ def test_equal_scores_keep_the_lower_index_first() -> None:
 
 def test_suppression_needs_iou_strictly_above_threshold() -> None:
     a = np.array([0.0, 0.0, 0.0, 2.0, 2.0, 1.0, 0.0])
-    b = a + [1.0, 0, 0, 0, 0, 0, 0]  # IoU = 2 / 6 = 1/3
+    b = a.copy()
+    b[0] = 1.0  # IoU = 2 / 6 = 1/3
     boxes, scores = np.stack([a, b]), np.array([0.9, 0.8])
     np.testing.assert_array_equal(nms_bev(boxes, scores, 0.34), [0, 1])
     np.testing.assert_array_equal(nms_bev(boxes, scores, 0.33), [0])
