@@ -1,6 +1,7 @@
 """``fastpillars-ros <command>``: the project's command-line tools.
 
-Each command lives in its own module, which provides ``add_arguments(parser)`` and ``run(args) -> int``.
+Each command is a module (or ``module:attribute``) that provides ``add_arguments(parser)`` and
+``run(args) -> int``.
 Modules are imported only when their command runs, so ``fastpillars-ros --help`` stays instant (torch
 alone takes seconds to import).
 """
@@ -15,6 +16,11 @@ from collections.abc import Sequence
 # command -> (module, one-line help). Keep sorted by the order a user meets them.
 COMMANDS: dict[str, tuple[str, str]] = {
     "memcheck": ("fastpillars_ros.runtime.memory", "estimate GPU memory per component and check it fits"),
+    "profile": ("fastpillars_ros.runtime.profiling", "per-layer and per-stage timings (trtexec JSON shape)"),
+    "export-onnx": ("fastpillars_ros.runtime.deploy_commands:ExportOnnx",
+                    "export the fused dense part to ONNX and check it with onnxruntime"),
+    "build-engine": ("fastpillars_ros.runtime.deploy_commands:BuildEngine",
+                     "build and cache the TensorRT engine for this GPU (install time)"),
 }
 
 
@@ -36,8 +42,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"fastpillars-ros: unknown command {name!r}\n\n{_overview()}", file=sys.stderr)
         return 2
-    module_name, helptext = COMMANDS[name]
+    target, helptext = COMMANDS[name]
+    module_name, _, attribute = target.partition(":")
     module = importlib.import_module(module_name)
+    if attribute:
+        module = getattr(module, attribute)
     parser = argparse.ArgumentParser(prog=f"fastpillars-ros {name}", description=helptext)
     module.add_arguments(parser)
     return int(module.run(parser.parse_args(rest)) or 0)

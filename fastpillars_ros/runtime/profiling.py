@@ -1,0 +1,153 @@
+"""Per-layer profiling of the dense network, written in the JSON shape of ``trtexec --exportProfile``.
+
+Output: a list whose first element is ``{"count": runs}``, then one entry per layer
+``{"name", "timeMs" (total over runs), "averageMs", "medianMs", "percentage"}``, slowest first. With the
+TensorRT back end the layers are the engine's (an ``IProfiler`` collects them): TensorRT fuses
+conv + bias + activation, so such a group appears as one layer. With torch, each leaf module is wrapped
+in a ``torch.profiler.record_function`` range named after the module path (``backbone.conv2.0.conv1...``),
+so the activation after a conv is its own row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def layer_table(samples: dict[str, list[float]], runs: int) -> list[dict[str, Any]]:
+    """trtexec-style profile from per-run layer times in ms (``samples[name]`` has one value per run)."""
+    total = sum(sum(v) for v in samples.values()) or 1.0
+    rows = [{"name": name, "timeMs": sum(v), "averageMs": sum(v) / runs, "medianMs": statistics.median(v),
+             "percentage": 100.0 * sum(v) / total} for name, v in samples.items()]
+    rows.sort(key=lambda r: -r["timeMs"])
+    return [{"count": runs}, *rows]
+
+
+def profile_torch(model: torch.nn.Module, canvas: torch.Tensor, runs: int = 5) -> list[dict[str, Any]]:
+    """Profile ``model.forward_dense(canvas)`` per leaf module with torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    names = {m: n for n, m in model.named_modules() if not list(m.children()) and n}
+    ranges: list[Any] = []
+
+    def pre(module: torch.nn.Module, _inputs: tuple) -> None:
+        r = record_function(f"layer::{names[module]}")
+        r.__enter__()
+        ranges.append(r)
+
+    def post(_module: torch.nn.Module, _inputs: tuple, _output: Any) -> None:
+        ranges.pop().__exit__(None, None, None)
+
+    handles = [m.register_forward_pre_hook(pre) for m in names] + [m.register_forward_hook(post) for m in names]
+    cuda = canvas.is_cuda
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    try:
+        with torch.no_grad():
+            model.forward_dense(canvas)  # warm-up outside the profile
+            with profile(activities=activities) as prof:
+                for _ in range(runs):
+                    model.forward_dense(canvas)
+                if cuda:
+                    torch.cuda.synchronize()
+    finally:
+        for h in handles:
+            h.remove()
+    samples: dict[str, list[float]] = defaultdict(list)
+    for ev in prof.events():
+        if ev.name.startswith("layer::"):
+            us = ev.device_time_total if cuda else ev.cpu_time_total
+            samples[ev.name[len("layer::"):]].append(us / 1e3)
+    return layer_table({k: v for k, v in samples.items() if len(v) == runs}, runs)
+
+
+def profile_tensorrt(dense: Any, canvas: torch.Tensor, runs: int = 5) -> list[dict[str, Any]]:
+    """Profile a :class:`~fastpillars_ros.runtime.tensorrt_backend.TensorRTDense` with an IProfiler."""
+    import tensorrt as trt
+
+    samples: dict[str, list[float]] = defaultdict(list)
+
+    class Collector(trt.IProfiler):
+        def __init__(self) -> None:
+            trt.IProfiler.__init__(self)
+
+        def report_layer_time(self, layer_name: str, ms: float) -> None:
+            samples[layer_name].append(ms)
+
+    dense.forward_dense(canvas)
+    torch.cuda.synchronize()
+    dense.context.profiler = Collector()
+    for _ in range(runs):
+        dense.forward_dense(canvas)
+        torch.cuda.synchronize()
+    return layer_table(dict(samples), runs)
+
+
+def format_top(profile_rows: list[dict[str, Any]], top: int = 15) -> str:
+    rows = profile_rows[1:top + 1]
+    width = max([len(r["name"]) for r in rows] + [5])
+    lines = [f"{'layer':<{width}s} {'avg ms':>9s} {'median ms':>10s} {'%':>6s}"]
+    lines += [f"{r['name']:<{width}s} {r['averageMs']:9.3f} {r['medianMs']:10.3f} {r['percentage']:6.1f}" for r in rows]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# fastpillars-ros profile
+# ------------------------------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="tiny", help="model config name or YAML path")
+    parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--backend", default="torch", choices=["torch", "tensorrt"])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--input", default=None, help="point file (KITTI .bin or PCD) for the per-stage split; "
+                                                     "default: synthetic points over the model's range")
+    parser.add_argument("--top", type=int, default=15, help="layers to print")
+    parser.add_argument("--output", required=True, help="JSON file (trtexec --exportProfile shape)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..detector import STAGES, Detector
+
+    det = Detector(args.config, args.checkpoint, backend=args.backend, device=args.device,
+                   precision=args.precision, warmup=True)
+    if args.input:
+        from ..pointcloud import read_points
+
+        points = read_points(args.input, det.point_features, defaults={"dt": 0.0})
+    else:
+        points = det._synthetic_cloud(60_000)
+    stage_ms: dict[str, list[float]] = defaultdict(list)
+    for _ in range(args.runs):
+        r = det.detect(points)
+        for k, v in r.timings.items():
+            stage_ms[k].append(v)
+    canvas = torch.zeros((1, *det.config.canvas_shape), device=det.device)
+    if det.backend == "tensorrt":
+        rows = profile_tensorrt(det._dense, canvas, args.runs)
+        note = "TensorRT layers; conv + bias + activation fused by TensorRT appear as one layer"
+    else:
+        dense = det._dense
+        if det.precision == "fp16":
+            dense, canvas = dense.half_model, canvas.half()
+        rows = profile_torch(dense, canvas, args.runs)
+        note = "torch leaf modules (conv and its activation are separate rows; the model is BN-fused)"
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(rows, indent=2))
+    print(f"{det.describe()}\nper-layer profile of the dense part ({note}), {args.runs} runs -> {args.output}")
+    print(format_top(rows, args.top))
+    print("\nper-stage split (median ms over runs, end to end on "
+          f"{'the input file' if args.input else 'synthetic points'}):")
+    for k in (*STAGES, "total"):
+        print(f"  {k:<10s} {np.median(stage_ms[k]):9.2f}")
+    print(f"measured {time.strftime('%Y-%m-%d')}")
+    return 0
