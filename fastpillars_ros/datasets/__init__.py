@@ -1,0 +1,1 @@
+"""Dataset readers (KITTI layout) shared by training and evaluation."""

@@ -1,0 +1,213 @@
+"""Procedural street scenes: a sloped road with kerbs and sidewalks, buildings or open terrain with trees,
+bushes, walls and parking lots, poles and street furniture, parked rows and moving vehicles, pedestrians
+on the sidewalks and crossing, cyclists near the road edge.
+
+Road coordinates: ``u`` along the road (from the sensor), ``s`` lateral (positive left). Traffic is
+right-handed: lanes with ``s < 0`` drive towards +u. The sensor vehicle drives in one of the lanes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from fastpillars_ros.sim import objects
+from fastpillars_ros.sim.scene import BOX, Ground, Scene, Shape
+from fastpillars_ros.sim.sensors import SensorModel
+
+__all__ = ["street_scene"]
+
+U_MAX = 80.0
+
+
+def _u(rng: np.random.Generator, lo: float, hi: float) -> float:
+    return float(lo + (hi - lo) * rng.random())
+
+
+class _Placer:
+    def __init__(self, scene: Scene, rng: np.random.Generator) -> None:
+        self.scene = scene
+        self.rng = rng
+        self.g = scene.ground
+
+    def place(self, shape: Shape, u: float, s: float, yaw_road: float, kitti_type: str | None, category: str,
+              margin: float = 0.3, check: bool = True, colour: float | None = None, sink: float = 0.0) -> bool:
+        """Place ``shape`` at road coordinates (u, s) with heading ``yaw_road`` relative to the road, unless it
+        would overlap an object already placed (discs along its length, ``margin`` metres of clearance)."""
+        x, y = self.g.to_world(u, s)
+        x, y = float(x), float(y)
+        yaw = self.g.road_dir + yaw_road
+        if math.hypot(x, y) < 3.0 + margin:  # keep the sensor vehicle's own space free
+            return False
+        lo, hi = shape.extent()
+        half_w = max(-lo[1], hi[1]) + margin
+        if check:
+            n = max(1, math.ceil((hi[0] - lo[0]) / max(2 * half_w, 0.2)))
+            for t in np.linspace(lo[0] + half_w, hi[0] - half_w, n) if hi[0] - lo[0] > 2 * half_w else [0.0]:
+                cx, cy = x + math.cos(yaw) * t, y + math.sin(yaw) * t
+                if not self.scene.footprint_free(cx, cy, half_w):
+                    return False
+        z = float(self.g.height(x, y)) - sink
+        self.scene.add_shape(shape, x, y, yaw, kitti_type, category, self.rng, z=z, colour=colour)
+        return True
+
+
+def _building(rng: np.random.Generator, length: float, depth: float, height: float) -> Shape:
+    s = Shape()
+    s.add(BOX, (0, 0, height / 2), (length / 2, depth / 2, height / 2), "building")
+    if rng.random() < 0.4:  # a ground-floor awning or a balcony row on the street side (-y)
+        z = _u(rng, 2.5, min(6.0, height - 0.5))
+        s.add(BOX, (0, -depth / 2 - 0.4, z), (length / 2 * _u(rng, 0.3, 0.9), 0.4, 0.1), "wall")
+    if rng.random() < 0.3 and height > 6:  # a set-back upper storey
+        s.add(BOX, (0, 1.0, height + 1.5), (length / 2 * 0.8, depth / 2 - 1.0, 1.5), "building")
+    return s
+
+
+def _wall(rng: np.random.Generator, length: float) -> Shape:
+    h = _u(rng, 0.8, 2.2)
+    return Shape().add(BOX, (0, 0, h / 2), (length / 2, _u(rng, 0.08, 0.2), h / 2), "wall")
+
+
+def _vehicle(rng: np.random.Generator, p_van: float = 0.1, p_truck: float = 0.04) -> tuple[Shape, str, str]:
+    r = rng.random()
+    if r < p_truck:
+        return objects.truck(rng), "Truck", "truck"
+    if r < p_truck + p_van:
+        return objects.van(rng), "Van", "van"
+    return objects.car(rng), "Car", "car"
+
+
+def street_scene(rng: np.random.Generator, sensor: SensorModel) -> Scene:
+    """A random street scene around a sensor mounted ``sensor.mount_height`` above the road."""
+    lanes = int(rng.integers(1, 3))
+    lane_w = _u(rng, 3.0, 3.7)
+    parking = [rng.random() < 0.7, rng.random() < 0.6]  # right (s < 0), left (s > 0)
+    park_w = 2.3
+    half_w = lanes * lane_w + park_w * max(parking)  # symmetric road; an empty parking strip is just road
+    ego_lane = int(rng.integers(0, lanes))
+    ego_side = -1 if rng.random() < 0.75 else 1
+    s_ego = ego_side * lane_w * (ego_lane + 0.5) + rng.normal(0, 0.3)
+    road_dir = rng.normal(0, 0.05) if rng.random() < 0.8 else _u(rng, -0.8, 0.8)
+    slope = tuple(float(np.clip(rng.normal(0, 0.005), -0.012, 0.012)) for _ in range(2))
+    ground = Ground(
+        z0=-sensor.mount_height + rng.normal(0, 0.03), slope=slope, road_dir=road_dir, road_offset=-s_ego,
+        road_half_width=half_w, kerb_height=_u(rng, 0.08, 0.16) if rng.random() < 0.85 else 0.0,
+        sidewalk_width=_u(rng, 2.0, 5.0), road_reflectivity=_u(rng, 0.12, 0.3),
+        sidewalk_reflectivity=_u(rng, 0.2, 0.4), terrain_reflectivity=_u(rng, 0.3, 0.5),
+        markings=rng.random() < 0.8)
+    scene = Scene(ground)
+    p = _Placer(scene, rng)
+    walk_in, walk_out = half_w + 0.4, half_w + ground.sidewalk_width - 0.3
+    facade = half_w + ground.sidewalk_width
+
+    # --- roadside scenery: poles and trees on the sidewalk's edges -------------------------------------
+    for side in (-1, 1):
+        u = -U_MAX + _u(rng, 0, 20)
+        while u < U_MAX:
+            p.place(objects.pole(rng), u, side * (half_w + 0.35), -side * math.pi / 2, None, "pole", margin=0.1)
+            u += _u(rng, 12, 35)
+        if rng.random() < 0.55:
+            u = -U_MAX + _u(rng, 0, 10)
+            while u < U_MAX:
+                p.place(objects.tree(rng), u, side * (facade - 0.8), 0.0, None, "tree", margin=0.1, check=False)
+                u += _u(rng, 6, 16)
+
+    # --- buildings / open terrain ------------------------------------------------------------------------
+    for side in (-1, 1):
+        if rng.random() < 0.72:
+            u = -U_MAX - 20 + _u(rng, 0, 10)
+            while u < U_MAX + 20:
+                length = _u(rng, 8, 30)
+                if rng.random() < 0.75:
+                    depth, height = _u(rng, 8, 15), _u(rng, 3.5, 20)
+                    setback = _u(rng, 0, 5) if rng.random() < 0.5 else 0.2
+                    p.place(_building(rng, length, depth, height), u + length / 2,
+                            side * (facade + setback + depth / 2), 0.0 if side > 0 else math.pi, None, "building",
+                            check=False, sink=0.5)
+                elif rng.random() < 0.6:
+                    p.place(_wall(rng, length), u + length / 2, side * (facade + 0.3), 0.0, None, "wall",
+                            check=False, margin=0.0)
+                u += length + (_u(rng, 1, 10) if rng.random() < 0.5 else 0.0)
+        else:
+            if rng.random() < 0.5:  # parking lot: rows of cars perpendicular to the road
+                rows = int(rng.integers(1, 4))
+                for r in range(rows):
+                    s_row = facade + 4.0 + r * 11.0
+                    u = _u(rng, -35, -15)
+                    while u < _u(rng, 15, 40):
+                        if rng.random() < 0.7:
+                            shape, kt, cat = _vehicle(rng, 0.08, 0.0)
+                            flip = math.pi if rng.random() < 0.5 else 0.0
+                            p.place(shape, u, side * s_row, math.pi / 2 + flip + rng.normal(0, 0.05), kt, cat,
+                                    colour=_u(rng, 0.05, 0.7))
+                        u += _u(rng, 2.4, 3.0)
+            elif rng.random() < 0.5:
+                p.place(_wall(rng, 2 * U_MAX), 0.0, side * (facade + 0.3), 0.0, None, "wall", check=False)
+            for _ in range(int(rng.integers(5, 25))):
+                p.place(objects.tree(rng), _u(rng, -U_MAX, U_MAX), side * _u(rng, facade + 2, facade + 45), 0.0, None,
+                        "tree", margin=0.5)
+        for _ in range(int(rng.integers(2, 12))):
+            p.place(objects.bush(rng), _u(rng, -U_MAX, U_MAX), side * _u(rng, facade + 0.5, facade + 12), 0.0, None,
+                    "bush", margin=0.2)
+
+    # --- vehicles -----------------------------------------------------------------------------------------
+    for side, has_parking in zip((-1, 1), parking, strict=True):
+        if not has_parking:
+            continue
+        occupancy = _u(rng, 0.3, 0.9)
+        s_row = side * (half_w - park_w / 2 + rng.normal(0, 0.1))
+        u = -U_MAX + _u(rng, 0, 5)
+        heading = 0.0 if side < 0 else math.pi
+        while u < U_MAX:
+            shape, kt, cat = _vehicle(rng)
+            lo, hi = shape.extent()
+            length = hi[0] - lo[0]
+            if rng.random() < occupancy:
+                flip = math.pi if rng.random() < 0.1 else 0.0
+                p.place(shape, u + length / 2, s_row + rng.normal(0, 0.1), heading + flip + rng.normal(0, 0.03), kt,
+                        cat, margin=0.15, colour=_u(rng, 0.05, 0.7))
+            u += length + _u(rng, 0.5, 3.0)
+    for _ in range(int(rng.integers(2, 14))):
+        side = -1 if rng.random() < 0.5 else 1
+        lane = int(rng.integers(0, lanes))
+        shape, kt, cat = _vehicle(rng, 0.1, 0.06)
+        heading = (0.0 if side < 0 else math.pi) + rng.normal(0, 0.04)
+        p.place(shape, _u(rng, -U_MAX, U_MAX), side * lane_w * (lane + 0.5) + rng.normal(0, 0.3), heading, kt, cat,
+                margin=0.8, colour=_u(rng, 0.05, 0.7))
+
+    # --- cyclists -----------------------------------------------------------------------------------------
+    for _ in range(int(rng.integers(0, 6))):
+        side = -1 if rng.random() < 0.5 else 1
+        if rng.random() < 0.8:
+            s = side * (lanes * lane_w - _u(rng, 0.6, 1.2))
+            heading = (0.0 if side < 0 else math.pi) + rng.normal(0, 0.08)
+        else:
+            s = side * _u(rng, walk_in + 0.4, max(walk_out, walk_in + 0.5))
+            heading = _u(rng, -math.pi, math.pi)
+        p.place(objects.cyclist(rng), _u(rng, -60, 60), s, heading, "Cyclist", "cyclist", margin=0.3)
+
+    # --- pedestrians -----------------------------------------------------------------------------------------
+    for _ in range(int(rng.integers(2, 16))):
+        side = -1 if rng.random() < 0.5 else 1
+        u0 = _u(rng, -55, 55)
+        if rng.random() < 0.15:  # crossing the road
+            s0 = _u(rng, -half_w + 0.5, half_w - 0.5)
+            heading = (math.pi / 2 if rng.random() < 0.5 else -math.pi / 2) + rng.normal(0, 0.2)
+        else:
+            s0 = side * _u(rng, walk_in, max(walk_out, walk_in + 0.1))
+            heading = (0.0 if rng.random() < 0.5 else math.pi) + rng.normal(0, 0.3)
+            if rng.random() < 0.2:
+                heading = _u(rng, -math.pi, math.pi)
+        group = 1 if rng.random() < 0.7 else int(rng.integers(2, 4))
+        for k in range(group):
+            du, ds = (k * _u(rng, 0.6, 1.1), rng.normal(0, 0.3)) if k else (0.0, 0.0)
+            p.place(objects.pedestrian(rng), u0 + du, s0 + ds, heading + rng.normal(0, 0.15), "Pedestrian",
+                    "pedestrian", margin=0.1)
+
+    # --- street furniture (unlabelled distractors) ------------------------------------------------------------
+    for _ in range(int(rng.integers(2, 12))):
+        side = -1 if rng.random() < 0.5 else 1
+        p.place(objects.clutter(rng), _u(rng, -U_MAX, U_MAX), side * _u(rng, walk_in, max(walk_out, walk_in + 0.1)),
+                _u(rng, -0.2, 0.2), None, "clutter", margin=0.2)
+    return scene
