@@ -1,0 +1,234 @@
+"""``fastpillars-ros launch``: start the detector node like ``launch/detect.launch.py`` does, without ``launch``.
+
+Where ROS 2's ``launch``/``launch_ros`` are installed, use ``ros2 launch fastpillars_ros detect.launch.py``.
+Where they are not (a pip-installed ROS), this command starts the same node with the same parameter
+file and arguments: ``python -m fastpillars_ros.node --ros-args --params-file F -r points:=T -p ...``.
+Both read their arguments from :data:`LAUNCH_ARGUMENTS` semantics (a test checks the launch file
+declares the same names and defaults).
+
+The node talks DDS with whatever the environment says (on a robot it must reach other machines);
+``--loopback`` restricts it to this machine (tests and the demo use it).
+
+Also used by the launch file: :func:`node_overrides` (which launch arguments become node parameters) and
+:func:`rviz_config_text` (the RViz config with the actual input topic and fixed frame).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PACKAGE = "fastpillars_ros"
+PARAMS_FILE = "fastpillars.yaml"
+RVIZ_FILE = "fastpillars.rviz"
+
+
+@dataclass(frozen=True)
+class LaunchArgument:
+    """One launch argument: name, default (as the launch file's string), help text."""
+
+    name: str
+    default: str
+    description: str
+
+
+#: The launch arguments, in the launch file's order. ``params_file``'s default is the installed
+#: ``config/fastpillars.yaml`` (resolved by :func:`share_file`); empty model/checkpoint/backend keep the
+#: parameter file's values.
+LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
+    LaunchArgument("params_file", f"<share>/config/{PARAMS_FILE}",
+                   "Node parameter file (default: the package's config/fastpillars.yaml)."),
+    LaunchArgument("input_topic", "points", "PointCloud2 topic the detector subscribes to."),
+    LaunchArgument("model", "", "Model config name or path; empty = the parameter file's 'model'."),
+    LaunchArgument("checkpoint", "", "Weights file; empty = the parameter file's 'checkpoint'."),
+    LaunchArgument("backend", "", "auto, torch or tensorrt; empty = the parameter file's 'backend'."),
+    LaunchArgument("use_sim_time", "false", "Use the /clock topic as time (bag replay, simulation)."),
+    LaunchArgument("rviz", "false", "Also start RViz 2 with config/fastpillars.rviz."),
+    LaunchArgument("rviz_fixed_frame", "base_link",
+                   "RViz fixed frame (use the cloud's frame_id when no TF tree is published)."),
+)
+
+
+def share_file(relative: str) -> Path:
+    """A file of the package's share directory: the source tree first, then the installed share dir."""
+    source = Path(__file__).resolve().parents[1] / relative
+    if source.is_file():
+        return source
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return Path(get_package_share_directory(PACKAGE)) / relative
+    except (ImportError, LookupError):
+        return source
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def node_overrides(model: str = "", checkpoint: str = "", backend: str = "", use_sim_time: Any = False
+                   ) -> dict[str, Any]:
+    """Node parameters set by launch arguments (on top of the parameter file): only non-empty ones."""
+    out: dict[str, Any] = {}
+    for name, value in (("model", model), ("checkpoint", checkpoint), ("backend", backend)):
+        if str(value).strip():
+            out[name] = str(value).strip()
+    out["use_sim_time"] = _truthy(use_sim_time)
+    return out
+
+
+def absolute_topic(topic: str, namespace: str = "/") -> str:
+    """The topic name RViz must show for a node in ``namespace`` remapped to ``topic``."""
+    if topic.startswith("/"):
+        return topic
+    return namespace.rstrip("/") + "/" + topic
+
+
+def rviz_config_text(input_topic: str = "/points", fixed_frame: str = "base_link",
+                     template: str | os.PathLike | None = None) -> str:
+    """config/fastpillars.rviz with the cloud display's topic and the fixed frame filled in."""
+    path = Path(template) if template is not None else share_file(f"config/{RVIZ_FILE}")
+    data = yaml.safe_load(Path(path).read_text())
+    manager = data["Visualization Manager"]
+    manager["Global Options"]["Fixed Frame"] = fixed_frame
+    for display in manager["Displays"]:
+        if display.get("Class") == "rviz_default_plugins/PointCloud2":
+            display["Topic"]["Value"] = absolute_topic(input_topic)
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def _ros_value(value: Any) -> str:
+    """A ``-p name:=value`` value that rcl's YAML parser reads back as the same type."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = str(value)
+    if isinstance(value, str):
+        try:
+            parsed = yaml.safe_load(text)
+        except yaml.YAMLError:
+            parsed = None
+        if not isinstance(parsed, str) or parsed != text:
+            return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return text
+
+
+def node_command(args: argparse.Namespace) -> list[str]:
+    """The detector node's command line for parsed ``launch`` arguments."""
+    cmd = [sys.executable, "-m", "fastpillars_ros.node", "--ros-args", "--params-file", str(args.params_file),
+           "-r", f"points:={args.input_topic}"]
+    for name, value in node_overrides(args.model, args.checkpoint, args.backend, args.use_sim_time).items():
+        cmd += ["-p", f"{name}:={_ros_value(value)}"]
+    for item in args.param or []:
+        cmd += ["-p", item]
+    return cmd
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = {a.name: a for a in LAUNCH_ARGUMENTS}
+    parser.add_argument("--params-file", type=Path, default=share_file(f"config/{PARAMS_FILE}"),
+                        help=defaults["params_file"].description)
+    parser.add_argument("--input-topic", default=defaults["input_topic"].default,
+                        help=defaults["input_topic"].description)
+    parser.add_argument("--model", default=defaults["model"].default, help=defaults["model"].description)
+    parser.add_argument("--checkpoint", default=defaults["checkpoint"].default,
+                        help=defaults["checkpoint"].description)
+    parser.add_argument("--backend", default=defaults["backend"].default, choices=["", "auto", "torch", "tensorrt"],
+                        help=defaults["backend"].description)
+    parser.add_argument("--use-sim-time", action="store_true", help=defaults["use_sim_time"].description)
+    parser.add_argument("--rviz", action="store_true", help=defaults["rviz"].description)
+    parser.add_argument("--rviz-fixed-frame", default=defaults["rviz_fixed_frame"].default,
+                        help=defaults["rviz_fixed_frame"].description)
+    parser.add_argument("-p", "--param", action="append", metavar="NAME:=VALUE",
+                        help="Extra node parameter, as after --ros-args -p (repeatable).")
+    parser.add_argument("--loopback", action="store_true",
+                        help="Keep DDS on this machine (loopback-only discovery and transport); for tests and "
+                             "demos. Without it the node uses the environment's DDS settings.")
+    parser.add_argument("--dry-run", action="store_true", help="Print the node's command line and exit.")
+
+
+def _environment(loopback: bool) -> dict[str, str]:
+    if loopback:
+        from fastpillars_ros.rosenv import loopback_environment
+
+        return loopback_environment()
+    return dict(os.environ)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not Path(args.params_file).is_file():
+        print(f"fastpillars-ros launch: parameter file {args.params_file} does not exist "
+              f"(--params-file)", file=sys.stderr)
+        return 2
+    cmd = node_command(args)
+    if args.dry_run:
+        print(" ".join(cmd))
+        return 0
+    env = _environment(args.loopback)
+    procs: list[subprocess.Popen] = [subprocess.Popen(cmd, env=env)]
+    if args.rviz:
+        rviz = shutil.which("rviz2")
+        if rviz is None:
+            print("fastpillars-ros launch: rviz2 is not installed here; starting the detector without it",
+                  file=sys.stderr)
+        else:
+            with tempfile.NamedTemporaryFile("w", suffix=".rviz", prefix="fastpillars_", delete=False) as f:
+                f.write(rviz_config_text(args.input_topic, args.rviz_fixed_frame))
+            rviz_cmd = [rviz, "-d", f.name, "--ros-args", "-p",
+                        f"use_sim_time:={'true' if args.use_sim_time else 'false'}"]
+            procs.append(subprocess.Popen(rviz_cmd, env=env))
+
+    def forward(signum: int, _frame: Any) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        rc = procs[0].wait()
+    finally:
+        for p in procs[1:]:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+                try:
+                    p.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    # A node ended by Ctrl-C reports -SIGINT; report that as a normal stop.
+    return 0 if rc in (-signal.SIGINT, 130) else rc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fastpillars-ros launch",
+                                     description="Start the FastPillars detector node (like detect.launch.py).")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def launch_defaults() -> Mapping[str, str]:
+    """Launch argument name -> default, as the launcher applies them (params_file resolved)."""
+    return {a.name: (str(share_file(f"config/{PARAMS_FILE}")) if a.name == "params_file" else a.default)
+            for a in LAUNCH_ARGUMENTS}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,233 @@
+"""Detector node parameters: schema, defaults file, validation messages, launch file vs local launcher."""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import fields as dc_fields
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fastpillars_ros import launcher, node_params
+from fastpillars_ros.node_params import NODE_NAME, SPECS, NodeParams, ParamError, coerce, parse
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- schema and defaults -------------------------------------------------------------------------------
+
+def test_dataclass_defaults_equal_the_schema_defaults():
+    params = NodeParams()
+    for spec in SPECS:
+        assert params.get(spec.name) == spec.default, spec.name
+        coerce(spec.name, spec.default)  # every default is itself valid
+    params.validate()
+    # Every dataclass attribute is covered by the schema (dict groups through their dotted names).
+    covered = {spec.name.partition(".")[0] for spec in SPECS} | {"score_thresholds"}
+    assert {f.name for f in dc_fields(NodeParams)} == covered
+
+
+def test_params_file_lists_every_parameter_with_its_default():
+    data = yaml.safe_load((ROOT / "config" / "fastpillars.yaml").read_text())
+    flat = node_params.flatten(data[NODE_NAME]["ros__parameters"])
+    assert flat == NodeParams().to_parameters()
+    assert set(flat) == {s.name for s in SPECS}
+
+
+def test_params_file_is_the_generated_one_with_descriptions():
+    assert (ROOT / "config" / "fastpillars.yaml").read_text() == node_params.default_yaml()
+
+
+def test_every_parameter_has_a_description_and_numbers_have_ranges():
+    for spec in SPECS:
+        assert len(spec.description) > 15, spec.name
+        if spec.kind in ("double", "integer"):
+            assert spec.range is not None and spec.range[0] <= spec.default <= spec.range[1], spec.name
+
+
+def test_runtime_changeable_parameters_include_the_thresholds():
+    runtime = {s.name for s in SPECS if s.runtime}
+    assert {"score_threshold", "max_input_age_ms", "publish_markers", "intensity_scale"} <= runtime
+    assert not {"model", "backend", "device", "precision", "max_points"} & runtime
+
+
+# --- validation ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("name", "value", "expected"), [
+    ("score_threshold", 1.5, "[-1, 1]"),
+    ("score_threshold", "high", "[-1, 1]"),
+    ("backend", "onnx", "'auto', 'torch', 'tensorrt'"),
+    ("device", "gpu", "'auto', 'cpu', 'cuda'"),
+    ("precision", "int8", "'fp32', 'fp16'"),
+    ("on_insufficient_memory", "crash", "'error', 'fp16', 'cpu'"),
+    ("nms_kind", "soft", "'rotate'"),
+    ("nms_iou_threshold", 0.0, "0 is not allowed"),
+    ("nms_pre_max", -5, "[0, 100000]"),
+    ("nms_post_max", 2.5, "an integer"),
+    ("max_points", 10, "[1000, 10000000]"),
+    ("max_input_age_ms", -1.0, "[0, 600000]"),
+    ("intensity_scale", "loud", "'auto' or a number > 0"),
+    ("intensity_scale", 0.0, "'auto' or a number > 0"),
+    ("intensity_scale", -255, "'auto' or a number > 0"),
+    ("fields.x", "", "x, y and z cannot be filled"),
+    ("fields.intensity", "intensity,,reflectivity", "without empty entries"),
+    ("missing_field", "zero", "'fill', 'error'"),
+    ("publish_markers", "yes", "true or false"),
+    ("diagnostics_period", 0.0, "[0.1, 60]"),
+    ("score_thresholds.car", 2.0, "negative = use score_threshold"),
+    ("model", "", "a bundled model name"),
+])
+def test_each_bad_value_gets_a_specific_error(name, value, expected):
+    with pytest.raises(ParamError) as info:
+        parse({name: value})
+    (message,) = info.value.errors
+    assert f"'{name}'" in message and repr(value) in message
+    assert expected in message
+    assert "fix:" in message and f"-p {name}:=" in message
+
+
+def test_all_bad_values_are_reported_at_once():
+    with pytest.raises(ParamError) as info:
+        parse({"backend": "onnx", "max_points": 5, "score_threshold": 3.0, "model": "tiny"})
+    assert len(info.value.errors) == 3
+    text = str(info.value)
+    assert "3 invalid parameter value(s)" in text and "backend" in text and "max_points" in text
+
+
+def test_values_are_coerced_to_their_types():
+    params, warnings = parse({"score_threshold": 0, "nms_pre_max": 200.0, "intensity_scale": "0.00392",
+                              "device": "cpu", "fields.intensity": "intensity, reflectivity",
+                              "score_thresholds.car": 0.4})
+    assert warnings == []
+    assert params.score_threshold == 0.0 and isinstance(params.score_threshold, float)
+    assert params.nms_pre_max == 200 and isinstance(params.nms_pre_max, int)
+    assert params.intensity_scale == pytest.approx(0.00392)
+    assert params.intensity_multiplier() == pytest.approx(0.00392)
+    assert params.field_candidates("intensity") == ["intensity", "reflectivity"]
+    assert params.field_candidates("dt") == []
+    assert params.score_thresholds == {"car": 0.4}
+    assert parse({"intensity_scale": 255})[0].intensity_scale == 255.0
+    assert parse({"intensity_scale": "AUTO"})[0].intensity_multiplier() is None
+
+
+def test_unknown_parameters_warn_with_a_suggestion_and_foreign_ones_are_ignored():
+    params, warnings = parse({"score_treshold": 0.3, "use_sim_time": True, "qos_overrides./points.reliability": "x"})
+    assert params.score_threshold == -1.0
+    assert len(warnings) == 1 and "'score_treshold'" in warnings[0] and "did you mean 'score_threshold'" in warnings[0]
+
+
+def test_class_thresholds_must_name_model_classes():
+    params, _ = parse({"score_thresholds.truck": 0.3, "score_thresholds.car": 0.2})
+    with pytest.raises(ParamError) as info:
+        node_params.check_class_thresholds(params, ["car", "pedestrian", "cyclist"], "tiny")
+    (message,) = info.value.errors
+    assert "score_thresholds.truck" in message and "'tiny'" in message and "pedestrian" in message
+
+
+def test_point_features_must_be_mappable():
+    params = NodeParams()
+    node_params.check_point_features(params, ["x", "y", "z", "intensity", "dt"], "m")  # dt/intensity fill
+    with pytest.raises(ParamError, match="'ring'"):
+        node_params.check_point_features(params, ["x", "y", "z", "ring"], "m")
+
+
+def test_effective_score_threshold_combines_global_class_and_model_default():
+    p = NodeParams()
+    assert p.effective_score_threshold(["car", "ped"], 0.1) == 0.1
+    p.score_threshold = 0.3
+    assert p.effective_score_threshold(["car", "ped"], 0.1) == 0.3
+    p.score_thresholds = {"car": 0.5, "ped": -1.0}
+    assert p.effective_score_threshold(["car", "ped"], 0.1) == {"car": 0.5, "ped": 0.3}
+    p.score_threshold = -1.0
+    assert p.effective_score_threshold(["car", "ped"], 0.1) == {"car": 0.5, "ped": 0.1}
+
+
+def test_flatten_nested_parameter_files():
+    assert node_params.flatten({"a": 1, "fields": {"x": "x", "deep": {"k": 2}}}) == \
+        {"a": 1, "fields.x": "x", "fields.deep.k": 2}
+
+
+# --- launch file vs local launcher -----------------------------------------------------------------------
+
+def _launch_file_arguments() -> dict[str, tuple[ast.expr, str]]:
+    tree = ast.parse((ROOT / "launch" / "detect.launch.py").read_text())
+    out = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "DeclareLaunchArgument":
+            name = node.args[0].value
+            kw = {k.arg: k.value for k in node.keywords}
+            out[name] = (kw["default_value"], kw["description"].value)
+    return out
+
+
+def test_launch_file_and_launcher_expose_the_same_arguments_and_defaults():
+    declared = _launch_file_arguments()
+    assert list(declared) == [a.name for a in launcher.LAUNCH_ARGUMENTS]
+    for arg in launcher.LAUNCH_ARGUMENTS:
+        default, description = declared[arg.name]
+        assert description == arg.description, arg.name
+        if arg.name == "params_file":
+            # A call resolving the installed share dir: _share("config", "fastpillars.yaml").
+            assert isinstance(default, ast.Call)
+            assert [c.value for c in default.args] == ["config", "fastpillars.yaml"]
+        else:
+            assert isinstance(default, ast.Constant) and default.value == arg.default, arg.name
+    # The command-line flags of the launcher: one per launch argument, same defaults.
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    launcher.add_arguments(parser)
+    ns = parser.parse_args([])
+    for arg in launcher.LAUNCH_ARGUMENTS:
+        value = getattr(ns, arg.name)
+        if arg.name == "params_file":
+            assert Path(value) == ROOT / "config" / "fastpillars.yaml"
+        elif isinstance(value, bool):
+            assert str(value).lower() == arg.default, arg.name
+        else:
+            assert value == arg.default, arg.name
+
+
+def test_launcher_builds_the_node_command_with_params_file_remap_and_overrides():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    launcher.add_arguments(parser)
+    ns = parser.parse_args(["--input-topic", "/lidar/top", "--model", "kitti", "--checkpoint", "123",
+                            "--use-sim-time", "-p", "score_threshold:=0.3"])
+    cmd = launcher.node_command(ns)
+    assert cmd[1:4] == ["-m", "fastpillars_ros.node", "--ros-args"]
+    text = " ".join(cmd)
+    assert f"--params-file {ROOT / 'config' / 'fastpillars.yaml'}" in text
+    assert "-r points:=/lidar/top" in text
+    assert "-p model:=kitti" in text
+    assert '-p checkpoint:="123"' in text  # stays a string for rcl's YAML parser
+    assert "-p use_sim_time:=true" in text
+    assert "-p score_threshold:=0.3" in text
+    assert "backend" not in text  # empty = keep the parameter file's value
+    assert launcher.node_overrides() == {"use_sim_time": False}
+
+
+def test_launcher_does_not_force_loopback_unless_asked(monkeypatch):
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "SUBNET")
+    assert launcher._environment(False)["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "SUBNET"
+    assert launcher._environment(True)["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
+
+
+def test_launcher_rejects_a_missing_params_file(tmp_path, capsys):
+    assert launcher.main(["--params-file", str(tmp_path / "nope.yaml")]) == 2
+    assert "nope.yaml does not exist" in capsys.readouterr().err
+
+
+def test_rviz_config_is_valid_and_shows_cloud_markers_and_detections():
+    data = yaml.safe_load((ROOT / "config" / "fastpillars.rviz").read_text())
+    displays = {d["Class"]: d for d in data["Visualization Manager"]["Displays"]}
+    assert displays["rviz_default_plugins/PointCloud2"]["Topic"]["Reliability Policy"] == "Best Effort"
+    assert displays["rviz_default_plugins/MarkerArray"]["Topic"]["Value"] == "/detection_markers"
+    assert displays["vision_msgs_rviz_plugins/Detection3DArray"]["Topic"]["Value"] == "/detections"
+    text = launcher.rviz_config_text("lidar/top", "velodyne")
+    data = yaml.safe_load(text)
+    assert data["Visualization Manager"]["Global Options"]["Fixed Frame"] == "velodyne"
+    cloud = next(d for d in data["Visualization Manager"]["Displays"] if d["Class"].endswith("PointCloud2"))
+    assert cloud["Topic"]["Value"] == "/lidar/top"
