@@ -119,11 +119,13 @@ def cyclist(rng: np.random.Generator) -> Shape:
     for sy in (1, -1):
         s.add(BOX, (sx_seat + 0.12 + sy * 0.1 * phase, sy * 0.12, (seat + 0.05) / 2 + 0.05),
               (0.07, 0.065, (seat - 0.05) / 2), "cloth")
-    torso_h = 0.3 * height
-    s.add(ELLIPSOID, (sx_seat + 0.15, 0, seat + torso_h * 0.9), (0.24, 0.19, torso_h * 0.9), "cloth")
+    torso_top = height - 0.2
+    torso_half = (torso_top - seat) / 2 + 0.02
+    s.add(ELLIPSOID, (sx_seat + 0.15, 0, (seat + torso_top) / 2), (0.24, 0.19, torso_half), "cloth")
     s.add(ELLIPSOID, (sx_seat + 0.35, 0, height - 0.11), (0.11, 0.09, 0.11), "skin")
+    arm_z = seat + 0.7 * (torso_top - seat)
     for sy in (1, -1):
-        s.add(BOX, ((sx_seat + 0.3 + hx) / 2, sy * min(bar - 0.04, 0.22), seat + torso_h * 1.1),
+        s.add(BOX, ((sx_seat + 0.3 + hx) / 2, sy * min(bar - 0.04, 0.22), arm_z),
                    ((hx - sx_seat - 0.3) / 2 + 0.03, 0.04, 0.05), "cloth")
     return s
 

@@ -1,0 +1,163 @@
+"""LiDAR street-scene simulator: determinism, physical sanity, labels, KITTI output, CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+from fastpillars_ros.boxes import points_in_boxes
+from fastpillars_ros.datasets.kitti import KittiDataset
+from fastpillars_ros.sim import cli, objects
+from fastpillars_ros.sim.generate import MIN_POINTS, render_scene, simulate_frame, write_frame
+from fastpillars_ros.sim.raycast import cast_rays
+from fastpillars_ros.sim.scene import LABEL_MARGIN, Ground, Scene
+from fastpillars_ros.sim.sensors import SensorModel, get_sensor
+
+
+@pytest.fixture(scope="module")
+def frame():
+    return simulate_frame(7, 0, "hdl64")
+
+
+def _object_points(frame, j):
+    return frame.points[frame.scan.owner == frame.object_ids[j], :3]
+
+
+def test_same_seed_gives_identical_arrays(frame):
+    again = simulate_frame(7, 0, "hdl64")
+    assert np.array_equal(frame.points, again.points)
+    assert np.array_equal(frame.boxes, again.boxes) and frame.types == again.types
+    assert np.array_equal(frame.num_points, again.num_points)
+
+
+def test_different_seed_or_index_differs(frame):
+    for seed, index in ((8, 0), (7, 1)):
+        other = simulate_frame(seed, index, "hdl64")
+        assert other.points.shape != frame.points.shape or not np.array_equal(other.points, frame.points)
+        assert other.boxes.shape != frame.boxes.shape or not np.allclose(other.boxes, frame.boxes)
+
+
+def test_hdl64_point_count_is_kitti_like(frame):
+    assert 100_000 <= len(frame.points) <= 130_000
+    assert frame.points.dtype == np.float32 and frame.points.shape[1] == 4
+    assert 0.0 <= frame.points[:, 3].min() and frame.points[:, 3].max() <= 1.0
+
+
+def test_ground_points_lie_on_the_ground(frame):
+    g = frame.scene.ground
+    p = frame.points[frame.scan.owner == -1].astype(np.float64)
+    road = g.z0 + g.slope[0] * p[:, 0] + g.slope[1] * p[:, 1]
+    # on the road plane, on the sidewalk plane, or on the kerb face between them (noise 2 cm rms)
+    dz = p[:, 2] - road
+    ok = (np.abs(dz) < 0.1) | (np.abs(dz - g.kerb_height) < 0.1) | ((dz > 0) & (dz < g.kerb_height))
+    assert len(p) > 30_000 and ok.mean() == 1.0
+    assert np.median(np.abs(p[:, 2] - g.height(p[:, 0], p[:, 1]))) < 0.03
+
+
+def test_nothing_beyond_max_range_or_below_ground(frame):
+    sensor = get_sensor("hdl64")
+    r = np.linalg.norm(frame.points[:, :3].astype(np.float64), axis=1)
+    assert r.max() <= sensor.max_range + 0.2 and r.min() >= sensor.min_range - 0.2
+    g = frame.scene.ground
+    road = g.z0 + g.slope[0] * frame.points[:, 0] + g.slope[1] * frame.points[:, 1]
+    assert np.all(frame.points[:, 2] >= road - 0.15)
+
+
+def test_object_points_lie_on_their_box(frame):
+    for j in range(len(frame.boxes)):
+        pts = _object_points(frame, j)
+        inside = points_in_boxes(pts, frame.boxes[j:j + 1], margin=0.12)[:, 0]
+        assert inside.all(), (frame.types[j], frame.boxes[j])
+        if frame.occluded[j] == 0 and len(pts) > 200:  # a well-seen object reaches the top of its box
+            top = frame.boxes[j, 2] + frame.boxes[j, 5] / 2 - LABEL_MARGIN
+            assert pts[:, 2].max() > top - 0.25
+
+
+def test_labelled_boxes_contain_the_recorded_point_counts(frame):
+    counts = points_in_boxes(frame.points, frame.boxes).sum(axis=0)
+    assert len(frame.boxes) >= 5 and np.all(frame.num_points > 0)
+    # extra: a few ground returns inside the box's bottom slice; missing: returns pushed out by the noise
+    assert np.all(np.abs(counts - frame.num_points) <= 3 + 0.12 * frame.num_points)
+    assert np.array_equal(frame.occluded[frame.num_points < MIN_POINTS], np.full((frame.num_points < MIN_POINTS)
+                                                                                  .sum(), 3))
+
+
+def test_labelled_types_and_sizes(frame):
+    assert set(frame.types) <= {"Car", "Van", "Truck", "Pedestrian", "Cyclist"}
+    rng = np.random.default_rng(0)
+    for make, (lo, hi) in ((objects.car, ((3.5, 1.6, 1.4), (5.0, 2.0, 1.7))),
+                           (objects.pedestrian, ((0.2, 0.4, 1.5), (0.9, 0.8, 1.9))),
+                           (objects.cyclist, ((1.5, 0.5, 1.5), (1.9, 0.85, 1.9)))):
+        for _ in range(100):
+            a, b = make(rng).extent()
+            size = b - a
+            assert np.all(size >= np.array(lo) - 1e-6) and np.all(size <= np.array(hi) + 1e-6), (make, size)
+            assert abs(a[2]) < 1e-9  # standing on the ground
+            assert len(make(rng).kind) >= 4  # more than a single box
+
+
+def _flat_scene() -> Scene:
+    return Scene(Ground(z0=-1.73))
+
+
+def test_occluded_object_gets_fewer_points():
+    sensor = get_sensor("hdl64")
+    car = objects.car(np.random.default_rng(1))
+    alone = _flat_scene()
+    alone.add_shape(car, 20.0, 0.0, 0.0, "Car", "car", np.random.default_rng(2))
+    blocked = _flat_scene()
+    blocked.add_shape(car, 20.0, 0.0, 0.0, "Car", "car", np.random.default_rng(2))
+    blocked.add_shape(objects.van(np.random.default_rng(3)), 10.0, 0.5, 0.0, "Van", "van", np.random.default_rng(4))
+    f_alone = render_scene(alone, sensor, np.random.default_rng(5))
+    f_blocked = render_scene(blocked, sensor, np.random.default_rng(5))
+    n_alone = f_alone.num_points[list(f_alone.object_ids).index(0)]
+    n_blocked = f_blocked.num_points[list(f_blocked.object_ids).index(0)] if 0 in f_blocked.object_ids else 0
+    assert n_alone > 300 and n_blocked < 0.5 * n_alone
+    assert f_alone.occluded[0] == 0
+
+
+def test_sector_culling_matches_brute_force():
+    sensor = SensorModel("small", tuple(np.linspace(-24.9, 2.0, 16)), columns=360, mount_height=1.73,
+                         max_range=80.0)
+    scene = simulate_frame(3, 2, sensor).scene
+    a = cast_rays(scene, sensor, np.random.default_rng(0), cull=True, effects=False)
+    b = cast_rays(scene, sensor, np.random.default_rng(0), cull=False, effects=False)
+    assert len(a.points) > 1000
+    assert np.array_equal(a.ray, b.ray) and np.array_equal(a.owner, b.owner)
+    assert np.allclose(a.points, b.points)
+
+
+def test_simulate_cli_writes_kitti_layout_and_split_runs_match(tmp_path):
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    out = tmp_path / "sim"
+    assert cli.run(parser.parse_args(["--out", str(out), "--scenes", "2", "--seed", "5", "--no-progress"])) == 0
+    for sub, ext in (("velodyne", "bin"), ("label_2", "txt"), ("calib", "txt"), ("sim_meta", "json")):
+        assert sorted(p.name for p in (out / sub).iterdir()) == [f"00000{i}.{ext}" for i in range(2)]
+    ds = KittiDataset(out)
+    f = ds[1]
+    meta = json.loads((out / "sim_meta" / "000001.json").read_text())
+    assert meta["seed"] == 5 and meta["index"] == 1 and meta["sensor"] == "hdl64"
+    assert len(f.points) == meta["num_points"] and f.points.shape[1] == 4
+    ours = np.array([o["box"] for o in meta["objects"]])
+    allb = np.concatenate([f.boxes, f.ignored_boxes])
+    assert len(allb) == len(ours) and set(f.names) <= {"car", "pedestrian", "cyclist"}
+    for b in ours:  # every written label comes back as the same LiDAR box
+        assert np.min(np.abs(allb - b).max(axis=1)) < 1e-4
+    # Scene 1 produced alone (another process / machine) gives identical bytes.
+    out2 = tmp_path / "part"
+    assert cli.run(parser.parse_args(["--out", str(out2), "--scenes", "1", "--start", "1", "--seed", "5",
+                                      "--no-progress"])) == 0
+    for sub, ext in (("velodyne", "bin"), ("label_2", "txt"), ("sim_meta", "json")):
+        assert (out / sub / f"000001.{ext}").read_bytes() == (out2 / sub / f"000001.{ext}").read_bytes()
+
+
+def test_write_frame_labels_read_back_with_points(tmp_path, frame):
+    write_frame(tmp_path, "000000", frame)
+    f = KittiDataset(tmp_path)[0]
+    assert np.array_equal(f.points, frame.points)
+    counts = points_in_boxes(f.points, f.boxes).sum(axis=0)
+    assert np.all(counts > 0)
