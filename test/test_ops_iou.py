@@ -110,9 +110,10 @@ def adversarial_pairs(rng: np.random.Generator, n: int) -> dict[str, tuple[np.nd
     near_far[:, :2] += rng.uniform(-2, 2, (n, 2))
     near_far[:, 6] = rng.uniform(-np.pi, np.pi, n)
     fam["far_from_origin"] = (far, near_far)
-    # Tiny relative rotations that must snap or not (1e-13 .. 1e-6 rad) with shared edges.
+    # Tiny relative rotations around the snapping threshold (1e-13 .. 1e-5 rad) with shared edges: the
+    # edges cross at a shallow angle, so clipping parameters are ill-conditioned.
     rot = flush.copy()
-    rot[:, 6] += rng.choice([1e-13, -1e-13, 1e-9, 1e-6], n)
+    rot[:, 6] += rng.choice([-1, 1], n) * 10.0 ** rng.uniform(-13, -5, n)
     fam["almost_parallel"] = (a, shifted_along_heading(rot, (a[:, 3] - rot[:, 3]) / 2, 0.0))
     return fam
 

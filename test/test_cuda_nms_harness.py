@@ -1,0 +1,153 @@
+"""The kernels of ``fastpillars_ros/cuda/nms.cu``, executed on the CPU through ``test/cuda_harness``,
+against the CPU reference (ops/iou.py, ops/nms.py) on random and degenerate boxes.
+
+Inputs are float32 (what the GPU path gets); kernels and reference both compute the geometry in float64
+on the same float32 values, so the device function agrees to ~1e-12 (checked at 1e-9) and the float32
+IoU matrix to 1e-5 (its output precision); NMS keep lists are identical.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_ops_iou import adversarial_pairs, random_boxes
+from test_ops_nms import detector_like
+
+from fastpillars_ros.ops import circle_nms, iou_3d, nms_3d, nms_bev, rotated_iou_bev
+from fastpillars_ros.ops.iou import iou_3d_pairs, rotated_iou_bev_pairs
+
+cuda_harness = pytest.importorskip("cuda_harness")
+if cuda_harness.compiler() is None:
+    pytest.skip("no C++ compiler for the CUDA-on-CPU harness", allow_module_level=True)
+
+CU_FILE = Path(__file__).resolve().parents[1] / "fastpillars_ros" / "cuda" / "nms.cu"
+MODES = {"bev": 0, "3d": 1, "circle": 2}
+
+# Launch sequence of ops/nms_cuda.py, with plain pointers. pair_iou calls the __device__ function
+# directly (no launch) so that many row-aligned pairs are cheap to check.
+WRAPPER = r"""
+extern "C" int pair_iou(const float* a, const float* b, int n, int mode, double* out) {
+    for (int i = 0; i < n; ++i) out[i] = box_iou(a + i * BOX_DIM, b + i * BOX_DIM, mode);
+    return 0;
+}
+
+extern "C" int iou_matrix(const float* a, int n, const float* b, int m, int mode, float* out) {
+    if (n == 0 || m == 0) return 0;
+    launch(iou_matrix_kernel, dim3((m + IOU_TILE - 1) / IOU_TILE, (n + IOU_TILE - 1) / IOU_TILE),
+           dim3(IOU_TILE, IOU_TILE), a, n, b, m, mode, out);
+    return 0;
+}
+
+extern "C" int nms_sorted(const float* boxes, int n, double threshold, int mode, int max_keep,
+                          unsigned long long* mask, unsigned long long* removed, long long* keep,
+                          int* num_keep) {
+    const int col_blocks = (n + NMS_BLOCK - 1) / NMS_BLOCK;
+    launch(nms_mask_kernel, dim3(col_blocks, col_blocks), dim3(NMS_BLOCK), boxes, n, threshold, mode, mask);
+    launch(nms_reduce_kernel, dim3(1), dim3(32), mask, n, removed, keep, num_keep, max_keep);
+    return 0;
+}
+"""
+
+P = ctypes.c_void_p
+INT = ctypes.c_int
+
+
+@pytest.fixture(scope="module")
+def lib() -> ctypes.CDLL:
+    lib = cuda_harness.build(CU_FILE, WRAPPER)
+    lib.pair_iou.argtypes = [P, P, INT, INT, P]
+    lib.iou_matrix.argtypes = [P, INT, P, INT, INT, P]
+    lib.nms_sorted.argtypes = [P, INT, ctypes.c_double, INT, INT, P, P, P, P]
+    return lib
+
+
+def f32(boxes: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(boxes[:, :7], dtype=np.float32)
+
+
+def kernel_pair_iou(lib: ctypes.CDLL, a: np.ndarray, b: np.ndarray, mode: str) -> np.ndarray:
+    a32, b32 = f32(a), f32(b)
+    out = np.empty(len(a32), dtype=np.float64)
+    assert lib.pair_iou(cuda_harness.ptr(a32), cuda_harness.ptr(b32), len(a32), MODES[mode],
+                        cuda_harness.ptr(out)) == 0
+    return out
+
+
+def kernel_nms(lib: ctypes.CDLL, boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str,
+               post_max: int | None = None) -> np.ndarray:
+    """Host side as in ops/nms_cuda.py: stable sort by descending score, kernels, map ranks back."""
+    order = np.argsort(-scores, kind="stable")
+    b32 = f32(boxes[order])
+    n = len(b32)
+    col_blocks = (n + 63) // 64
+    mask = np.zeros(n * col_blocks, dtype=np.uint64)
+    removed = np.zeros(col_blocks, dtype=np.uint64)
+    keep = np.full(n, -1, dtype=np.int64)
+    num = np.zeros(1, dtype=np.int32)
+    max_keep = n if post_max is None else post_max
+    assert lib.nms_sorted(cuda_harness.ptr(b32), n, threshold, MODES[mode], max_keep, cuda_harness.ptr(mask),
+                          cuda_harness.ptr(removed), cuda_harness.ptr(keep), cuda_harness.ptr(num)) == 0
+    return order[keep[:num[0]]]
+
+
+def as_f64(boxes: np.ndarray) -> np.ndarray:
+    return f32(boxes).astype(np.float64)
+
+
+@pytest.mark.parametrize("mode", ["bev", "3d"])
+def test_device_iou_matches_cpu_reference_on_random_and_degenerate_pairs(lib: ctypes.CDLL, mode: str) -> None:
+    rng = np.random.default_rng(0)
+    fam = adversarial_pairs(rng, 300)
+    a = np.concatenate([random_boxes(rng, 6000)] + [p[0] for p in fam.values()])
+    b = np.concatenate([random_boxes(rng, 6000)] + [p[1] for p in fam.values()])
+    ref = (rotated_iou_bev_pairs if mode == "bev" else iou_3d_pairs)(as_f64(a), as_f64(b))
+    got = kernel_pair_iou(lib, a, b, mode)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, ref, atol=1e-9, rtol=0)
+
+
+def test_device_iou_of_exact_degenerate_cases(lib: ctypes.CDLL) -> None:
+    fam = adversarial_pairs(np.random.default_rng(1), 200)
+    np.testing.assert_allclose(kernel_pair_iou(lib, *fam["identical"], "bev"), 1.0, atol=1e-6)
+    for touching in ("touching_side", "touching_end", "touching_perpendicular"):
+        np.testing.assert_allclose(kernel_pair_iou(lib, *fam[touching], "bev"), 0.0, atol=1e-5)
+    assert (kernel_pair_iou(lib, *fam["zero_size"], "bev") == 0).all()
+    assert (kernel_pair_iou(lib, *fam["both_zero_size"], "3d") == 0).all()
+
+
+@pytest.mark.parametrize("mode", ["bev", "3d"])
+def test_iou_matrix_kernel_matches_cpu_reference(lib: ctypes.CDLL, mode: str) -> None:
+    rng = np.random.default_rng(2)
+    a, b = random_boxes(rng, 37, spread=4), random_boxes(rng, 21, spread=4)  # partial tiles both ways
+    a[:5] = b[:5]
+    out = np.full((37, 21), np.nan, dtype=np.float32)
+    assert lib.iou_matrix(cuda_harness.ptr(f32(a)), 37, cuda_harness.ptr(f32(b)), 21, MODES[mode],
+                          cuda_harness.ptr(out)) == 0
+    ref = (rotated_iou_bev if mode == "bev" else iou_3d)(as_f64(a), as_f64(b))
+    np.testing.assert_allclose(out, ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("n", [1, 2, 63, 64, 65, 200])
+def test_nms_kernels_keep_what_cpu_nms_keeps_across_block_boundaries(lib: ctypes.CDLL, n: int) -> None:
+    rng = np.random.default_rng(n)
+    boxes, scores = detector_like(rng, n, max(n // 3, 1), extent=15.0)
+    for threshold in (0.1, 0.5):
+        np.testing.assert_array_equal(kernel_nms(lib, boxes, scores, threshold, "bev"),
+                                      nms_bev(as_f64(boxes), scores, threshold))
+
+
+def test_nms_kernels_3d_circle_ties_and_post_max(lib: ctypes.CDLL) -> None:
+    rng = np.random.default_rng(7)
+    boxes, scores = detector_like(rng, 150, 40, extent=15.0)
+    boxes[:, 2] += rng.choice([0.0, 1.0, 4.0], 150)
+    scores[::7] = 0.5  # ties: lower index first
+    b64 = as_f64(boxes)
+    np.testing.assert_array_equal(kernel_nms(lib, boxes, scores, 0.2, "3d"), nms_3d(b64, scores, 0.2))
+    np.testing.assert_array_equal(kernel_nms(lib, boxes, scores, 1.5, "circle"), circle_nms(b64, scores, 1.5))
+    np.testing.assert_array_equal(kernel_nms(lib, boxes, scores, 0.2, "bev", post_max=9),
+                                  nms_bev(b64, scores, 0.2, post_max=9))
+    twins = np.concatenate([boxes[:10], boxes[:10]])  # identical boxes: only the first of each pair stays
+    np.testing.assert_array_equal(kernel_nms(lib, twins, np.ones(20), 0.9, "bev"), np.arange(10))
