@@ -16,7 +16,7 @@ import pytest
 from test_ops_iou import adversarial_pairs, random_boxes
 from test_ops_nms import detector_like
 
-from fastpillars_ros.ops import circle_nms, iou_3d, nms_3d, nms_bev, rotated_iou_bev
+from fastpillars_ros.ops import circle_nms, iou_3d, nms_3d, nms_bev, nms_grouped, rotated_iou_bev
 from fastpillars_ros.ops.iou import iou_3d_pairs, rotated_iou_bev_pairs
 
 cuda_harness = pytest.importorskip("cuda_harness")
@@ -41,6 +41,25 @@ extern "C" int iou_matrix(const float* a, int n, const float* b, int m, int mode
     return 0;
 }
 
+// Launchers with the CuPy calling convention (grid, block, kernel args) for the fake CuPy below.
+extern "C" int launch_iou_matrix(unsigned gx, unsigned gy, unsigned bx, unsigned by, const float* a, int n,
+                                 const float* b, int m, int mode, float* out) {
+    launch(iou_matrix_kernel, dim3(gx, gy), dim3(bx, by), a, n, b, m, mode, out);
+    return 0;
+}
+
+extern "C" int launch_nms_mask(unsigned gx, unsigned gy, unsigned bx, const float* boxes, int n, double threshold,
+                               int mode, unsigned long long* mask) {
+    launch(nms_mask_kernel, dim3(gx, gy), dim3(bx), boxes, n, threshold, mode, mask);
+    return 0;
+}
+
+extern "C" int launch_nms_reduce(unsigned bx, const unsigned long long* mask, int n, unsigned long long* removed,
+                                 long long* keep, int* num_keep, int max_keep) {
+    launch(nms_reduce_kernel, dim3(1), dim3(bx), mask, n, removed, keep, num_keep, max_keep);
+    return 0;
+}
+
 extern "C" int nms_sorted(const float* boxes, int n, double threshold, int mode, int max_keep,
                           unsigned long long* mask, unsigned long long* removed, long long* keep,
                           int* num_keep) {
@@ -61,6 +80,10 @@ def lib() -> ctypes.CDLL:
     lib.pair_iou.argtypes = [P, P, INT, INT, P]
     lib.iou_matrix.argtypes = [P, INT, P, INT, INT, P]
     lib.nms_sorted.argtypes = [P, INT, ctypes.c_double, INT, INT, P, P, P, P]
+    u = ctypes.c_uint
+    lib.launch_iou_matrix.argtypes = [u, u, u, u, P, INT, P, INT, INT, P]
+    lib.launch_nms_mask.argtypes = [u, u, u, P, INT, ctypes.c_double, INT, P]
+    lib.launch_nms_reduce.argtypes = [u, P, INT, P, P, P, INT]
     return lib
 
 
@@ -151,3 +174,62 @@ def test_nms_kernels_3d_circle_ties_and_post_max(lib: ctypes.CDLL) -> None:
                                   nms_bev(b64, scores, 0.2, post_max=9))
     twins = np.concatenate([boxes[:10], boxes[:10]])  # identical boxes: only the first of each pair stays
     np.testing.assert_array_equal(kernel_nms(lib, twins, np.ones(20), 0.9, "bev"), np.arange(10))
+
+
+class _FakeKernel:
+    """Stands in for a ``cupy.RawKernel``: ``kernel(grid, block, args)`` runs it through the harness."""
+
+    def __init__(self, lib: ctypes.CDLL, name: str) -> None:
+        self.lib, self.name = lib, name
+
+    def __call__(self, grid: tuple[int, ...], block: tuple[int, ...], args: tuple) -> None:
+        conv = [cuda_harness.ptr(a) if isinstance(a, np.ndarray) else a.item() for a in args]
+        if self.name == "iou_matrix_kernel":
+            rc = self.lib.launch_iou_matrix(grid[0], grid[1], block[0], block[1], *conv)
+        elif self.name == "nms_mask_kernel":
+            rc = self.lib.launch_nms_mask(grid[0], grid[1], block[0], *conv)
+        else:
+            assert grid == (1,)
+            rc = self.lib.launch_nms_reduce(block[0], *conv)
+        assert rc == 0
+
+
+@pytest.fixture()
+def fake_cupy(lib: ctypes.CDLL, monkeypatch: pytest.MonkeyPatch):
+    """numpy posing as CuPy, with RawModule kernels run by the harness: exercises ops/nms_cuda.py's host
+    code (sorting, NaN handling, pre/post max, groups, launch configuration) without a GPU."""
+    import types
+
+    from fastpillars_ros.ops import nms_cuda
+
+    fake = types.SimpleNamespace(**{k: getattr(np, k) for k in (
+        "float32", "float64", "int32", "int64", "uint64", "empty", "zeros", "ascontiguousarray", "asarray",
+        "isnan", "flatnonzero", "lexsort", "stack", "concatenate", "unique", "ndarray")})
+    fake.asnumpy = np.asarray
+    module = types.SimpleNamespace(get_function=lambda name: _FakeKernel(lib, name))
+    monkeypatch.setattr(nms_cuda, "_module", lambda: (fake, module))
+    return nms_cuda
+
+
+def test_gpu_host_code_with_harness_kernels_matches_cpu_reference(fake_cupy) -> None:
+    rng = np.random.default_rng(9)
+    boxes, scores = detector_like(rng, 130, 40, extent=12.0)
+    scores[::9] = 0.25  # ties
+    b64 = as_f64(boxes)
+    np.testing.assert_allclose(fake_cupy.iou_matrix_cuda(boxes[:20], boxes[:33]),
+                               rotated_iou_bev(b64[:20], b64[:33]), atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(fake_cupy.nms_cuda(boxes, scores, 0.2, pre_max=100, post_max=30),
+                                  nms_bev(b64, scores, 0.2, pre_max=100, post_max=30))
+    np.testing.assert_array_equal(fake_cupy.nms_cuda(boxes, scores, 0.2, kind="3d"), nms_3d(b64, scores, 0.2))
+    np.testing.assert_array_equal(fake_cupy.nms_cuda(boxes, scores, 0.0, kind="circle", min_radius=1.2),
+                                  circle_nms(b64, scores, 1.2))
+    groups = rng.integers(0, 3, 130)
+    np.testing.assert_array_equal(
+        fake_cupy.nms_grouped_cuda(boxes, scores, groups, 0.2, pre_max=30, post_max=10),
+        nms_grouped(b64, scores, groups, 0.2, pre_max=30, post_max=10))
+    scores[[1, 5]] = np.nan
+    with pytest.warns(RuntimeWarning, match="2 box"):
+        keep = fake_cupy.nms_cuda(boxes, scores, 0.2)
+    finite = np.flatnonzero(~np.isnan(scores))
+    np.testing.assert_array_equal(keep, finite[nms_bev(b64[finite], scores[finite], 0.2)])
+    assert fake_cupy.nms_cuda(boxes[:0], scores[:0], 0.2).shape == (0,)

@@ -115,7 +115,7 @@ def _nms_sorted(cupy: Any, mod: Any, boxes32: Any, order: Any, threshold: float,
                                         (ranked, np.int32(n), np.float64(threshold), np.int32(mode), mask))
     mod.get_function("nms_reduce_kernel")((1,), (REDUCE_THREADS,),
                                           (mask, np.int32(n), removed, keep, num, np.int32(max_keep)))
-    count = int(num.get()[0])
+    count = int(cupy.asnumpy(num)[0])
     return order[keep[:count]]
 
 
@@ -157,7 +157,7 @@ def nms_grouped_cuda(boxes: ArrayLike, scores: ArrayLike, groups: ArrayLike, iou
     threshold = float(min_radius) if kind == "circle" else float(iou_threshold)
     kept = [cupy.empty(0, dtype=cupy.int64)]
     ranked_groups = g[order]
-    for gid in cupy.unique(ranked_groups).get().tolist():
+    for gid in cupy.asnumpy(cupy.unique(ranked_groups)).tolist():
         members = order[ranked_groups == gid]  # still by descending score
         if pre_max is not None:
             members = members[:max(int(pre_max), 0)]
