@@ -42,14 +42,19 @@ def _fused_copy(model: FastPillars) -> FastPillars:
     return m.fuse("full") if m.fusion_level != "full" else m
 
 
-def export_onnx(model: FastPillars, path: str | Path, opset: int = 17) -> Path:
+def export_onnx(model: FastPillars, path: str | Path, opset: int = 17,
+                canvas_hw: tuple[int, int] | None = None) -> Path:
     """Export the fused dense part to ONNX (the caller's model is not modified).
 
-    Input ``canvas`` float32 ``[1, *config.canvas_shape]``; outputs named by :func:`output_names`.
+    Input ``canvas`` float32 ``[1, *config.canvas_shape]`` (static); outputs named by :func:`output_names`.
+    ``canvas_hw`` overrides the static (H, W), e.g. for quick tests of the large configs (the dense part
+    is fully convolutional; H and W must be multiples of the total backbone stride).
     """
     path = Path(path)
     fused = _fused_copy(model)
     c, h, w = model.config.canvas_shape
+    if canvas_hw is not None:
+        h, w = canvas_hw
     dummy = torch.zeros(1, c, h, w)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter announces its deprecation
@@ -64,20 +69,21 @@ def check_onnx(model: FastPillars, path: str | Path, canvas: Tensor | None = Non
                seed: int = 0) -> float:
     """Run the ONNX file with onnxruntime (CPU) and compare with torch; return the max abs difference.
 
-    ``canvas`` defaults to a random non-negative sparse canvas (like real MAPE output).
+    ``canvas`` defaults to a random non-negative sparse canvas (like real MAPE output) of the ONNX
+    input's static shape.
     Raises:
         ValueError: an output is missing or differs by more than ``atol``.
     """
     import onnxruntime as ort
 
-    c, h, w = model.config.canvas_shape
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    _, c, h, w = sess.get_inputs()[0].shape
     if canvas is None:
         g = torch.Generator().manual_seed(seed)
         canvas = torch.rand(1, c, h, w, generator=g) * (torch.rand(1, 1, h, w, generator=g) < 0.2)
     ref_model = model.eval()
     ref = [t for task in ref_model.forward_dense(canvas.to(next(model.parameters()).device))
            for t in task.values()]
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = output_names(model.config)
     got = sess.run(names, {"canvas": canvas.cpu().numpy().astype(np.float32)})
     worst = 0.0

@@ -24,6 +24,15 @@ def _conv_stack(cin: int, cout: int, num_layers: int, eps: float) -> nn.Sequenti
     return nn.Sequential(*layers)
 
 
+def _absorb_zero_pad(seq: nn.Sequential) -> None:
+    """Turn ``ZeroPad2d(1)`` + unpadded conv into one conv with ``padding=1`` (identical result, a plain
+    ONNX Conv instead of a Pad subgraph). The pad slot becomes Identity so indices/keys do not move."""
+    if isinstance(seq[0], nn.ZeroPad2d) and isinstance(seq[1], nn.Conv2d) and seq[1].padding == (0, 0):
+        if tuple(seq[0].padding) == (1, 1, 1, 1):
+            seq[1].padding = (1, 1)
+            seq[0] = nn.Identity()
+
+
 class RPNV2(nn.Module):
     """Neck. Inputs ``x4`` ``[B, c4, H, W]`` and ``x5`` ``[B, c5, H/2, W/2]``; output ``[B, ds[1], H, W]``.
 
@@ -54,3 +63,4 @@ class RPNV2(nn.Module):
         """Fold every BN into the conv before it (keys of the conv layers stay the same, plus ``.bias``)."""
         for seq in (self.block_5, self.deblock_5, self.deblock_4, self.block_4):
             fuse_sequential_conv_bn(seq)
+            _absorb_zero_pad(seq)

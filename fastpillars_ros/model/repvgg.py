@@ -11,6 +11,7 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import skip_init
 
 LEAKY_SLOPE = 0.01
 
@@ -90,10 +91,11 @@ class RepVGGBlock(nn.Module):
         assert self.rbr_dense is not None
         ref = self.rbr_dense.conv.weight
         kernel, bias = self.equivalent_kernel_bias()
-        conv = nn.Conv2d(self.in_channels, self.out_channels, 3, stride=self.stride, padding=1, bias=True)
+        # skip_init: no random initialisation of weights that are overwritten right away.
+        conv = skip_init(nn.Conv2d, self.in_channels, self.out_channels, 3, stride=self.stride, padding=1,
+                         bias=True, device=ref.device)
         conv.weight.copy_(kernel.to(ref.dtype))
         conv.bias.copy_(bias.to(ref.dtype))  # type: ignore[union-attr]
-        conv.to(ref.device)
         self.rbr_reparam = conv
         self.rbr_dense = self.rbr_1x1 = self.rbr_identity = None
 
@@ -118,19 +120,20 @@ def fold_bn_into_conv(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d) 
     if isinstance(conv, nn.ConvTranspose2d):
         # ConvTranspose weight is [Cin, Cout/groups, kH, kW]: the output channel is dim 1.
         assert conv.groups == 1
-        new: nn.Module = nn.ConvTranspose2d(
-            conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,  # type: ignore[arg-type]
+        new: nn.Module = skip_init(
+            nn.ConvTranspose2d, conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,  # type: ignore[arg-type]
             padding=conv.padding, output_padding=conv.output_padding,  # type: ignore[arg-type]
-            dilation=conv.dilation, bias=True)  # type: ignore[arg-type]
+            dilation=conv.dilation, bias=True, device=conv.weight.device)  # type: ignore[arg-type]
         w = w * scale.view(1, -1, 1, 1)
     else:
-        new = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,  # type: ignore[arg-type]
-                        padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True)  # type: ignore[arg-type]
+        new = skip_init(nn.Conv2d, conv.in_channels, conv.out_channels, conv.kernel_size,  # type: ignore[arg-type]
+                        stride=conv.stride, padding=conv.padding, dilation=conv.dilation,  # type: ignore[arg-type]
+                        groups=conv.groups, bias=True, device=conv.weight.device)
         w = w * scale.view(-1, 1, 1, 1)
     b = conv.bias.double() if conv.bias is not None else torch.zeros_like(shift)
     new.weight.copy_(w.to(conv.weight.dtype))
     new.bias.copy_((b * scale + shift).to(conv.weight.dtype))  # type: ignore[union-attr]
-    return new.to(conv.weight.device)
+    return new
 
 
 def fuse_sequential_conv_bn(seq: nn.Sequential) -> None:

@@ -1,0 +1,156 @@
+"""FastPillars model numbers per config: parameters, dense GMACs, CPU forward time (``make bench``).
+
+Anchor for the timing ratio: the unfused (training-form) model vs the fused model, side by side, on the
+same real KITTI scan cropped to each config's range (MAPE + dense part; pillarization and decoding are
+not included). Weights are random with randomised BN statistics: timing does not depend on values.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import print_header, print_ratio, time_ms
+
+from fastpillars_ros.model import build_model, check_onnx, export_onnx
+from fastpillars_ros.model.testing import randomize_
+
+KITTI_SCAN = Path("/work/shared/data/real/kitti/training/velodyne/000000.bin")
+
+
+def dense_macs(model: torch.nn.Module) -> int:
+    """Multiply-accumulates of one dense forward pass at the config's canvas (shape propagation on the
+    meta device, so even the 720x720 nuScenes canvas costs nothing)."""
+    meta = build_model(model.config).to("meta").eval()
+    if model.fusion_level != "train":
+        meta.fuse(model.fusion_level)
+    total = 0
+
+    def hook(mod, inputs, output):
+        nonlocal total
+        w = mod.weight
+        if isinstance(mod, torch.nn.ConvTranspose2d):
+            total += inputs[0].numel() * w.shape[1] * w.shape[2] * w.shape[3]
+        else:  # Conv2d: every output element costs Cin/groups * kH * kW MACs
+            total += output.numel() * w.shape[1] * w.shape[2] * w.shape[3]
+
+    for m in meta.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            m.register_forward_hook(hook)
+    with torch.no_grad():
+        meta.forward_dense(torch.zeros(1, *model.config.canvas_shape, device="meta"))
+    return total
+
+
+def _pillarize(points: np.ndarray, cfg) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Decorated points, pillar ids and pillar cells; uses fastpillars_ros.ops.pillarize when present."""
+    try:
+        from fastpillars_ros.ops.pillarize import decorate, pillarize
+
+        p = pillarize(points, cfg.pc_range, cfg.pillar_size)
+        feats = decorate(points, p, cfg.pc_range, cfg.pillar_size)
+        return (torch.from_numpy(np.ascontiguousarray(feats)), torch.from_numpy(p.point_pillar).long(),
+                torch.from_numpy(p.coords).long())
+    except ImportError:  # simple numpy fallback (floor instead of truncation; no sliver column)
+        x0, y0, z0 = cfg.pc_range[:3]
+        px, py = cfg.pillar_size
+        nx, ny = cfg.grid_size
+        ix = np.floor((points[:, 0] - x0) / px).astype(np.int64)
+        iy = np.floor((points[:, 1] - y0) / py).astype(np.int64)
+        keep = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
+        pts, ix, iy = points[keep], ix[keep], iy[keep]
+        cells, ids = np.unique(iy * nx + ix, return_inverse=True)
+        zc = (cfg.pc_range[5] - z0) / 2
+        off = np.stack([pts[:, 0] - x0 - (ix + 0.5) * px, pts[:, 1] - y0 - (iy + 0.5) * py, pts[:, 2] - z0 - zc], 1)
+        feats = np.concatenate([pts, off], 1).astype(np.float32)
+        coords = np.stack([cells // nx, cells % nx], 1)
+        return torch.from_numpy(feats), torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(coords)
+
+
+def _scan(cfg) -> np.ndarray:
+    if KITTI_SCAN.is_file():
+        pts = np.fromfile(KITTI_SCAN, np.float32).reshape(-1, 4)
+    else:  # synthetic stand-in with a KITTI-like size
+        g = np.random.default_rng(0)
+        pts = np.concatenate([g.uniform(-70, 70, (120000, 2)), g.uniform(-2, 1, (120000, 1)),
+                              g.uniform(0, 1, (120000, 1))], 1).astype(np.float32)
+    cols = [pts[:, 0], pts[:, 1], pts[:, 2], pts[:, 3] * cfg.intensity_scale]
+    if "dt" in cfg.point_features:
+        cols.append(np.zeros(len(pts), np.float32))
+    return np.stack(cols, 1).astype(np.float32)
+
+
+def sizes(name: str) -> None:
+    model = build_model(name).eval()
+    train_params = sum(p.numel() for p in model.parameters())
+    macs_train = dense_macs(model)
+    model.fuse("full")
+    fused_params = sum(p.numel() for p in model.parameters())
+    macs = dense_macs(model)
+    c, h, w = model.config.canvas_shape
+    print(f"{name:<18s} canvas {c}x{h}x{w}  params train {train_params / 1e6:7.3f} M  fused {fused_params / 1e6:7.3f} M"
+          f"  dense GMAC fused {macs / 1e9:8.2f}  (training form {macs_train / 1e9:8.2f})")
+
+
+@torch.no_grad()
+def timing(name: str, repeat: int) -> None:
+    unfused = randomize_(build_model(name), seed=0).eval()
+    fused = randomize_(build_model(name), seed=0).eval().fuse("full")
+    cfg = unfused.config
+    points = _scan(cfg)
+    feats, ids, coords = _pillarize(points, cfg)
+    print(f"{name}: {len(points)} points in the scan, {len(feats)} in range, {len(coords)} pillars")
+
+    def full(m):
+        return lambda: m.forward_dense(m.encode(feats, ids, coords))
+
+    canvas = fused.encode(feats, ids, coords)
+    t_mape = time_ms(lambda: fused.encode(feats, ids, coords), repeat=repeat)
+    t_dense_u = time_ms(lambda: unfused.forward_dense(canvas), repeat=repeat)
+    t_dense_f = time_ms(lambda: fused.forward_dense(canvas), repeat=repeat)
+    t_u = time_ms(full(unfused), repeat=repeat)
+    t_f = time_ms(full(fused), repeat=repeat)
+    goal = 120.0 if name == "tiny" else None
+    print(f"{'  MAPE + scatter (' + name + ')':<44s} {t_mape:9.3f} ms")
+    print_ratio(f"  dense fused ({name})", "unfused", t_dense_u, t_dense_f)
+    print_ratio(f"  MAPE + dense fused ({name})", "unfused", t_u, t_f, goal)
+
+
+def onnx_timing(name: str, repeat: int) -> None:
+    import onnxruntime as ort
+
+    model = randomize_(build_model(name), seed=0).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(model, Path(tmp) / f"{name}.onnx")
+        diff = check_onnx(model, path)
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        canvas = np.random.default_rng(0).random((1, *model.config.canvas_shape), dtype=np.float32)
+        t_ort = time_ms(lambda: sess.run(None, {"canvas": canvas}), repeat=repeat)
+    fused = model.fuse("full")
+    ct = torch.from_numpy(canvas)
+    with torch.no_grad():
+        t_torch = time_ms(lambda: fused.forward_dense(ct), repeat=repeat)
+    print_ratio(f"  dense onnxruntime CPU ({name}, max diff {diff:.1e})", "torch fused", t_torch, t_ort)
+
+
+def main() -> None:
+    torch.set_grad_enabled(False)
+    print_header("FastPillars model: size and dense compute (fused = RepVGG + Conv/BN folded)")
+    for name in ("tiny", "kitti", "nuscenes_official"):
+        sizes(name)
+    print_header("FastPillars model: CPU forward (MAPE + dense), unfused vs fused, real KITTI scan 000000")
+    timing("tiny", repeat=20)
+    timing("kitti", repeat=3)
+    print_header("FastPillars model: onnxruntime vs torch, fused dense part")
+    onnx_timing("tiny", repeat=20)
+
+
+if __name__ == "__main__":
+    main()
