@@ -61,8 +61,11 @@ def percentile(values: Iterable[float], q: float) -> float:
 class NodeStats:
     """Everything the node reports about its frames; all methods may be called from any thread."""
 
-    def __init__(self, window: int = WINDOW, clock=time.monotonic):
+    def __init__(self, window: int = WINDOW, clock=time.monotonic, hold_s: float = 5.0):
         self._lock = threading.Lock()
+        #: A problem keeps its status at WARN for at least this long, so a slow monitor still sees it.
+        self.hold_s = hold_s
+        self._last_event: dict[str, float] = {}
         self._clock = clock
         self.window = window
         self.counts: Counter[str] = Counter()      # received, processed, published, dropped_*, skipped_*, errors
@@ -85,16 +88,19 @@ class NodeStats:
     def count(self, key: str, n: int = 1) -> None:
         with self._lock:
             self.counts[key] += n
+            self._last_event[key] = self._clock()
 
     def reject(self, kind: str, message: str) -> None:
         with self._lock:
             self.rejected[kind] += 1
             self.counts["rejected"] += 1
+            self._last_event["rejected"] = self._clock()
             self.last_reject = f"{kind}: {message}"
 
     def note(self, kind: str, message: str) -> None:
         with self._lock:
             self.notes[kind] += 1
+            self._last_event[f"note:{kind}"] = self._clock()
             self.last_note = f"{kind}: {message}"
 
     def error(self, message: str) -> None:
@@ -134,8 +140,10 @@ class NodeStats:
             counts, rejected, notes = Counter(self.counts), Counter(self.rejected), Counter(self.notes)
             marks = Counter(self._period_marks)
             self._period_marks = Counter(counts) + Counter({f"note:{k}": v for k, v in notes.items()})
+            now = self._clock()
             recent_error = (self._last_error_time is not None
-                            and self._clock() - self._last_error_time <= error_recent_s)
+                            and now - self._last_error_time <= error_recent_s)
+            last_event = dict(self._last_event)
             last_reject, last_note, last_error = self.last_reject, self.last_note, self.last_error
             intensity, intensity_warning, mapping = self.intensity, self.intensity_warning, self.mapping
             frame_id, points, num_pillars = self.frame_id, dict(self.points), self.num_pillars
@@ -143,23 +151,36 @@ class NodeStats:
         def new(key: str) -> int:
             return counts[key] - marks[key]
 
+        def recent(key: str) -> bool:
+            return key in last_event and now - last_event[key] <= self.hold_s
+
+        def problem(key: str, what: str) -> str | None:
+            if new(key):
+                return f"{new(key)} {what}"
+            if recent(key):
+                return f"{what} within the last {self.hold_s:g} s"
+            return None
+
         new_notes = {k: v - marks[f"note:{k}"] for k, v in notes.items() if v - marks[f"note:{k}"] > 0}
         dropped = counts["dropped_superseded"] + counts["dropped_stale"]
 
         # input status
         level, problems = OK, []
-        if new("rejected"):
+        text = problem("rejected", "frame(s) rejected")
+        if text:
             level = WARN
-            problems.append(f"{new('rejected')} frame(s) rejected (last: {last_reject})")
-        if new("dropped_stale"):
+            problems.append(f"{text} (last: {last_reject})")
+        text = problem("dropped_stale", "stale frame(s) dropped")
+        if text:
             level = WARN
-            problems.append(f"{new('dropped_stale')} stale frame(s) dropped")
+            problems.append(text)
         if intensity_warning:
             level = WARN
             problems.append(intensity_warning)
-        for kind in ("capped", "filled_field", "xyz_float64", "big_endian", "nonfinite_features"):
-            if new_notes.get(kind):
-                level = max(level, WARN if kind in ("capped", "nonfinite_features") else OK)
+        for kind in ("capped", "nonfinite_features"):
+            if new_notes.get(kind) or recent(f"note:{kind}"):
+                level = WARN
+                problems.append(f"{kind.replace('_', ' ')} in recent frames")
         if not counts["received"]:
             problems.append("no cloud received yet")
         message = "; ".join(problems) if problems else "ok"
@@ -189,10 +210,10 @@ class NodeStats:
         if recent_error:
             ilevel = ERROR
             iproblems.append(f"inference failed: {last_error}")
-        if new("dropped_superseded"):
+        text = problem("dropped_superseded", "frame(s) superseded while busy (input faster than inference)")
+        if text:
             ilevel = max(ilevel, WARN)
-            iproblems.append(f"{new('dropped_superseded')} frame(s) superseded while busy (input faster "
-                             f"than inference)")
+            iproblems.append(text)
         if pillar_cap and num_pillars is not None and num_pillars >= pillar_cap:
             ilevel = max(ilevel, WARN)
             iproblems.append(f"pillar cap reached ({num_pillars}/{pillar_cap}): points were dropped")

@@ -181,10 +181,11 @@ class FrameInput:
                     "xyz_type",
                     f"field {name!r} (for {feature}) is {DATATYPE_NAMES[datatype]}; coordinates must be "
                     f"FLOAT32 (or FLOAT64) metres; integer coordinates have an unknown unit")
-            if feature in _XYZ and datatype == FLOAT64:
-                notes.append(("xyz_float64", f"field {name!r} (for {feature}) is FLOAT64: converted to "
-                                             f"float32 (works, but costs a conversion; FLOAT32 is standard)"))
             sources.append(FeatureSource(feature, name, datatype))
+        wide = [s.field for s in sources if s.feature in _XYZ and s.datatype == FLOAT64]
+        if wide:
+            notes.append(("xyz_float64", f"coordinate field(s) {wide} are FLOAT64: converted to float32 (works, "
+                                         f"but costs a conversion; FLOAT32 is standard)"))
         if msg.is_bigendian:
             notes.append(("big_endian", "cloud is big-endian: byte-swapped on every frame (works, but slower)"))
         return sources, notes

@@ -316,7 +316,10 @@ def test_stats_statuses_levels_and_latency_percentiles():
     assert inf.level == WARN and "superseded" in inf.message and ivalues["backend"] == "torch"
     assert float(ivalues["latency_ms.total.p50"]) == pytest.approx(50.5, abs=0.1)
     assert float(ivalues["latency_ms.total.p95"]) == pytest.approx(95.05, abs=0.1)
-    # Next period without new problems: back to OK; an error is ERROR while recent.
+    # Problems stay visible for hold_s, then the statuses return to OK; an error is ERROR while recent.
+    inp, inf = s.statuses("n", {})
+    assert inp.level == WARN and "within the last 5 s" in inp.message
+    now[0] += 6
     inp, inf = s.statuses("n", {})
     assert inp.level == OK and inf.level == OK
     s.error("RuntimeError: boom")

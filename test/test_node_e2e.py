@@ -1,0 +1,481 @@
+"""The detector node as a real process (tiny model) driven over loopback DDS from this test process.
+
+One node process (started through ``fastpillars-ros launch --loopback``) serves every test of the module;
+clouds come from the real scans in shared/data/real in several driver layouts. Deadlines are generous
+because CI machines have 2 shared cores; the latencies asserted are relative to the node's own measured
+inference time.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from real_data import real_file
+from ros_processes import spawn_python, stop
+
+from fastpillars_ros.pointcloud import DRIVER_LAYOUTS, FLOAT32, FLOAT64, INT16, UINT8, make_cloud, read_points
+
+pytestmark = pytest.mark.ros
+
+TOPIC = "/e2e/lidar/points"
+FRAME = "velodyne"
+START_TIMEOUT = 90.0
+ANSWER_TIMEOUT = 30.0
+
+
+# --- helpers -------------------------------------------------------------------------------------------
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def _child_pids(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def layout_cloud(points: np.ndarray, layout: str, *, intensity_scale: float = 1.0, **kwargs):
+    """A PointCloud2 in a driver's layout from (N, 4) x, y, z, intensity."""
+    from std_msgs.msg import Header
+
+    lay = DRIVER_LAYOUTS[layout]
+    types = {n: d for n, _o, d in lay.fields}
+    cols = {"x": points[:, 0], "y": points[:, 1], "z": points[:, 2]}
+    if "intensity" in types:
+        value = points[:, 3] * intensity_scale
+        cols["intensity"] = np.clip(np.round(value), 0, 255).astype(np.uint8) if types["intensity"] == UINT8 else value
+    return make_cloud(cols, lay.fields, lay.point_step, header=Header(frame_id=FRAME), **kwargs)
+
+
+class Probe:
+    """A node in this process: publishes clouds, collects the detector's outputs (spun in a thread)."""
+
+    def __init__(self):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import qos_profile_sensor_data
+        from sensor_msgs.msg import PointCloud2
+        from vision_msgs.msg import Detection3DArray
+        from visualization_msgs.msg import MarkerArray
+
+        rclpy.init()
+        self.rclpy = rclpy
+        self.node = rclpy.create_node("e2e_probe")
+        self.lock = threading.Lock()
+        self.detections: list[tuple[float, Detection3DArray]] = []
+        self.markers: list[MarkerArray] = []
+        self.diagnostics: list[DiagnosticArray] = []
+        self.pub = self.node.create_publisher(PointCloud2, TOPIC, qos_profile_sensor_data)
+        self.det_sub = self.node.create_subscription(Detection3DArray, "/detections", self._on_det, 50)
+        self.marker_sub = self.node.create_subscription(MarkerArray, "/detection_markers", self._on_markers, 50)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 50)
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def _on_det(self, msg):
+        with self.lock:
+            self.detections.append((time.time(), msg))
+
+    def _on_markers(self, msg):
+        with self.lock:
+            self.markers.append(msg)
+
+    def _on_diag(self, msg):
+        with self.lock:
+            self.diagnostics.append(msg)
+
+    def now_stamp(self):
+        return self.node.get_clock().now().to_msg()
+
+    def send(self, msg, *, timeout: float = ANSWER_TIMEOUT, resend: float = 5.0):
+        """Publish ``msg`` with a fresh stamp; return (Detection3DArray, MarkerArray, seconds) answering it."""
+        msg.header.stamp = self.now_stamp()
+        key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+        t0 = time.time()
+        deadline = t0 + timeout
+        next_send = t0
+        det = markers = None
+        while time.time() < deadline:
+            if det is None and time.time() >= next_send:
+                self.pub.publish(msg)
+                next_send = time.time() + resend
+            with self.lock:
+                if det is None:
+                    det = next((m for _t, m in self.detections if _stamp_key(m.header) == key), None)
+                    t_det = time.time()
+                if markers is None:
+                    markers = next((m for m in self.markers if m.markers and _stamp_key(m.markers[0].header) == key),
+                                   None)
+            if det is not None and markers is not None:
+                return det, markers, t_det - t0
+            time.sleep(0.01)
+        raise AssertionError(f"no answer within {timeout} s (detections: {det is not None}, markers: "
+                             f"{markers is not None})")
+
+    def latest_diagnostics(self, after: float = 0.0, timeout: float = 10.0) -> dict[str, str]:
+        """Key/values of both statuses of the first diagnostics message received after ``after``."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            with self.lock:
+                msgs = list(self.diagnostics)
+            for m in reversed(msgs):
+                t = m.header.stamp.sec + m.header.stamp.nanosec * 1e-9
+                if t > after:
+                    out = {}
+                    for s in m.status:
+                        out.update({kv.key: kv.value for kv in s.values})
+                        out[s.name.split(": ")[-1] + ".level"] = str(s.level[0] if isinstance(s.level, bytes)
+                                                                     else s.level)
+                        out[s.name.split(": ")[-1] + ".message"] = s.message
+                    return out
+            time.sleep(0.05)
+        raise AssertionError("no /diagnostics message")
+
+    def close(self):
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.rclpy.shutdown()
+
+
+def _stamp_key(header):
+    return (header.stamp.sec, header.stamp.nanosec)
+
+
+# --- fixtures --------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def kitti() -> np.ndarray:
+    return read_points(real_file("kitti/training/velodyne/000000.bin"))
+
+
+@pytest.fixture(scope="module")
+def detector_node():
+    """The node process (via the launcher) and this process's probe, ready when /detections is offered."""
+    proc = spawn_python(["-m", "fastpillars_ros.launcher", "--loopback", "--input-topic", TOPIC,
+                         "--model", "tiny", "-p", "expected_frame_id:=velodyne", "-p", "diagnostics_period:=0.5",
+                         "-p", "max_input_age_ms:=3000.0"])
+    probe = Probe()
+    try:
+        deadline = time.time() + START_TIMEOUT
+        while probe.node.count_publishers("/detections") == 0:
+            if proc.poll() is not None or time.time() > deadline:
+                _out, err = stop(proc)
+                pytest.fail(f"detector node did not start (rc {proc.returncode}):\n{err[-4000:]}")
+            time.sleep(0.1)
+        # Wait for the node to see our subscriptions (else it skips inference) and our publisher.
+        while probe.node.count_subscribers(TOPIC) == 0 and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        yield proc, probe
+    finally:
+        probe.close()
+        _out, err = stop(proc)
+        print(err[-6000:])
+
+
+@pytest.fixture
+def probe(detector_node):
+    proc, probe = detector_node
+    assert proc.poll() is None, "the detector node died"
+    return probe
+
+
+# --- normal operation ---------------------------------------------------------------------------------
+
+def _real_scan(name: str) -> np.ndarray:
+    if name == "kitti":
+        return read_points(real_file("kitti/training/velodyne/000000.bin"))
+    return read_points(real_file(name))
+
+
+@pytest.mark.parametrize(("layout", "scan", "scale"), [
+    ("velodyne", "kitti", 255.0),
+    ("ouster_original", "kitti", 1.0),
+    ("livox", "pcd_fast_gicp/251370668.pcd", 1.0),
+    ("hesai", "pcd_sensorscalibration/p64.pcd", 1.0),
+    ("nebula", "pcd_nebula/velodyne_vlp16_1673400472138016708.pcd", 1.0),
+])
+def test_driver_layouts_give_detections_with_the_input_header(probe, layout, scan, scale):
+    points = _real_scan(scan)
+    msg = layout_cloud(points, layout, intensity_scale=scale)
+    det, markers, _seconds = probe.send(msg)
+    assert det.header.stamp == msg.header.stamp and det.header.frame_id == FRAME
+    assert markers.markers[0].action == markers.markers[0].DELETEALL
+    for d in det.detections:
+        assert d.header == det.header and d.results[0].hypothesis.class_id in ("car", "pedestrian", "cyclist")
+    # Every detection has its box, arrow and label marker.
+    assert len(markers.markers) == 1 + 3 * len(det.detections)
+    diag = probe.latest_diagnostics(after=time.time() + 0.01)
+    assert diag["frame_id"] == FRAME
+    assert diag["input.level"] in ("0", "1")
+    if layout == "nebula":
+        assert "intensity<-intensity (UINT8)" in diag["field_mapping"]
+        assert "cloud 0..255 -> model 0..1" in diag["intensity"]
+
+
+def test_diagnostics_report_backend_mapping_latency_and_counts(probe, kitti):
+    probe.send(layout_cloud(kitti, "velodyne"))
+    diag = probe.latest_diagnostics(after=time.time() + 0.01)
+    assert diag["backend"] == "torch" and diag["device"] == "cpu" and diag["precision"] == "fp32"
+    assert diag["model"] == "tiny" and diag["classes"] == "car,pedestrian,cyclist"
+    assert diag["field_mapping"].startswith("x<-x (FLOAT32)")
+    assert diag["input_topic"] == TOPIC
+    for stage in ("pillarize", "encode", "dense", "decode", "nms", "total", "stamp_to_output"):
+        assert float(diag[f"latency_ms.{stage}.p50"]) <= float(diag[f"latency_ms.{stage}.p95"])
+    assert int(diag["frames_processed"]) >= 1 and int(diag["pillars"]) > 0
+    assert "raw p99" in diag["intensity"]
+
+
+def test_score_threshold_changes_at_runtime_and_bad_values_are_refused(probe, kitti):
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    client = probe.node.create_client(SetParameters, "/fastpillars_detector/set_parameters")
+    assert client.wait_for_service(timeout_sec=10.0)
+
+    def set_param(name, value):
+        req = SetParameters.Request(parameters=[Parameter(
+            name=name, value=ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=value))])
+        future = client.call_async(req)
+        deadline = time.time() + 10
+        while not future.done() and time.time() < deadline:
+            time.sleep(0.01)
+        return future.result().results[0]
+
+    try:
+        bad = set_param("score_threshold", 1.5)
+        assert not bad.successful and "score_threshold" in bad.reason
+        bad = set_param("score_thresholds.car", -3.0)
+        assert not bad.successful and "score_thresholds.car" in bad.reason
+        ok = set_param("score_threshold", 0.999)
+        assert ok.successful, ok.reason
+        det, _markers, _ = probe.send(layout_cloud(kitti, "velodyne"))
+        assert all(d.results[0].hypothesis.score >= 0.999 for d in det.detections)
+        diag = probe.latest_diagnostics(after=time.time() + 0.01)
+        assert "car=0.999" in diag["score_thresholds"]
+    finally:
+        assert set_param("score_threshold", -1.0).successful
+        probe.node.destroy_client(client)
+
+
+# --- bad input: each case answered (empty when rejected), then a good frame still works ---------------------
+
+def _bad_inputs(kitti: np.ndarray):
+    from std_msgs.msg import Header
+
+    small = kitti[:2000]
+
+    def empty():
+        return layout_cloud(np.zeros((0, 4), np.float32), "velodyne")
+
+    def no_xyz():
+        return make_cloud({"intensity": small[:, 3]}, [("intensity", 0, FLOAT32), ("ring", 4, 4)], 6,
+                          header=Header(frame_id=FRAME))
+
+    def all_nan():
+        pts = small.copy()
+        pts[:, :3] = np.nan
+        pts[::3, 2] = np.inf
+        return layout_cloud(pts, "velodyne")
+
+    def float64_xyz():
+        lay = [("x", 0, FLOAT64), ("y", 8, FLOAT64), ("z", 16, FLOAT64), ("intensity", 24, FLOAT32)]
+        return make_cloud({"x": kitti[:, 0], "y": kitti[:, 1], "z": kitti[:, 2], "intensity": kitti[:, 3]}, lay,
+                          28, header=Header(frame_id=FRAME))
+
+    def int16_xyz():
+        lay = [("x", 0, INT16), ("y", 2, INT16), ("z", 4, INT16), ("intensity", 8, FLOAT32)]
+        q = np.round(small[:, :3]).astype(np.int16)
+        return make_cloud({"x": q[:, 0], "y": q[:, 1], "z": q[:, 2], "intensity": small[:, 3]}, lay, 12,
+                          header=Header(frame_id=FRAME))
+
+    def truncated():
+        msg = layout_cloud(small, "velodyne")
+        msg.data = msg.data[: len(msg.data) // 3]
+        return msg
+
+    def small_point_step():
+        msg = layout_cloud(small, "velodyne")
+        msg.point_step = 10
+        return msg
+
+    def huge():
+        # 1.3 M points: the largest cloud the loopback DDS profile carries (16 MiB messages); 5 M points are
+        # covered without DDS in test_frame_input.
+        rng = np.random.default_rng(3)
+        pts = kitti[rng.integers(0, len(kitti), 1_300_000)]
+        lay = [("x", 0, FLOAT32), ("y", 4, FLOAT32), ("z", 8, FLOAT32)]
+        return make_cloud({"x": pts[:, 0], "y": pts[:, 1], "z": pts[:, 2]}, lay, 12, header=Header(frame_id=FRAME))
+
+    def big_endian():
+        return layout_cloud(kitti, "velodyne", is_bigendian=True)
+
+    def wrong_frame():
+        msg = layout_cloud(small, "velodyne")
+        msg.header.frame_id = "camera"
+        return msg
+
+    # name -> (builder, rejected kind or None when the frame is processed, note kind expected or None)
+    return {
+        "empty": (empty, "empty", None),
+        "no_xyz": (no_xyz, "missing_xyz", None),
+        "all_nan": (all_nan, "no_valid_points", None),
+        "float64_xyz": (float64_xyz, None, "xyz_float64"),
+        "int16_xyz": (int16_xyz, "xyz_type", None),
+        "truncated": (truncated, "bad_layout", None),
+        "point_step_too_small": (small_point_step, "bad_layout", None),
+        "huge_cloud": (huge, None, "capped"),
+        "big_endian": (big_endian, None, "big_endian"),
+        "wrong_frame": (wrong_frame, "wrong_frame", None),
+    }
+
+
+BAD_CASES = ["empty", "no_xyz", "all_nan", "float64_xyz", "int16_xyz", "truncated", "point_step_too_small",
+             "huge_cloud", "big_endian", "wrong_frame"]
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_is_answered_and_counted_and_the_next_good_frame_works(probe, kitti, case):
+    build, reject_kind, note_kind = _bad_inputs(kitti)[case]
+    before = probe.latest_diagnostics()
+    msg = build()
+    det, markers, _ = probe.send(msg)
+    assert det.header.stamp == msg.header.stamp
+    if reject_kind is not None:
+        assert det.header.frame_id == msg.header.frame_id
+        assert det.detections == []
+        assert [m.action for m in markers.markers] == [markers.markers[0].DELETEALL]
+        key = f"rejected.{reject_kind}"
+    else:
+        key = f"notes.{note_kind}"
+    diag = probe.latest_diagnostics(after=time.time() + 0.01)
+    assert int(diag.get(key, 0)) == int(before.get(key, 0)) + 1, (key, diag.get("last_rejected"), diag.get("last_note"))
+    if reject_kind is not None:
+        assert diag["last_rejected"].startswith(reject_kind)
+        assert diag["input.level"] == "1"
+    good = layout_cloud(kitti, "velodyne")
+    det, _markers, _ = probe.send(good)
+    assert det.header.stamp == good.header.stamp
+
+
+# --- freshness under overload, memory -----------------------------------------------------------------------
+
+def test_backlog_at_three_times_throughput_stays_current_counts_drops_and_keeps_memory(detector_node, kitti):
+    proc, probe = detector_node
+    node_pid = _child_pids(proc.pid)[0]
+    msg = layout_cloud(kitti, "velodyne")
+    for _ in range(3):  # warm up and measure the node's own time per frame
+        probe.send(msg)
+    diag = probe.latest_diagnostics(after=time.time() + 0.01)
+    per_frame_ms = float(diag["latency_ms.node_total.p50"])
+    rss_before = _rss_mb(node_pid)
+    dropped_before = int(diag["dropped_frames"])
+    period = per_frame_ms / 3.0 / 1e3
+    with probe.lock:
+        probe.detections.clear()
+    sent = []
+    t_end = time.time() + 10.0
+    while time.time() < t_end:
+        t = time.time()
+        msg.header.stamp = probe.now_stamp()
+        probe.pub.publish(msg)
+        sent.append(msg.header.stamp)
+        time.sleep(max(0.0, period - (time.time() - t)))
+    time.sleep(max(2.0, 3 * per_frame_ms / 1e3))
+    with probe.lock:
+        answers = [(t, m) for t, m in probe.detections]
+    ages = [t - (m.header.stamp.sec + m.header.stamp.nanosec * 1e-9) for t, m in answers]
+    diag = probe.latest_diagnostics(after=time.time() + 0.01)
+    rss_after = _rss_mb(node_pid)
+    p95_ms = float(diag["latency_ms.node_total.p95"])
+    print(f"per-frame {per_frame_ms:.0f} ms (p95 {p95_ms:.0f}), sent {len(sent)} at {1 / period:.1f} Hz, answered "
+          f"{len(answers)}, age max {max(ages) * 1e3:.0f} ms, median {np.median(ages) * 1e3:.0f} ms, "
+          f"dropped {int(diag['dropped_frames']) - dropped_before}, RSS {rss_before:.0f} -> {rss_after:.0f} MB")
+    assert len(answers) >= 3
+    # Current: a frame waits at most for the one in progress, so its age stays within ~2 frame times.
+    bound = 2.5 * p95_ms / 1e3 + 0.5
+    assert max(ages) < bound, (max(ages), bound)
+    third = max(1, len(ages) // 3)
+    assert np.mean(ages[-third:]) < np.mean(ages[:third]) + 0.5 * p95_ms / 1e3 + 0.2  # no growth
+    assert int(diag["dropped_frames"]) - dropped_before >= len(sent) // 3
+    assert int(diag["dropped_superseded"]) > 0
+    assert rss_after - rss_before < 150.0
+
+
+def test_stale_frames_are_dropped_and_counted(probe, kitti):
+    before = probe.latest_diagnostics()
+    msg = layout_cloud(kitti, "velodyne")
+    msg.header.stamp = probe.now_stamp()
+    msg.header.stamp.sec -= 60  # a minute old: older than max_input_age_ms (3 s)
+    for _ in range(3):
+        probe.pub.publish(msg)
+        time.sleep(0.3)
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        diag = probe.latest_diagnostics(after=time.time() + 0.01)
+        if int(diag["dropped_stale"]) > int(before["dropped_stale"]):
+            break
+    else:
+        raise AssertionError("stale frame not counted")
+    with probe.lock:
+        assert not any(_stamp_key(m.header) == _stamp_key(msg.header) for _t, m in probe.detections)
+
+
+def test_inference_is_skipped_while_nobody_listens(probe, kitti):
+    node = probe.node
+    node.destroy_subscription(probe.det_sub)
+    node.destroy_subscription(probe.marker_sub)
+    try:
+        time.sleep(1.0)  # let the detector see that nobody listens
+        before = probe.latest_diagnostics(after=time.time() + 0.01)
+        msg = layout_cloud(kitti, "velodyne")
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            msg.header.stamp = probe.now_stamp()
+            probe.pub.publish(msg)
+            time.sleep(0.3)
+            diag = probe.latest_diagnostics(after=time.time() + 0.01)
+            if int(diag["skipped_unsubscribed"]) > int(before["skipped_unsubscribed"]):
+                break
+        else:
+            raise AssertionError("frames not skipped while unsubscribed")
+        assert int(diag["frames_received"]) > int(before["frames_received"])
+    finally:
+        from vision_msgs.msg import Detection3DArray
+        from visualization_msgs.msg import MarkerArray
+
+        probe.det_sub = node.create_subscription(Detection3DArray, "/detections", probe._on_det, 50)
+        probe.marker_sub = node.create_subscription(MarkerArray, "/detection_markers", probe._on_markers, 50)
+    time.sleep(1.0)
+    det, _m, _ = probe.send(layout_cloud(kitti, "velodyne"))
+    assert det.header.frame_id == FRAME
+
+
+# --- start-up errors -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("args", "rc", "expected"), [
+    (["-p", "score_threshold:=1.5", "-p", "backend:=onnx"], 2,
+     ["'score_threshold' = 1.5", "[-1, 1]", "'backend' = 'onnx'", "'auto', 'torch', 'tensorrt'"]),
+    (["-p", "score_thresholds.truck:=0.3"], 2, ["score_thresholds.truck", "['car', 'pedestrian', 'cyclist']"]),
+    (["-p", "model:=no_such_model"], 2, ["'model' = 'no_such_model'", "unknown model config"]),
+    (["-p", "checkpoint:=/nonexistent/weights.pt"], 1, ["cannot start the detector", "/nonexistent/weights.pt"]),
+])
+def test_invalid_parameters_end_the_node_with_a_specific_message(args, rc, expected):
+    proc = spawn_python(["-m", "fastpillars_ros.node", "--ros-args", *args])
+    try:
+        proc.wait(timeout=60)
+    finally:
+        _out, err = stop(proc)
+    assert proc.returncode == rc, err[-3000:]
+    for text in expected:
+        assert text in err, (text, err[-3000:])
