@@ -46,14 +46,19 @@ def test_hdl64_point_count_is_kitti_like(frame):
     assert 0.0 <= frame.points[:, 3].min() and frame.points[:, 3].max() <= 1.0
 
 
+def _ground_levels(g, p):
+    road = g.z0 + g.slope[0] * p[:, 0] + g.slope[1] * p[:, 1]
+    return road, road + g.kerb_height, g.height(p[:, 0], p[:, 1])
+
+
 def test_ground_points_lie_on_the_ground(frame):
     g = frame.scene.ground
     p = frame.points[frame.scan.owner == -1].astype(np.float64)
-    road = g.z0 + g.slope[0] * p[:, 0] + g.slope[1] * p[:, 1]
-    # on the road plane, on the sidewalk plane, or on the kerb face between them (noise 2 cm rms)
-    dz = p[:, 2] - road
-    ok = (np.abs(dz) < 0.1) | (np.abs(dz - g.kerb_height) < 0.1) | ((dz > 0) & (dz < g.kerb_height))
-    assert len(p) > 30_000 and ok.mean() == 1.0
+    levels = np.stack(_ground_levels(g, p), axis=1)
+    # on the road, sidewalk or terrain plane, or on a vertical face between them (noise 2 cm rms)
+    near = np.abs(p[:, 2:3] - levels).min(axis=1) < 0.1
+    between = (p[:, 2] > levels.min(axis=1)) & (p[:, 2] < levels.max(axis=1))
+    assert len(p) > 30_000 and (near | between).all()
     assert np.median(np.abs(p[:, 2] - g.height(p[:, 0], p[:, 1]))) < 0.03
 
 
@@ -61,9 +66,8 @@ def test_nothing_beyond_max_range_or_below_ground(frame):
     sensor = get_sensor("hdl64")
     r = np.linalg.norm(frame.points[:, :3].astype(np.float64), axis=1)
     assert r.max() <= sensor.max_range + 0.2 and r.min() >= sensor.min_range - 0.2
-    g = frame.scene.ground
-    road = g.z0 + g.slope[0] * frame.points[:, 0] + g.slope[1] * frame.points[:, 1]
-    assert np.all(frame.points[:, 2] >= road - 0.15)
+    lowest = np.stack(_ground_levels(frame.scene.ground, frame.points.astype(np.float64)), axis=1).min(axis=1)
+    assert np.all(frame.points[:, 2] >= lowest - 0.15)
 
 
 def test_object_points_lie_on_their_box(frame):
@@ -77,10 +81,19 @@ def test_object_points_lie_on_their_box(frame):
 
 
 def test_labelled_boxes_contain_the_recorded_point_counts(frame):
-    counts = points_in_boxes(frame.points, frame.boxes).sum(axis=0)
+    inside = points_in_boxes(frame.points, frame.boxes)
+    ground = frame.scan.owner == -1
+    counts = inside[~ground].sum(axis=0)
     assert len(frame.boxes) >= 5 and np.all(frame.num_points > 0)
-    # extra: a few ground returns inside the box's bottom slice; missing: returns pushed out by the noise
-    assert np.all(np.abs(counts - frame.num_points) <= 3 + 0.12 * frame.num_points)
+    # a few returns are pushed out of the box by the range noise, or belong to a neighbour touching it
+    assert np.all(np.abs(counts - frame.num_points) <= 2 + 0.05 * frame.num_points)
+    # ground returns inside a box only lie in its bottom slice (the box stands on the ground)
+    bottom = frame.boxes[:, 2] - frame.boxes[:, 5] / 2
+    for k in range(len(frame.boxes)):
+        z = frame.points[ground & inside[:, k], 2]
+        assert np.all(z < bottom[k] + 0.12)
+    total = inside.sum(axis=0)
+    assert np.all(total - frame.num_points <= 3 + 0.5 * frame.num_points)
     assert np.array_equal(frame.occluded[frame.num_points < MIN_POINTS], np.full((frame.num_points < MIN_POINTS)
                                                                                   .sum(), 3))
 

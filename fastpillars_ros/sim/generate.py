@@ -112,7 +112,10 @@ def render_scene(scene: Scene, sensor: SensorModel, rng: np.random.Generator, ef
         "ground": {"z0": round(scene.ground.z0, 6), "slope": [round(v, 6) for v in scene.ground.slope],
                    "road_dir": round(scene.ground.road_dir, 6),
                    "road_half_width": round(scene.ground.road_half_width, 6),
-                   "kerb_height": round(scene.ground.kerb_height, 6)},
+                   "kerb_height": round(scene.ground.kerb_height, 6),
+                   "sidewalk_width": round(scene.ground.sidewalk_width, 6),
+                   "terrain_offset": [round(v, 6) for v in scene.ground.terrain_offset],
+                   "terrain_slope": [round(v, 6) for v in scene.ground.terrain_slope]},
     }
     return frame
 

@@ -46,38 +46,67 @@ class Scan:
 
 def ground_hits(scene: Scene, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Distance along each ray to the ground (``inf``: none), the ground's reflectivity there and the cosine
-    of the incidence angle."""
+    of the incidence angle.
+
+    The sensor stands on the road, so a ray's lateral coordinate ``|s|`` only grows once it leaves the road
+    strip: it meets, in this order, the road plane, the kerb face, the sidewalk plane, the step up to raised
+    terrain and the terrain plane; the first of these inside its own zone is the hit.
+    """
     g = scene.ground
     a, b = g.slope
     dx, dy, dz = dirs[:, 0], dirs[:, 1], dirs[:, 2]
-    denom = dz - a * dx - b * dy  # ray height minus plane height grows by this per metre
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t_road = np.where(denom < -1e-9, g.z0 / denom, np.inf)
-        n = g.normal_dir
-        nd = n[0] * dx + n[1] * dy
+    n = g.normal_dir
+    nd = n[0] * dx + n[1] * dy  # ds/dt
+    denom = dz - a * dx - b * dy  # d(height above the road plane)/dt
+    edge = g.road_half_width + g.sidewalk_width
+    inf = np.full(len(dirs), np.inf)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        down = denom < -1e-9
+        t_road = np.where(down, g.z0 / denom, np.inf)
         s_road = t_road * nd - g.road_offset
-        beyond = np.abs(s_road) >= g.road_half_width
-        side = np.sign(s_road)
-        t_kerb = (side * g.road_half_width + g.road_offset) / nd
-        z_kerb = t_kerb * denom - g.z0  # ray height above the road plane at the kerb line
-        hit_kerb = beyond & (z_kerb <= g.kerb_height) & (t_kerb > 0)
-        t_side = np.where(denom < -1e-9, (g.z0 + g.kerb_height) / denom, np.inf)
-    t = np.where(beyond, np.where(hit_kerb, t_kerb, t_side), t_road)
-    # Reflectivity: road (with lane markings), kerb/sidewalk, terrain beyond the sidewalk.
-    s_hit = np.where(beyond, np.where(hit_kerb, side * g.road_half_width, t_side * nd - g.road_offset), s_road)
+        side = np.where(nd >= 0, 1.0, -1.0)  # the side the ray leaves the road on
+        # kerb face at |s| = road_half_width
+        t_kerb = (side * g.road_half_width + g.road_offset) / np.abs(nd) * side
+        h_kerb = t_kerb * denom - g.z0  # ray height above the road plane there
+        # sidewalk plane
+        t_walk = np.where(down, (g.z0 + g.kerb_height) / denom, np.inf)
+        s_walk = t_walk * nd - g.road_offset
+        # step to the terrain at |s| = edge, terrain plane beyond
+        left = side > 0
+        off = np.where(left, g.terrain_offset[1], g.terrain_offset[0])
+        tsl = np.where(left, g.terrain_slope[1], g.terrain_slope[0])
+        t_edge = (side * edge + g.road_offset) / nd
+        h_edge = t_edge * denom - g.z0
+        level = g.kerb_height + off
+        # height above road plane of the terrain along the ray: level + tsl * (side * s - edge)
+        rate = denom - tsl * side * nd
+        t_terr = (g.z0 + level - tsl * (side * g.road_offset + edge)) / rate
+        t_terr = np.where((rate < -1e-12) & (t_terr > 0), t_terr, np.inf)
+    in_road = np.abs(s_road) < g.road_half_width
+    hit_kerb = ~in_road & (t_kerb > 0) & (h_kerb <= g.kerb_height)
+    in_walk = ~in_road & ~hit_kerb & (np.abs(s_walk) < edge)
+    hit_step = ~in_road & ~hit_kerb & ~in_walk & (t_edge > 0) & (h_edge <= level) & (off > 0)
+    in_terr = ~in_road & ~hit_kerb & ~in_walk & ~hit_step
+    t = np.where(in_road, t_road, np.where(hit_kerb, t_kerb, np.where(in_walk, t_walk,
+                                                                          np.where(hit_step, t_edge, t_terr))))
+    t = np.where(np.isfinite(t) & (t > 0), t, inf)
+    tf = np.where(np.isfinite(t), t, 0.0)
+    s_hit = tf * nd - g.road_offset
     refl = np.full(len(dirs), g.road_reflectivity)
     if g.markings and g.road_half_width < 1e5:
         ax = g.axis_dir
-        u_hit = np.where(np.isfinite(t), t, 0.0) * (ax[0] * dx + ax[1] * dy)
+        u_hit = tf * (ax[0] * dx + ax[1] * dy)
         centre = (np.abs(s_hit) < 0.08) & (np.mod(u_hit, 9.0) < 3.0)
-        edge = (np.abs(s_hit) > g.road_half_width - 0.45) & (np.abs(s_hit) < g.road_half_width - 0.3)
-        refl = np.where(centre | edge, 0.65, refl)
-    refl = np.where(beyond, np.where(np.abs(s_hit) > g.road_half_width + g.sidewalk_width,
-                                     g.terrain_reflectivity, g.sidewalk_reflectivity), refl)
+        edge_line = (np.abs(s_hit) > g.road_half_width - 0.45) & (np.abs(s_hit) < g.road_half_width - 0.3)
+        refl = np.where(in_road & (centre | edge_line), 0.65, refl)
+    refl = np.where(hit_kerb | in_walk, g.sidewalk_reflectivity, refl)
+    refl = np.where(hit_step | in_terr, g.terrain_reflectivity, refl)
     pn = np.array([-a, -b, 1.0]) / math.sqrt(a * a + b * b + 1.0)
     cos_plane = np.abs(dirs @ pn)
-    cos_inc = np.where(hit_kerb, np.abs(nd), cos_plane)
-    t = np.where(np.isfinite(t) & (t > 0), t, np.inf)
+    # terrain plane normal ~ (-a, -b, 1) tilted by the lateral slope along n
+    tn = np.stack([-a - tsl * side * n[0], -b - tsl * side * n[1], np.ones(len(dirs))], axis=1)
+    cos_terr = np.abs((dirs * tn).sum(axis=1)) / np.linalg.norm(tn, axis=1)
+    cos_inc = np.where(hit_kerb | hit_step, np.abs(nd), np.where(in_terr, cos_terr, cos_plane))
     return t, refl, cos_inc
 
 
@@ -272,7 +301,8 @@ def cast_rays(scene: Scene, sensor: SensorModel, rng: np.random.Generator, cull:
         t = t + rng.normal(0.0, 1.0, len(t)) * (sensor.range_noise + noise_extra)
         falloff = 1.0 - 0.3 * np.clip(t / sensor.max_range, 0.0, 1.0)
         inten = refl * (0.3 + 0.7 * np.sqrt(np.clip(cos, 0.0, 1.0))) * falloff
-        inten = inten + rng.normal(0.0, sensor.intensity_noise, len(t))
+        # surface texture / speckle (multiplicative) plus receiver noise (additive)
+        inten = inten * rng.lognormal(0.0, 0.3, len(t)) + rng.normal(0.0, sensor.intensity_noise, len(t))
         inten = np.clip(inten, 0.0, 1.0)
         keep &= rng.random(len(t)) >= sensor.dropout
         # Weak returns (dark surfaces at grazing incidence and long range) are often lost.

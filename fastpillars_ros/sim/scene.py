@@ -5,9 +5,11 @@ the sensor at the origin. Solids are *primitives*: oriented boxes and ellipsoids
 half sizes along its own axes and a yaw. An object (a car, a pedestrian, a tree, ...) is a group of primitives
 with an ``owner`` id; labelled objects also carry the tight box around all their primitives.
 
-The ground is piecewise planar: a gently sloped road plane ``z = z0 + ax + by`` for ``|s| < road_half_width``
-(``s`` the signed lateral distance from the road's centre line), and, beyond the kerbs, sidewalk/terrain at
-``kerb_height`` above it. The kerb faces are vertical.
+The ground is piecewise planar across the road: a gently sloped road plane ``z = z0 + ax + by`` for
+``|s| < road_half_width`` (``s`` the signed lateral distance from the road's centre line); beyond the kerbs
+the sidewalk at ``kerb_height`` above it; beyond the sidewalk, on each side, terrain starting
+``terrain_offset`` above the sidewalk and rising (or falling) by ``terrain_slope`` per metre away from the
+road (embankments, ditches). The kerb faces, and the step up to raised terrain, are vertical.
 """
 
 from __future__ import annotations
@@ -108,6 +110,8 @@ class Ground:
     sidewalk_reflectivity: float = 0.28
     terrain_reflectivity: float = 0.4
     markings: bool = True
+    terrain_offset: tuple[float, float] = (0.0, 0.0)  # right (s < 0), left (s > 0) side
+    terrain_slope: tuple[float, float] = (0.0, 0.0)
 
     @property
     def normal_dir(self) -> np.ndarray:
@@ -127,7 +131,14 @@ class Ground:
         x = np.asarray(x, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64)
         base = self.z0 + self.slope[0] * x + self.slope[1] * y
-        return base + np.where(np.abs(self.lateral(x, y)) < self.road_half_width, 0.0, self.kerb_height)
+        s = self.lateral(x, y)
+        a = np.abs(s)
+        edge = self.road_half_width + self.sidewalk_width
+        left = s > 0
+        off = np.where(left, self.terrain_offset[1], self.terrain_offset[0])
+        slope = np.where(left, self.terrain_slope[1], self.terrain_slope[0])
+        terrain = self.kerb_height + off + slope * (a - edge)
+        return base + np.where(a < self.road_half_width, 0.0, np.where(a < edge, self.kerb_height, terrain))
 
     def to_world(self, u: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Road coordinates (u along the road from the sensor, s lateral) -> LiDAR x, y."""

@@ -90,12 +90,17 @@ def street_scene(rng: np.random.Generator, sensor: SensorModel) -> Scene:
     s_ego = ego_side * lane_w * (ego_lane + 0.5) + rng.normal(0, 0.3)
     road_dir = rng.normal(0, 0.05) if rng.random() < 0.8 else _u(rng, -0.8, 0.8)
     slope = tuple(float(np.clip(rng.normal(0, 0.005), -0.012, 0.012)) for _ in range(2))
+    # Per side (right, left): built-up or open; open sides may hold a (level) parking lot.
+    built = [rng.random() < 0.72 for _ in range(2)]
+    lot = [not built[k] and rng.random() < 0.5 for k in range(2)]
+    t_off = tuple(0.0 if lot[k] or rng.random() < 0.5 else _u(rng, -0.8, 0.4) for k in range(2))
+    t_slope = tuple(0.0 if lot[k] or rng.random() < 0.5 else _u(rng, -0.03, 0.05) for k in range(2))
     ground = Ground(
         z0=-sensor.mount_height + rng.normal(0, 0.03), slope=slope, road_dir=road_dir, road_offset=-s_ego,
         road_half_width=half_w, kerb_height=_u(rng, 0.08, 0.16) if rng.random() < 0.85 else 0.0,
-        sidewalk_width=_u(rng, 2.0, 5.0), road_reflectivity=_u(rng, 0.12, 0.3),
+        sidewalk_width=_u(rng, 2.0, 5.0), road_reflectivity=_u(rng, 0.15, 0.35),
         sidewalk_reflectivity=_u(rng, 0.2, 0.4), terrain_reflectivity=_u(rng, 0.3, 0.5),
-        markings=rng.random() < 0.8)
+        markings=rng.random() < 0.8, terrain_offset=t_off, terrain_slope=t_slope)
     scene = Scene(ground)
     p = _Placer(scene, rng)
     walk_in, walk_out = half_w + 0.4, half_w + ground.sidewalk_width - 0.3
@@ -115,7 +120,8 @@ def street_scene(rng: np.random.Generator, sensor: SensorModel) -> Scene:
 
     # --- buildings / open terrain ------------------------------------------------------------------------
     for side in (-1, 1):
-        if rng.random() < 0.72:
+        k_side = 0 if side < 0 else 1
+        if built[k_side]:
             u = -U_MAX - 20 + _u(rng, 0, 10)
             while u < U_MAX + 20:
                 length = _u(rng, 8, 30)
@@ -130,7 +136,7 @@ def street_scene(rng: np.random.Generator, sensor: SensorModel) -> Scene:
                             check=False, margin=0.0)
                 u += length + (_u(rng, 1, 10) if rng.random() < 0.5 else 0.0)
         else:
-            if rng.random() < 0.5:  # parking lot: rows of cars perpendicular to the road
+            if lot[k_side]:  # parking lot: rows of cars perpendicular to the road
                 rows = int(rng.integers(1, 4))
                 for r in range(rows):
                     s_row = facade + 4.0 + r * 11.0
@@ -177,7 +183,7 @@ def street_scene(rng: np.random.Generator, sensor: SensorModel) -> Scene:
                 margin=0.8, colour=_u(rng, 0.05, 0.7))
 
     # --- cyclists -----------------------------------------------------------------------------------------
-    for _ in range(int(rng.integers(0, 6))):
+    for _ in range(int(rng.integers(1, 8))):
         side = -1 if rng.random() < 0.5 else 1
         if rng.random() < 0.8:
             s = side * (lanes * lane_w - _u(rng, 0.6, 1.2))
@@ -188,7 +194,7 @@ def street_scene(rng: np.random.Generator, sensor: SensorModel) -> Scene:
         p.place(objects.cyclist(rng), _u(rng, -60, 60), s, heading, "Cyclist", "cyclist", margin=0.3)
 
     # --- pedestrians -----------------------------------------------------------------------------------------
-    for _ in range(int(rng.integers(2, 16))):
+    for _ in range(int(rng.integers(3, 18))):
         side = -1 if rng.random() < 0.5 else 1
         u0 = _u(rng, -55, 55)
         if rng.random() < 0.15:  # crossing the road
