@@ -185,3 +185,16 @@ def test_torch_in_gives_torch_int64_out() -> None:
     assert isinstance(nms_grouped(tb, ts, torch.zeros(100, dtype=torch.long), 0.2), torch.Tensor)
     assert isinstance(circle_nms(tb, ts, 1.0), torch.Tensor)
     assert nms_3d(tb[:0], ts[:0], 0.2).dtype == torch.int64
+
+
+def test_boxes_with_non_finite_geometry_suppress_nothing_and_are_kept_by_score() -> None:
+    rng = np.random.default_rng(19)
+    boxes, scores = detector_like(rng, 50, 15)
+    bad = boxes.copy()
+    bad[3, 0] = np.nan
+    bad[7, 3] = np.inf
+    keep = nms_bev(bad, scores, 0.2)
+    assert {3, 7} <= set(keep.tolist())
+    good = np.setdiff1d(np.arange(50), [3, 7])
+    expected = np.union1d(good[nms_bev(boxes[good], scores[good], 0.2)], [3, 7])
+    np.testing.assert_array_equal(np.sort(keep), expected)
