@@ -104,6 +104,34 @@ def main() -> None:
     ours = time_ms(lambda: rotated_iou_bev_pairs(a, b), repeat=10)
     anchor = time_ms(shapely_pairs, repeat=3, warmup=1)
     print_ratio(f"IoU of {pairs} random pairs (max err {err:.1e})", "shapely", anchor, ours)
+    gpu_section(boxes, scores)
+
+
+def gpu_section(boxes: np.ndarray, scores: np.ndarray) -> None:
+    """nms_bev on CUDA tensors (cuda/nms.cu through CuPy) against the CPU path, when a GPU is present."""
+    try:
+        import cupy  # noqa: F401
+        import torch
+    except ImportError:
+        print("GPU: skipped (CuPy or torch not installed)")
+        return
+    if not torch.cuda.is_available():
+        print("GPU: skipped (no CUDA device)")
+        return
+    print_header("rotated NMS, same scene, GPU (CuPy kernels) vs this CPU path")
+    tb = torch.as_tensor(boxes, dtype=torch.float32, device="cuda")
+    ts = torch.as_tensor(scores, dtype=torch.float32, device="cuda")
+    b32 = boxes.astype(np.float32).astype(np.float64)
+    s32 = scores.astype(np.float32)
+    for threshold in (0.1, 0.5):
+        keep = nms_bev(tb, ts, threshold, pre_max=1000).cpu().numpy()
+        assert np.array_equal(keep, nms_bev(b32, s32, threshold, pre_max=1000)), "GPU and CPU NMS disagree"
+        gpu = time_ms(lambda t=threshold: nms_bev(tb, ts, t, pre_max=1000), repeat=50, warmup=5,
+                      sync=torch.cuda.synchronize)
+        cpu = time_ms(lambda t=threshold: nms_bev(b32, s32, t, pre_max=1000), repeat=50, warmup=5)
+        print_ratio(f"nms_bev GPU thr {threshold}", "CPU nms_bev", cpu, gpu)
+    gmat = time_ms(lambda: rotated_iou_bev(tb, tb), repeat=20, sync=torch.cuda.synchronize)
+    print(f"{'IoU matrix 1000 x 1000 GPU':<44s} {gmat:9.3f} ms")
 
 
 if __name__ == "__main__":
