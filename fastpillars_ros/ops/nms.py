@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fastpillars_ros.ops.iou import _bounding_radius, _iou_pairs64, _is_torch, _to_f64
+from fastpillars_ros.ops.iou import _bounding_radius, _iou_pairs64, _is_torch, _near_pairs, _to_f64
 
 __all__ = ["circle_nms", "nms_3d", "nms_bev", "nms_grouped"]
 
@@ -46,60 +46,6 @@ def _order(scores: np.ndarray, pre_max: int | None) -> np.ndarray:
     if pre_max is not None:
         order = order[:max(int(pre_max), 0)]
     return order
-
-
-def _near_pairs(x: np.ndarray, y: np.ndarray, reach: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """All pairs ``(i, j)``, ``i < j``, whose centres are within ``reach[i] + reach[j]`` (metres).
-
-    Uniform grid with cells of ``2 max(reach)``: partners lie in the same or an adjacent cell. Boxes are
-    sorted by cell; each box looks at its own cell (boxes after it) and 4 of its 8 neighbour cells
-    (the other 4 see it from their side), each a contiguous range of the sorted boxes. Cost grows with
-    the number of near pairs, not N^2.
-    """
-    empty = np.empty(0, dtype=np.int64)
-    finite = np.isfinite(x) & np.isfinite(y) & np.isfinite(reach)
-    if not finite.all():  # a box with a non-finite centre or size overlaps nothing
-        keep = np.flatnonzero(finite)
-        i, j = _near_pairs(x[keep], y[keep], reach[keep])
-        return keep[i], keep[j]
-    n = len(x)
-    if n < 2:
-        return empty, empty
-    cell = 2.0 * float(reach.max())
-    if not np.isfinite(cell) or cell <= 0.0:
-        cell = 1.0
-    ix = ((x - x.min()) / cell).astype(np.int64)
-    iy = ((y - y.min()) / cell).astype(np.int64) + 1  # + 1: row -1 of a cell is still >= 0
-    stride = int(iy.max()) + 2
-    key = ix * stride + iy
-    order = np.argsort(key, kind="stable")
-    ks = key[order]
-    offsets = np.array([0, 1, stride - 1, stride, stride + 1])  # own cell, (0,+1), (+1,-1), (+1,0), (+1,+1)
-    n_cells = (int(ix.max()) + 2) * stride
-    if n_cells <= 16 * n + 4096:
-        # Start of every cell in the sorted order from a histogram: cheaper than 10 searchsorted calls.
-        starts = np.zeros(n_cells + 1, dtype=np.int64)
-        np.cumsum(np.bincount(ks, minlength=n_cells), out=starts[1:])
-        target = ks[None, :] + offsets[:, None]
-        lo, hi = starts[target], starts[target + 1]
-    else:  # sparse, far-flung boxes: a dense cell table would be large
-        target = ks[None, :] + offsets[:, None]
-        lo, hi = np.searchsorted(ks, target, side="left"), np.searchsorted(ks, target, side="right")
-    lo[0] = np.arange(1, n + 1)  # own cell: only the boxes after this one
-    lo, hi = lo.ravel(), hi.ravel()
-    count = np.maximum(hi - lo, 0)
-    total = int(count.sum())
-    if total == 0:
-        return empty, empty
-    src = np.repeat(np.tile(np.arange(n), len(offsets)), count)
-    dst = np.arange(total) + np.repeat(lo - (np.cumsum(count) - count), count)
-    # Distance test in sorted order (contiguous gathers), then back to the caller's indices.
-    xs, ys, rs = x[order], y[order], reach[order]
-    lim = rs[src] + rs[dst]
-    dxs, dys = xs[dst] - xs[src], ys[dst] - ys[src]
-    near = dxs * dxs + dys * dys <= lim * lim
-    i, j = order[src[near]], order[dst[near]]
-    return np.minimum(i, j), np.maximum(i, j)
 
 
 def _greedy(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
