@@ -107,8 +107,9 @@ def test_nan_scores_are_dropped_with_a_warning_naming_the_count() -> None:
     rng = np.random.default_rng(14)
     boxes, scores = detector_like(rng, 60, 20)
     scores[[3, 10, 11]] = np.nan
-    with pytest.warns(RuntimeWarning, match="3 box"):
+    with pytest.warns(RuntimeWarning, match="3 box") as record:
         keep = nms_bev(boxes, scores, 0.2)
+    assert record[0].filename == __file__  # attributed to the caller
     assert not set(keep.tolist()) & {3, 10, 11}
     finite = np.flatnonzero(~np.isnan(scores))
     np.testing.assert_array_equal(keep, finite[reference_nms(boxes[finite], scores[finite], 0.2)])
@@ -198,3 +199,17 @@ def test_boxes_with_non_finite_geometry_suppress_nothing_and_are_kept_by_score()
     good = np.setdiff1d(np.arange(50), [3, 7])
     expected = np.union1d(good[nms_bev(boxes[good], scores[good], 0.2)], [3, 7])
     np.testing.assert_array_equal(np.sort(keep), expected)
+
+
+def test_invalid_thresholds_are_rejected() -> None:
+    boxes, scores = np.zeros((2, 7)), np.ones(2)
+    with pytest.raises(ValueError):
+        nms_bev(boxes, scores, -0.1)
+    with pytest.raises(ValueError):
+        nms_3d(boxes, scores, float("nan"))
+    with pytest.raises(ValueError):
+        circle_nms(boxes, scores, -1.0)
+    with pytest.raises(ValueError):
+        nms_grouped(boxes, scores, np.zeros(2), 0.5, kind="circle")
+    with pytest.raises(ValueError):
+        nms_grouped(boxes, scores, np.zeros(2), 0.5, kind="rotated")

@@ -40,7 +40,7 @@ def _order(scores: np.ndarray, pre_max: int | None) -> np.ndarray:
     finite = ~np.isnan(scores)
     if not finite.all():
         warnings.warn(f"NMS dropped {int((~finite).sum())} box(es) with NaN score", RuntimeWarning,
-                      stacklevel=3)
+                      stacklevel=5)  # _order < _nms_np < _dispatch < nms_bev & co. < caller
     idx = np.flatnonzero(finite)
     order = idx[np.argsort(-scores[idx], kind="stable")]
     if pre_max is not None:
@@ -123,8 +123,18 @@ def _nms_np(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, pre_max
     return kept.astype(np.int64, copy=False)
 
 
+def _check_threshold(iou_threshold: float, kind: str, min_radius: float | None) -> None:
+    # A negative IoU threshold would make every pair, however far apart, suppress: the sparse search
+    # cannot express that and no detector wants it.
+    if kind != "circle" and not float(iou_threshold) >= 0.0:
+        raise ValueError(f"iou_threshold must be >= 0, got {iou_threshold}")
+    if kind == "circle" and (min_radius is None or not float(min_radius) >= 0.0):
+        raise ValueError(f"circle NMS needs min_radius >= 0, got {min_radius}")
+
+
 def _dispatch(boxes: ArrayLike, scores: ArrayLike, iou_threshold: float, pre_max: int | None,
               post_max: int | None, kind: str, min_radius: float | None = None) -> ArrayLike:
+    _check_threshold(iou_threshold, kind, min_radius)
     if _is_torch(boxes):
         import torch
 
@@ -198,8 +208,7 @@ def nms_grouped(boxes: ArrayLike, scores: ArrayLike, groups: ArrayLike, iou_thre
     """
     if kind not in ("bev", "3d", "circle"):
         raise ValueError(f"unknown NMS kind {kind!r}")
-    if kind == "circle" and min_radius is None:
-        raise ValueError("circle NMS needs min_radius")
+    _check_threshold(iou_threshold, kind, min_radius)
     torch_in = _is_torch(boxes)
     if torch_in and boxes.is_cuda:
         from fastpillars_ros.ops import nms_cuda

@@ -132,7 +132,7 @@ def nms_cuda(boxes: ArrayLike, scores: ArrayLike, iou_threshold: float, pre_max:
     s = _to_cupy(scores, cupy, boxes)
     if s.size != b32.shape[0]:
         raise ValueError(f"{s.size} scores for {b32.shape[0]} boxes")
-    order = _sorted_order(s, cupy, stacklevel=4)
+    order = _sorted_order(s, cupy, stacklevel=5)  # < nms_cuda < _dispatch < nms_bev < caller
     if pre_max is not None:
         order = order[:max(int(pre_max), 0)]
     threshold = float(min_radius) if kind == "circle" else float(iou_threshold)
@@ -153,7 +153,7 @@ def nms_grouped_cuda(boxes: ArrayLike, scores: ArrayLike, groups: ArrayLike, iou
     g = _to_cupy(groups, cupy, boxes).reshape(-1)
     if s.size != b32.shape[0] or g.size != b32.shape[0]:
         raise ValueError(f"{s.size} scores / {g.size} group ids for {b32.shape[0]} boxes")
-    order = _sorted_order(s, cupy, stacklevel=3)
+    order = _sorted_order(s, cupy, stacklevel=4)  # < nms_grouped_cuda < nms_grouped < caller
     threshold = float(min_radius) if kind == "circle" else float(iou_threshold)
     kept = [cupy.empty(0, dtype=cupy.int64)]
     ranked_groups = g[order]
