@@ -22,6 +22,7 @@ difficulty -1.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -134,7 +135,9 @@ class KittiFrame:
     float64 ours (see :mod:`fastpillars_ros.boxes`); ``labels (K,)`` int64 indices into the dataset's
     ``classes``; ``names`` the class names; ``kitti_names`` the original KITTI types; ``difficulty``,
     ``occluded`` ``(K,)`` int64 and ``truncated`` ``(K,)`` float64; ignore boxes of unmapped classes;
-    DontCare image rectangles ``(M, 4)``; the calibration."""
+    DontCare image rectangles ``(M, 4)``; the calibration. ``extras``: for simulator output (a
+    ``sim_meta/`` file beside the labels) ``num_points`` / ``ignored_num_points`` (returns per box, aligned
+    with ``boxes`` / ``ignored_boxes``) and the whole ``sim_meta`` record."""
 
     frame_id: str
     points: np.ndarray
@@ -214,6 +217,17 @@ class KittiDataset:
                                   np.array([o.rotation_y for o in items]), calib)
 
         names = [self.class_map[o.type] for o in kept]
+        extras: dict = {}
+        meta_path = self.root / "sim_meta" / f"{self.frame_ids[index]}.json"
+        if meta_path.is_file():  # simulator output: per-object point counts, in label-file order
+            meta = json.loads(meta_path.read_text())
+            counts = [o.get("num_points", -1) for o in meta.get("objects", [])]
+            labelled = [o for o in objs if o.type != "DontCare"]
+            if len(counts) == len(labelled):
+                by_obj = {id(o): c for o, c in zip(labelled, counts, strict=True)}
+                extras["num_points"] = np.array([by_obj[id(o)] for o in kept], dtype=np.int64)
+                extras["ignored_num_points"] = np.array([by_obj[id(o)] for o in ignored], dtype=np.int64)
+            extras["sim_meta"] = meta
         return KittiFrame(
             frame_id=self.frame_ids[index],
             points=self.points(index),
@@ -228,4 +242,5 @@ class KittiDataset:
             ignored_names=[o.type for o in ignored],
             dontcare_bboxes=np.array(dontcare, dtype=np.float64).reshape(-1, 4),
             calib=calib,
+            extras=extras,
         )
