@@ -7,9 +7,14 @@ from fastpillars_ros.model import build_model, check_onnx, export_onnx, output_n
 from fastpillars_ros.model.testing import randomize_
 
 
-def test_tiny_onnx_matches_torch_at_full_canvas(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory):
     model = randomize_(build_model("tiny"), seed=2).eval()
-    path = export_onnx(model, tmp_path / "tiny.onnx")
+    return model, export_onnx(model, tmp_path_factory.mktemp("onnx") / "tiny.onnx")
+
+
+def test_tiny_onnx_matches_torch_at_full_canvas(tiny_onnx):
+    model, path = tiny_onnx
     assert model.fusion_level == "train"  # the caller's model is left alone
     graph = onnx.load(str(path)).graph
     assert [o.name for o in graph.output] == output_names(model.config)
@@ -36,9 +41,8 @@ def test_nuscenes_output_names_order():
     assert len(names) == 42 and names[4] == "task0_vel" and names[-1] == "task5_hm"
 
 
-def test_check_onnx_reports_a_mismatch(tmp_path):
-    model = randomize_(build_model("tiny"), seed=2).eval()
-    path = export_onnx(model, tmp_path / "tiny.onnx")
+def test_check_onnx_reports_a_mismatch(tiny_onnx):
+    _, path = tiny_onnx
     other = randomize_(build_model("tiny"), seed=5).eval()
     with pytest.raises(ValueError, match="differs from torch"):
         check_onnx(other, path)

@@ -1,0 +1,35 @@
+"""The model gives the same canvas, head maps and candidates on CUDA as on the CPU (skipped without GPU)."""
+
+import pytest
+import torch
+
+from fastpillars_ros.model import build_model
+from fastpillars_ros.model.testing import random_pillars, randomize_
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+@pytest.mark.parametrize("name", ["tiny", "kitti"])
+@torch.no_grad()
+def test_cuda_matches_cpu(name):
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    cpu = randomize_(build_model(name), seed=0).eval().fuse()
+    gpu = randomize_(build_model(name), seed=0).eval().fuse().cuda()
+    _, h, w = cpu.config.canvas_shape
+    feats, ids, coords = random_pillars(3000, 20000, cpu.config.num_decorated_features, h, w, seed=1)
+    canvas = cpu.encode(feats, ids, coords)
+    canvas_gpu = gpu.encode(feats.cuda(), ids.cuda(), coords.cuda())
+    torch.testing.assert_close(canvas_gpu.cpu(), canvas, rtol=1e-4, atol=1e-5)
+    out = cpu.forward_dense(canvas)
+    out_gpu = gpu.forward_dense(canvas.cuda())
+    for a, b in zip(out, out_gpu, strict=True):
+        for k in a:
+            torch.testing.assert_close(b[k].cpu(), a[k], rtol=1e-3, atol=1e-4)
+    # Decode the same maps on both devices (decoding is exact given identical inputs).
+    (c_cpu,) = cpu.decode(out, score_threshold=0.3)
+    (c_gpu,) = gpu.decode([{k: v.cuda() for k, v in t.items()} for t in out], score_threshold=0.3)
+    assert c_gpu.boxes.is_cuda and len(c_gpu) == len(c_cpu)
+    torch.testing.assert_close(c_gpu.boxes.cpu(), c_cpu.boxes, rtol=1e-5, atol=1e-5)
+    assert torch.equal(c_gpu.labels.cpu(), c_cpu.labels)
