@@ -180,8 +180,9 @@ extern "C" __global__ void nms_mask_kernel(const float* __restrict__ boxes, int 
     const int row_block = blockIdx.y, col_block = blockIdx.x;
     if (row_block > col_block) return;  // whole block: uniform, before any barrier
     const int col_blocks = (n + NMS_BLOCK - 1) / NMS_BLOCK;
-    const int row_size = min(n - row_block * NMS_BLOCK, NMS_BLOCK);
-    const int col_size = min(n - col_block * NMS_BLOCK, NMS_BLOCK);
+    const int row_left = n - row_block * NMS_BLOCK, col_left = n - col_block * NMS_BLOCK;
+    const int row_size = row_left < NMS_BLOCK ? row_left : NMS_BLOCK;
+    const int col_size = col_left < NMS_BLOCK ? col_left : NMS_BLOCK;
 
     __shared__ float block_boxes[NMS_BLOCK * BOX_DIM];
     const int tx = threadIdx.x;
