@@ -84,3 +84,12 @@ def test_scatter_batches_by_batch_index():
     assert canvas.shape == (2, 3, 3, 4) and canvas.is_contiguous()
     assert canvas[0, :, 1, 2].tolist() == [3, 4, 5] and canvas[1, :, 0, 0].tolist() == [6, 7, 8]
     assert canvas[1, :, 2, 1].tolist() == [9, 10, 11] and canvas.sum() == feats.sum()
+
+
+@torch.no_grad()
+def test_empty_cloud_gives_zero_canvas():
+    model = build_model("tiny").eval()
+    c, h, w = model.config.canvas_shape
+    canvas = model.encode(torch.zeros(0, model.config.num_decorated_features), torch.zeros(0, dtype=torch.int64),
+                          torch.zeros(0, 2, dtype=torch.int32))
+    assert canvas.shape == (1, c, h, w) and not canvas.any()
