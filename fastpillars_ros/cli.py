@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 # command -> (module, one-line help). Keep sorted by the order a user meets them.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "launch": ("fastpillars_ros.launcher", "start the detector node like detect.launch.py (where launch is missing)"),
+    "simulate": ("fastpillars_ros.sim.cli", "generate synthetic LiDAR street scenes in KITTI layout"),
     "memcheck": ("fastpillars_ros.runtime.memory", "estimate GPU memory per component and check it fits"),
     "profile": ("fastpillars_ros.runtime.profiling", "per-layer and per-stage timings (trtexec JSON shape)"),
     "export-onnx": ("fastpillars_ros.runtime.deploy_commands:ExportOnnx",
