@@ -101,8 +101,8 @@ def test_labelled_boxes_contain_the_recorded_point_counts(frame):
 def test_labelled_types_and_sizes(frame):
     assert set(frame.types) <= {"Car", "Van", "Truck", "Pedestrian", "Cyclist"}
     rng = np.random.default_rng(0)
-    for make, (lo, hi) in ((objects.car, ((3.5, 1.6, 1.4), (5.0, 2.0, 1.7))),
-                           (objects.pedestrian, ((0.2, 0.4, 1.5), (0.9, 0.8, 1.9))),
+    for make, (lo, hi) in ((objects.car, ((3.4, 1.5, 1.33), (4.9, 1.9, 1.62))),
+                           (objects.pedestrian, ((0.15, 0.4, 1.5), (0.96, 0.8, 1.9))),
                            (objects.cyclist, ((1.5, 0.5, 1.5), (1.9, 0.85, 1.9)))):
         for _ in range(100):
             a, b = make(rng).extent()

@@ -35,7 +35,7 @@ from fastpillars_ros.sim.street import street_scene
 __all__ = ["GENERATOR_VERSION", "LABELLED_TYPES", "MIN_POINTS", "SIM_CALIB", "SimFrame", "render_scene",
            "scene_rng", "simulate_frame", "write_frame"]
 
-GENERATOR_VERSION = "fastpillars-sim-1"
+GENERATOR_VERSION = "fastpillars-sim-2"
 LABELLED_TYPES = ("Car", "Van", "Truck", "Pedestrian", "Cyclist")
 MIN_POINTS = 5
 

@@ -1,9 +1,10 @@
 """Procedural object shapes, each a :class:`~fastpillars_ros.sim.scene.Shape` of several primitives in the
 object's own frame (origin at the bottom centre, +x = heading, +y = left, z up, metres).
 
-Sizes (tight boxes, metres) follow KITTI's class statistics: car l 3.5-5.0, w 1.6-2.0, h 1.4-1.7;
-pedestrian l 0.4-0.9 (stride and arm swing), w 0.45-0.75, h 1.5-1.9; cyclist l 1.5-1.9, w 0.55-0.8,
-h 1.5-1.9. Vans and trucks are larger distractors.
+Sizes (tight boxes, metres; label boxes add ``LABEL_MARGIN`` on the sides and top) follow KITTI's class
+statistics: car l 3.4-4.9 (skewed to compact cars), w 1.5-1.9, h 1.33-1.62; pedestrian l 0.15-0.95 (stride
+and arm swing), w 0.45-0.65, h 1.5-1.9; cyclist l 1.5-1.85, w 0.55-0.8, h 1.5-1.9. Vans and trucks are
+larger distractors.
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ def _wheels(s: Shape, length: float, width: float, radius: float, inset: float, 
 
 def car(rng: np.random.Generator) -> Shape:
     """Sedan / hatchback / SUV: wheels, lower body box, flat-roofed cabin with slanted (ellipsoid) glass."""
-    size = rng.beta(2.0, 2.0)  # latent size class: correlated length and width, no pile-up at the limits
-    length = 3.5 + 1.5 * float(0.75 * size + 0.25 * rng.beta(2.0, 2.0))
-    width = 1.6 + 0.4 * float(0.6 * size + 0.4 * rng.beta(2.0, 2.0))
-    height = _u(rng, 1.4, 1.7)
+    # Latent size class: correlated length and width, skewed towards compact cars like KITTI's (label box
+    # means about l 3.95, w 1.7, h 1.52 after the label margin), no pile-up at the limits.
+    size = rng.beta(2.0, 4.0)
+    length = 3.4 + 1.5 * float(0.75 * size + 0.25 * rng.beta(2.0, 4.0))
+    width = 1.5 + 0.4 * float(0.6 * size + 0.4 * rng.beta(1.5, 4.0))
+    height = _u(rng, 1.33, 1.62)
     clearance = _u(rng, 0.22, 0.32)
     belt = height * _u(rng, 0.56, 0.64)
     s = Shape()
@@ -81,8 +84,8 @@ def truck(rng: np.random.Generator) -> Shape:
 def pedestrian(rng: np.random.Generator) -> Shape:
     """Legs (in stride), torso, head and swinging arms; sometimes a backpack."""
     height = _u(rng, 1.5, 1.9)
-    shoulder = 0.19 * _u(rng, 0.9, 1.2)
-    stride = _u(rng, 0.0, 0.32) if rng.random() < 0.8 else 0.0
+    shoulder = 0.19 * _u(rng, 0.8, 1.1)
+    stride = _u(rng, 0.05, 0.4) if rng.random() < 0.85 else 0.0
     leg = 0.47 * height
     hip = leg
     top = height - 0.22
