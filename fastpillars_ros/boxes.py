@@ -77,7 +77,7 @@ class KittiCalib:
 
     tr_velo_to_cam: np.ndarray
     r0_rect: np.ndarray = field(default_factory=lambda: np.eye(3))
-    p: list[np.ndarray] = field(default_factory=lambda: [np.hstack([np.eye(3), np.zeros((3, 1))])] * 4)
+    p: list[np.ndarray] = field(default_factory=lambda: [np.hstack([np.eye(3), np.zeros((3, 1))]) for _ in range(4)])
     tr_imu_to_velo: np.ndarray = field(default_factory=lambda: np.hstack([np.eye(3), np.zeros((3, 1))]))
 
     @property
