@@ -28,3 +28,21 @@ def test_cuda_source_compiles_without_warnings(cu_file: Path, arch: str, tmp_pat
            "-o", str(tmp_path / f"{cu_file.stem}.{arch}.cubin"), str(cu_file)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stderr}{proc.stdout}"
+
+
+def test_loader_finds_shipped_sources_and_rejects_unknown_names() -> None:
+    from fastpillars_ros.cuda import CUDA_DIR, source_path
+
+    assert source_path("pillarize") == CUDA_DIR / "pillarize.cu"
+    assert source_path("pillarize.cu") == CUDA_DIR / "pillarize.cu"
+    with pytest.raises(FileNotFoundError, match="no CUDA source"):
+        source_path("does_not_exist")
+
+
+def test_loader_explains_when_cupy_or_a_gpu_is_missing() -> None:
+    from fastpillars_ros.cuda import CudaUnavailableError, cuda_available, load_module
+
+    if cuda_available():
+        pytest.skip("CuPy and a GPU are present: nothing to explain")
+    with pytest.raises(CudaUnavailableError, match="CuPy"):
+        load_module("pillarize")

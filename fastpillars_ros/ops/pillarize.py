@@ -231,20 +231,51 @@ def _decorate_torch(points: torch.Tensor, pillars: Pillars, g: GridConstants) ->
     return torch.cat([kept, torch.stack([off_x, off_y, off_z], dim=1)], dim=1)
 
 
+def _cupy_usable() -> bool:
+    try:
+        from fastpillars_ros.cuda import cuda_available
+    except ImportError:  # pragma: no cover
+        return False
+    return cuda_available()
+
+
+def _gpu_backend(choice: str) -> str:
+    if choice not in ("auto", "cupy", "torch"):
+        raise ValueError(f"gpu_backend must be 'auto', 'cupy' or 'torch', got {choice!r}")
+    if choice == "auto":
+        return "cupy" if _cupy_usable() else "torch"
+    return choice
+
+
+def _on_torch_stream(tensor: torch.Tensor) -> Any:
+    """Context that makes CuPy run on the torch tensor's device and current stream (ordering with torch)."""
+    import contextlib
+
+    import cupy
+    import torch
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(cupy.cuda.Device(tensor.device.index))
+    stack.enter_context(cupy.cuda.ExternalStream(torch.cuda.current_stream(tensor.device).cuda_stream))
+    return stack
+
+
 def pillarize(points: np.ndarray | torch.Tensor, pc_range: tuple[float, ...] | list[float],
-              pillar_size: tuple[float, ...] | list[float]) -> Pillars:
+              pillar_size: tuple[float, ...] | list[float], *, gpu_backend: str = "auto") -> Pillars:
     """Assign points to BEV pillars (dynamic pillarization, no caps on points per pillar or pillars).
 
     Args:
-        points: (N, C>=3) float32 [x, y, z, ...] in metres, lidar frame; numpy array or torch tensor (CPU or
-            CUDA). Other float dtypes are converted to float32 first.
+        points: (N, C>=3) float32 [x, y, z, ...] in metres, lidar frame; numpy array, torch tensor (CPU or
+            CUDA) or CuPy array. Other float dtypes are converted to float32 first.
         pc_range: (x_min, y_min, z_min, x_max, y_max, z_max) [m]; z bounds are not used for cropping.
         pillar_size: (px, py) [m].
+        gpu_backend: for CUDA torch tensors: "cupy" (the kernels of ``cuda/pillarize.cu``), "torch"
+            (pure torch ops, no CuPy needed) or "auto" (CuPy when it is installed and sees a GPU).
 
     Returns:
         :class:`Pillars` with numpy arrays for numpy input, torch tensors on the input's device for torch
-        input. CPU torch tensors go through the numpy path (zero-copy); CUDA tensors through pure torch
-        ops (no CuPy needed). See the module docstring for the exact rules.
+        input, CuPy arrays for CuPy input. CPU torch tensors go through the numpy path (zero-copy). All
+        paths give identical results (see the module docstring for the exact rules).
     """
     g = grid_constants(pc_range, pillar_size)
     if _is_torch(points):
@@ -254,23 +285,37 @@ def pillarize(points: np.ndarray | torch.Tensor, pc_range: tuple[float, ...] | l
             p = _pillarize_numpy(points.detach().float().contiguous().numpy(), g)
             return Pillars(torch.from_numpy(p.coords), torch.from_numpy(p.point_pillar),
                            torch.from_numpy(p.point_index), p.grid_shape)
+        if _gpu_backend(gpu_backend) == "cupy":
+            import cupy
+
+            from fastpillars_ros.ops.pillarize_cuda import pillarize_device
+
+            pts = points.detach().float().contiguous()
+            with _on_torch_stream(pts):
+                p = pillarize_device(cupy.from_dlpack(pts), pc_range, pillar_size)
+            return Pillars(torch.from_dlpack(p.coords), torch.from_dlpack(p.point_pillar),
+                           torch.from_dlpack(p.point_index), p.grid_shape)
         return _pillarize_torch(points.detach(), g)
+    if type(points).__module__.startswith("cupy"):
+        from fastpillars_ros.ops.pillarize_cuda import pillarize_device
+
+        return pillarize_device(points, pc_range, pillar_size)
     return _pillarize_numpy(points, g)
 
 
 def decorate(points: np.ndarray | torch.Tensor, pillars: Pillars, pc_range: tuple[float, ...] | list[float],
-             pillar_size: tuple[float, ...] | list[float]) -> np.ndarray | torch.Tensor:
+             pillar_size: tuple[float, ...] | list[float], *, gpu_backend: str = "auto") -> np.ndarray | torch.Tensor:
     """Per-point features for the pillar encoder.
 
     Args:
         points: the same (N, C) points that were given to :func:`pillarize`.
         pillars: its result.
-        pc_range, pillar_size: as for :func:`pillarize`.
+        pc_range, pillar_size, gpu_backend: as for :func:`pillarize`.
 
     Returns:
         (L, C + 3) float32, one row per kept point in ``pillars.point_index`` order: the C raw columns,
         then the offsets [m] of the point from its pillar centre in x, y and z (z centre = middle of the
-        z range). numpy for numpy input, torch on the input's device for torch input.
+        z range). Same array type and device as ``points``.
     """
     g = grid_constants(pc_range, pillar_size)
     if _is_torch(points):
@@ -281,7 +326,21 @@ def decorate(points: np.ndarray | torch.Tensor, pillars: Pillars, pc_range: tupl
                 points.detach().float().contiguous().numpy(),
                 Pillars(pillars.coords.numpy(), pillars.point_pillar.numpy(), pillars.point_index.numpy(),
                         pillars.grid_shape), pc_range, pillar_size))
+        if _gpu_backend(gpu_backend) == "cupy":
+            import cupy
+
+            from fastpillars_ros.ops.pillarize_cuda import decorate_device
+
+            pts = points.detach().float().contiguous()
+            with _on_torch_stream(pts):
+                cp = Pillars(*(cupy.from_dlpack(t.contiguous()) for t in
+                               (pillars.coords, pillars.point_pillar, pillars.point_index)), pillars.grid_shape)
+                return torch.from_dlpack(decorate_device(cupy.from_dlpack(pts), cp, pc_range, pillar_size))
         return _decorate_torch(points.detach(), pillars, g)
+    if type(points).__module__.startswith("cupy"):
+        from fastpillars_ros.ops.pillarize_cuda import decorate_device
+
+        return decorate_device(points, pillars, pc_range, pillar_size)
 
     pts = _as_points_numpy(points)
     n_cols = pts.shape[1]
