@@ -177,6 +177,8 @@ class DetectorNode(Node):
     def _validate_change(self, changes: Sequence[rclpy.parameter.Parameter]) -> SetParametersResult:
         reasons = []
         for p in changes:
+            if p.name not in node_params.SPEC_BY_NAME and not p.name.startswith(CLASS_THRESHOLD_PREFIX):
+                continue  # rclpy's own (use_sim_time, ...): rclpy validates and applies them
             spec = node_params.SPEC_BY_NAME.get(p.name)
             if spec is not None and not spec.runtime:
                 reasons.append(f"parameter '{p.name}' cannot change while the node runs; restart the node")

@@ -97,9 +97,10 @@ class Probe:
     def now_stamp(self):
         return self.node.get_clock().now().to_msg()
 
-    def send(self, msg, *, timeout: float = ANSWER_TIMEOUT, resend: float = 5.0):
-        """Publish ``msg`` with a fresh stamp; return (Detection3DArray, MarkerArray, seconds) answering it."""
-        msg.header.stamp = self.now_stamp()
+    def send(self, msg, *, timeout: float = ANSWER_TIMEOUT, resend: float = 5.0, stamp=None):
+        """Publish ``msg`` with a fresh stamp (or ``stamp``); return (Detection3DArray, MarkerArray, seconds)
+        answering it."""
+        msg.header.stamp = self.now_stamp() if stamp is None else stamp
         key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
         t0 = time.time()
         deadline = t0 + timeout
@@ -236,7 +237,9 @@ def test_diagnostics_report_backend_mapping_latency_and_counts(probe, kitti):
     assert "raw p99" in diag["intensity"]
 
 
-def test_score_threshold_changes_at_runtime_and_bad_values_are_refused(probe, kitti):
+@pytest.fixture
+def set_param(probe):
+    """``set_param(name, value)`` -> SetParametersResult of the detector node's parameter service."""
     from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
     from rcl_interfaces.srv import SetParameters
 
@@ -244,14 +247,23 @@ def test_score_threshold_changes_at_runtime_and_bad_values_are_refused(probe, ki
     assert client.wait_for_service(timeout_sec=10.0)
 
     def set_param(name, value):
-        req = SetParameters.Request(parameters=[Parameter(
-            name=name, value=ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=value))])
-        future = client.call_async(req)
+        if isinstance(value, bool):
+            pv = ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=value)
+        elif isinstance(value, str):
+            pv = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value)
+        else:
+            pv = ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=float(value))
+        future = client.call_async(SetParameters.Request(parameters=[Parameter(name=name, value=pv)]))
         deadline = time.time() + 10
         while not future.done() and time.time() < deadline:
             time.sleep(0.01)
         return future.result().results[0]
 
+    yield set_param
+    probe.node.destroy_client(client)
+
+
+def test_score_threshold_changes_at_runtime_and_bad_values_are_refused(probe, kitti, set_param):
     try:
         bad = set_param("score_threshold", 1.5)
         assert not bad.successful and "score_threshold" in bad.reason
@@ -263,9 +275,64 @@ def test_score_threshold_changes_at_runtime_and_bad_values_are_refused(probe, ki
         assert all(d.results[0].hypothesis.score >= 0.999 for d in det.detections)
         diag = probe.latest_diagnostics(after=time.time() + 0.01)
         assert "car=0.999" in diag["score_thresholds"]
+        bad = set_param("model", "kitti")
+        assert not bad.successful
     finally:
         assert set_param("score_threshold", -1.0).successful
-        probe.node.destroy_client(client)
+
+
+def test_output_frame_override_at_runtime(probe, kitti, set_param):
+    try:
+        assert set_param("frame_id", "base_lidar").successful
+        det, markers, _ = probe.send(layout_cloud(kitti[:5000], "velodyne"))
+        assert det.header.frame_id == "base_lidar" and markers.markers[0].header.frame_id == "base_lidar"
+    finally:
+        assert set_param("frame_id", "").successful
+
+
+def test_input_age_uses_the_sim_clock_with_use_sim_time(probe, kitti, set_param):
+    from builtin_interfaces.msg import Time
+    from rosgraph_msgs.msg import Clock
+
+    clock_pub = probe.node.create_publisher(Clock, "/clock", 10)
+    t_start = time.time()
+    stop_clock = threading.Event()
+
+    def sim_time(offset: float = 0.0) -> Time:
+        t = 1000.0 + (time.time() - t_start) + offset  # sim time: 1000 s at the start, real-time rate
+        return Time(sec=int(t), nanosec=int((t % 1.0) * 1e9))
+
+    def tick():
+        while not stop_clock.is_set():
+            clock_pub.publish(Clock(clock=sim_time()))
+            time.sleep(0.02)
+
+    ticker = threading.Thread(target=tick, daemon=True)
+    ticker.start()
+    try:
+        assert set_param("use_sim_time", True).successful
+        time.sleep(0.5)
+        # Fresh in sim time (while decades old in wall time): answered.
+        det, _m, _ = probe.send(layout_cloud(kitti[:5000], "velodyne"), stamp=sim_time(-0.05))
+        assert 1000 <= det.header.stamp.sec < 1100
+        # 10 s old in sim time: dropped as stale.
+        before = int(probe.latest_diagnostics(after=0.0)["dropped_stale"])
+        stale = layout_cloud(kitti[:5000], "velodyne")
+        stale.header.stamp = sim_time(-10.0)
+        probe.pub.publish(stale)
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            time.sleep(0.2)
+            if int(probe.latest_diagnostics(after=0.0)["dropped_stale"]) > before:
+                break
+        else:
+            raise AssertionError("a frame stale in sim time was not dropped")
+    finally:
+        reset = set_param("use_sim_time", False)
+        stop_clock.set()
+        ticker.join()
+        probe.node.destroy_publisher(clock_pub)
+        assert reset.successful, reset.reason
 
 
 # --- bad input: each case answered (empty when rejected), then a good frame still works ---------------------
