@@ -227,3 +227,35 @@ def test_command_reads_kitti_result_files_and_ignores_vans(tmp_path):
     car_3d = next(r for r in report["results"] if (r["class"], r["metric"], r["iou_threshold"]) == ("car", "3d", 0.7))
     # The frame-0 detection on the van is absorbed; the one in frame 1 (no van there) is a false positive.
     assert (car_3d["num_gt"], car_3d["num_ignored_gt"], car_3d["num_tp"], car_3d["num_fp"]) == (4, 1, 4, 1)
+
+
+def test_command_runs_the_detector_and_saves_its_detections(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    seen = []
+
+    class FakeDetector:  # same answer every frame: frame 0's two cars and a truck (not evaluated)
+        class_names = ("truck", "car")
+        point_features = ("x", "y", "z", "intensity")
+        intensity_scale = 255.0
+
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def detect(self, points):
+            seen.append(points.shape)
+            boxes = np.array([*FRAMES["000000"], car(40, 40)], dtype=np.float32)
+            return types.SimpleNamespace(boxes=boxes, scores=np.array([0.9, 0.8, 0.95], np.float32),
+                                         labels=np.array([1, 1, 0]))
+
+    monkeypatch.setitem(sys.modules, "fastpillars_ros.detector", types.SimpleNamespace(Detector=FakeDetector))
+    _write_kitti(tmp_path / "kitti")
+    rc = _run(["--data", str(tmp_path / "kitti"), "--config", "tiny", "--no-progress", "--classes", "car",
+               "--save-detections", str(tmp_path / "dets.json"), "--out", str(tmp_path / "report.json")])
+    assert rc == 0 and seen == [(10, 4), (10, 4)]
+    saved = json.loads((tmp_path / "dets.json").read_text())
+    assert saved["000001"]["labels"] == ["car", "car"]
+    report = json.loads((tmp_path / "report.json").read_text())
+    # Score 0.9: a TP (frame 0) and an FP (frame 1) tie -> (recall .25, precision .5); 0.8 likewise -> (.5, .5).
+    assert report["results"][0]["ap"] == pytest.approx(25.0)
