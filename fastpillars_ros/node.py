@@ -277,8 +277,9 @@ class DetectorNode(Node):
             self.stats.note(kind, text)
             self._warn(f"note:{kind}", text)
         if frame.layout_changed:
+            scale = f"; intensity {frame.intensity.summary()}" if frame.intensity else ""
             self.get_logger().info(f"input layout of {self.sub.topic_name} ({msg.header.frame_id!r}, "
-                                   f"{msg.point_step}-byte points): {frame.mapping}")
+                                   f"{msg.point_step}-byte points): {frame.mapping}{scale}")
 
         try:
             result = self.detector.detect(frame.points)
