@@ -135,8 +135,12 @@ def load_json_detections(path: str | Path, class_names: Sequence[str]) -> dict[s
         where = f"{path} frame {fid!r}"
         if not isinstance(rec, dict) or not {"boxes", "scores", "labels"} <= set(rec):
             raise ValueError(f"{where}: needs 'boxes', 'scores' and 'labels'")
-        boxes = np.asarray(rec["boxes"], dtype=np.float64).reshape(-1, 7) if len(rec["boxes"]) else np.zeros((0, 7))
-        out[str(fid)] = FrameBoxes(boxes=boxes, scores=np.asarray(rec["scores"], dtype=np.float64).reshape(-1),
+        boxes = np.asarray(rec["boxes"], dtype=np.float64)
+        if boxes.size == 0:
+            boxes = np.zeros((0, 7))
+        elif boxes.ndim != 2 or boxes.shape[1] < 7:
+            raise ValueError(f"{where}: 'boxes' must be a list of [x, y, z, l, w, h, yaw] rows")
+        out[str(fid)] = FrameBoxes(boxes=boxes[:, :7], scores=np.asarray(rec["scores"], dtype=np.float64).reshape(-1),
                                    labels=_labels_from(rec["labels"], class_names, where))
     return out
 

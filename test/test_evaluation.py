@@ -259,3 +259,15 @@ def test_command_runs_the_detector_and_saves_its_detections(tmp_path, monkeypatc
     report = json.loads((tmp_path / "report.json").read_text())
     # Score 0.9: a TP (frame 0) and an FP (frame 1) tie -> (recall .25, precision .5); 0.8 likewise -> (.5, .5).
     assert report["results"][0]["ap"] == pytest.approx(25.0)
+
+
+def test_command_camera_fov_drops_detections_behind_the_camera(tmp_path):
+    _write_kitti(tmp_path / "kitti")
+    dets = {"000000": {"boxes": [FRAMES["000000"][0], car(-10, 0)], "scores": [0.9, 0.95], "labels": [0, 0]}}
+    (tmp_path / "dets.json").write_text(json.dumps(dets))
+    fps = []
+    for extra in ([], ["--camera-fov"]):
+        assert _run(["--data", str(tmp_path / "kitti"), "--detections", str(tmp_path / "dets.json"), "--no-progress",
+                     "--classes", "car", "--out", str(tmp_path / "r.json"), *extra]) == 0
+        fps.append(json.loads((tmp_path / "r.json").read_text())["results"][0]["num_fp"])
+    assert fps == [1, 0]
