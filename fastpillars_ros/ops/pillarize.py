@@ -346,9 +346,15 @@ def decorate(points: np.ndarray | torch.Tensor, pillars: Pillars, pc_range: tupl
     n_cols = pts.shape[1]
     out = np.empty((pillars.point_index.shape[0], n_cols + 3), np.float32)
     np.take(pts, pillars.point_index, axis=0, out=out[:, :n_cols])
-    cr = pillars.coords[pillars.point_pillar].astype(np.float32)
-    half = np.float32(0.5)
-    out[:, n_cols] = (out[:, 0] - g.x_min) - (cr[:, 1] + half) * g.px
-    out[:, n_cols + 1] = (out[:, 1] - g.y_min) - (cr[:, 0] + half) * g.py
-    out[:, n_cols + 2] = (out[:, 2] - g.z_min) - g.z_centre
+    # Pillar centres once per pillar (M, not L, multiplications), then gathered: same float32 values.
+    centres = pillars.coords[:, ::-1].astype(np.float32)
+    centres += np.float32(0.5)
+    centres *= np.array([g.px, g.py], np.float32)
+    c = centres[pillars.point_pillar]
+    out[:, n_cols] = out[:, 0] - g.x_min
+    out[:, n_cols] -= c[:, 0]
+    out[:, n_cols + 1] = out[:, 1] - g.y_min
+    out[:, n_cols + 1] -= c[:, 1]
+    out[:, n_cols + 2] = out[:, 2] - g.z_min
+    out[:, n_cols + 2] -= g.z_centre
     return out
