@@ -17,6 +17,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "launch": ("fastpillars_ros.launcher", "start the detector node like detect.launch.py (where launch is missing)"),
     "simulate": ("fastpillars_ros.sim.cli", "generate synthetic LiDAR street scenes in KITTI layout"),
+    "eval": ("fastpillars_ros.eval_command", "KITTI-style R40 AP (BEV/3D) of the detector or of stored detections"),
     "memcheck": ("fastpillars_ros.runtime.memory", "estimate GPU memory per component and check it fits"),
     "profile": ("fastpillars_ros.runtime.profiling", "per-layer and per-stage timings (trtexec JSON shape)"),
     "export-onnx": ("fastpillars_ros.runtime.deploy_commands:ExportOnnx",
