@@ -396,6 +396,9 @@ def main(args: Sequence[str] | None = None) -> int:
             rclpy.logging.get_logger(NODE_NAME).fatal(str(exc))
             print(f"[{NODE_NAME}] FATAL: {exc}", file=sys.stderr, flush=True)
             return exc.exit_code
+        except KeyboardInterrupt:  # Ctrl-C while the model loads or warms up
+            print(f"[{NODE_NAME}] interrupted during start-up", file=sys.stderr, flush=True)
+            return 130
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         try:

@@ -182,6 +182,8 @@ def detector_node():
         probe.close()
         _out, err = stop(proc)
         print(err[-6000:])
+    # Ctrl-C ends node and launcher cleanly.
+    assert proc.returncode == 0 and "Traceback" not in err, err[-4000:]
 
 
 @pytest.fixture
