@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cuda_harness import build, compiler
+from cuda_harness import build, c_arg, compiler
 
 from fastpillars_ros.ops import decorate, pillarize
 from fastpillars_ros.ops.pillarize import grid_constants
@@ -78,19 +78,6 @@ extern "C" int launch_decorate_points(unsigned grid, unsigned block, const float
 """
 
 
-def _c_arg(a: object) -> object:
-    if isinstance(a, np.ndarray):
-        assert a.flags.c_contiguous, "kernel arguments must be C-contiguous"
-        return ctypes.c_void_p(a.ctypes.data)
-    if isinstance(a, np.int64):
-        return ctypes.c_longlong(int(a))
-    if isinstance(a, np.int32):
-        return ctypes.c_int(int(a))
-    if isinstance(a, np.float32):
-        return ctypes.c_float(float(a))
-    raise TypeError(f"unexpected kernel argument {type(a)}: pass numpy arrays or np.int32/np.int64/np.float32")
-
-
 class HarnessBackend:
     """The ``Backend`` of pillarize_cuda.run_pillarize, executing kernels with the CUDA-on-CPU harness."""
 
@@ -102,7 +89,7 @@ class HarnessBackend:
 
     def launch(self, kernel: str, grid: int, block: int, args: tuple) -> None:
         self.launches.append((kernel, grid, block))
-        rc = getattr(self.lib, f"launch_{kernel}")(ctypes.c_uint(grid), ctypes.c_uint(block), *map(_c_arg, args))
+        rc = getattr(self.lib, f"launch_{kernel}")(ctypes.c_uint(grid), ctypes.c_uint(block), *map(c_arg, args))
         assert rc == 0, f"kernel {kernel} failed in the harness"
 
     def to_host(self, array: np.ndarray) -> np.ndarray:

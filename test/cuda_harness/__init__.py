@@ -17,7 +17,7 @@ Example::
 
     import ctypes
     import numpy as np
-    from cuda_harness import build, ptr
+    from cuda_harness import build, c_arg, ptr
 
     WRAPPER = r'''
     extern "C" int run_scale(float* data, int n, float s) {
@@ -29,6 +29,8 @@ Example::
     lib.run_scale.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_float]
     x = np.arange(100, dtype=np.float32)
     lib.run_scale(ptr(x), x.size, 2.0)
+    # or, without argtypes, with exact C types taken from numpy scalars:
+    lib.run_scale(*map(c_arg, (x, np.int32(x.size), np.float32(2.0))))
 
 Keep blocks modest (64-256 threads): every CUDA thread is an OS thread and CI has 2 cores.
 """
@@ -49,7 +51,7 @@ HEADER = Path(__file__).with_name("cuda_on_cpu.h")
 CXX_FLAGS = ("-std=c++20", "-O2", "-pthread", "-ffp-contract=off", "-fPIC", "-shared", "-Wall", "-Wextra",
              "-Wno-unused-parameter")
 
-__all__ = ["HEADER", "HarnessBuildError", "build", "compiler", "ptr"]
+__all__ = ["HEADER", "HarnessBuildError", "build", "c_arg", "compiler", "ptr"]
 
 
 class HarnessBuildError(RuntimeError):
@@ -117,3 +119,21 @@ def ptr(array: np.ndarray) -> int:
     if not array.flags.c_contiguous:
         raise ValueError("cuda_harness.ptr: array must be C-contiguous")
     return array.ctypes.data
+
+
+def c_arg(value: object) -> object:
+    """ctypes value for one argument of a wrapper function, without setting ``argtypes``.
+
+    numpy arrays (C-contiguous) become ``c_void_p``; numpy scalars keep their exact C type
+    (``np.int32`` -> ``c_int``, ``np.int64`` -> ``c_longlong``, ``np.uint32`` -> ``c_uint``,
+    ``np.uint64`` -> ``c_ulonglong``, ``np.float32`` -> ``c_float``, ``np.float64`` -> ``c_double``).
+    Plain Python numbers are rejected: their C type would be a guess.
+    """
+    if isinstance(value, np.ndarray):
+        return ctypes.c_void_p(ptr(value))
+    for np_type, c_type in ((np.int32, ctypes.c_int), (np.int64, ctypes.c_longlong), (np.uint32, ctypes.c_uint),
+                            (np.uint64, ctypes.c_ulonglong), (np.float32, ctypes.c_float),
+                            (np.float64, ctypes.c_double)):
+        if isinstance(value, np_type):
+            return c_type(value.item())
+    raise TypeError(f"c_arg: pass a numpy array or a sized numpy scalar, not {type(value).__name__}")
