@@ -56,3 +56,32 @@ extern "C" __global__ void intrinsics(const float* f, int n, int* rz, int* pc, i
     pc[i] = __popcll(b);
     ffs[i] = __ffsll(static_cast<long long>(b));
 }
+
+// Single-pass chained scan: each block takes a ticket (dynamic block order, as real GPUs need), sums
+// its items, waits for the inclusive prefix of the previous ticket and publishes its own.
+// prefix[] must be zeroed; ready[] flags must be zeroed.
+extern "C" __global__ void chained_block_sums(const int* in, int n, int* ticket, int* prefix, int* ready, int* out) {
+    __shared__ int order;
+    __shared__ int partial;
+    if (threadIdx.x == 0) {
+        order = atomicAdd(ticket, 1);
+        partial = 0;
+    }
+    __syncthreads();
+    const int i = order * static_cast<int>(blockDim.x) + static_cast<int>(threadIdx.x);
+    if (i < n) atomicAdd(&partial, in[i]);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int before = 0;
+        if (order > 0) {
+            while (atomicAdd(&ready[order - 1], 0) == 0) {
+            }
+            __threadfence();
+            before = atomicAdd(&prefix[order - 1], 0);
+        }
+        atomicExch(&prefix[order], before + partial);
+        __threadfence();
+        atomicExch(&ready[order], 1);
+        out[order] = before + partial;
+    }
+}

@@ -30,6 +30,10 @@ extern "C" int run_warp_ops(const int* in, int n, int* sum, int* lane0, unsigned
     launch(warp_ops, dim3(n / 64), dim3(64), in, sum, lane0, ballot, down, sync_count);
     return 0;
 }
+extern "C" int run_chained(const int* in, int n, int* ticket, int* prefix, int* ready, int* out) {
+    launch(chained_block_sums, dim3((n + 63) / 64), dim3(64), in, n, ticket, prefix, ready, out);
+    return 0;
+}
 extern "C" int run_intrinsics(const float* f, int n, int* rz, int* pc, int* ffs) {
     launch(intrinsics, dim3((n + 31) / 32), dim3(32), f, n, rz, pc, ffs);
     return 0;
@@ -44,6 +48,7 @@ def lib() -> ctypes.CDLL:
     lib.run_atomics.argtypes = [P, ctypes.c_int, P, P, P, P, P, P, P]
     lib.run_warp_ops.argtypes = [P, ctypes.c_int, P, P, P, P, P]
     lib.run_intrinsics.argtypes = [P, ctypes.c_int, P, P, P]
+    lib.run_chained.argtypes = [P, ctypes.c_int, P, P, P, P]
     return lib
 
 
@@ -92,6 +97,15 @@ def test_warp_shuffles_ballot_and_syncthreads_count(lib: ctypes.CDLL) -> None:
     shifted = np.concatenate([np.append(w[1:], w[-1]) for w in warps])
     np.testing.assert_array_equal(outs[3], shifted)
     np.testing.assert_array_equal(outs[4], np.repeat((x.reshape(-1, 64) > 0).sum(1), 64))
+
+
+def test_blocks_may_wait_for_earlier_blocks_in_a_chained_scan(lib: ctypes.CDLL) -> None:
+    n = 1000
+    x = np.random.default_rng(3).integers(-9, 10, n).astype(np.int32)
+    nb = (n + 63) // 64
+    ticket, prefix, ready, out = np.zeros(1, np.int32), *(np.zeros(nb, np.int32) for _ in range(3))
+    lib.run_chained(ptr(x), n, ptr(ticket), ptr(prefix), ptr(ready), ptr(out))
+    np.testing.assert_array_equal(out, np.cumsum(np.add.reduceat(x, np.arange(0, n, 64))))
 
 
 def test_float_to_int_conversion_saturates_and_maps_nan_to_zero(lib: ctypes.CDLL) -> None:
