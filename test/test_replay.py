@@ -1,0 +1,230 @@
+"""replay: the ROS-free core (pacing, windows, answer matching, stats) and short real runs against an echo
+detector (a process that answers every cloud with a Detection3DArray carrying the cloud's header)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+from ros_processes import spawn_python, stop
+
+from fastpillars_ros import bagtools
+from fastpillars_ros.replay import (
+    AnswerTracker,
+    Pacer,
+    ReplayOptions,
+    bag_frames,
+    count_detections_cdr,
+    replay,
+    schedule,
+)
+
+TOPIC = "/replay_test/points"
+DETECTIONS = "/replay_test/detections"
+MARKERS = "/replay_test/markers"
+PERIOD_NS = 50_000_000  # 20 Hz bag
+T0 = bagtools.DEFAULT_START_NS
+
+# The echo detector: answers each cloud with one detection (header copied), also a MarkerArray, and
+# counts /clock messages; prints a JSON line with what it saw when interrupted.
+ECHO = f"""
+import json, sys
+import rclpy, rclpy.executors
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import PointCloud2
+from vision_msgs.msg import Detection3D, Detection3DArray
+from visualization_msgs.msg import Marker, MarkerArray
+rclpy.init()
+node = rclpy.create_node("echo_detector")
+det_pub = node.create_publisher(Detection3DArray, "{DETECTIONS}", 10)
+marker_pub = node.create_publisher(MarkerArray, "{MARKERS}", 10)
+seen = {{"clouds": 0, "clocks": []}}
+def on_cloud(msg):
+    seen["clouds"] += 1
+    det_pub.publish(Detection3DArray(header=msg.header, detections=[Detection3D(header=msg.header, id="a")]))
+    marker_pub.publish(MarkerArray(markers=[Marker(header=msg.header)]))
+node.create_subscription(PointCloud2, "{TOPIC}", on_cloud, 10)
+node.create_subscription(Clock, "/clock", lambda m: seen["clocks"].append(m.clock.sec * 10**9 + m.clock.nanosec), 100)
+print("ready", flush=True)
+try:
+    rclpy.spin(node)
+except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
+    pass
+print(json.dumps(seen), flush=True)
+"""
+
+
+def _write_bag(path, n=10, period_ns=PERIOD_NS, points=2000):
+    rng = np.random.default_rng(0)
+    with bagtools.open_writer(path) as bag:
+        for i in range(n):
+            t = T0 + i * period_ns
+            bag.write(TOPIC, bagtools.POINTCLOUD2, t,
+                      bagtools.cloud_message(rng.random((points, 4), dtype=np.float32), t, "velodyne"))
+            bag.write("/ground_truth", bagtools.DETECTION3DARRAY, t,
+                      bagtools.detections_message(np.zeros((1, 7)), [1.0], ["car"], t, "velodyne"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bag(tmp_path_factory):
+    return _write_bag(tmp_path_factory.mktemp("replay") / "in.mcap")
+
+
+# --- core ------------------------------------------------------------------------------------------------
+
+def test_schedule_follows_recorded_pace_scaled_by_rate():
+    times = [T0, T0 + 100_000_000, T0 + 300_000_000]
+    assert [d for _l, _i, d in schedule(times, rate=1.0)] == pytest.approx([0.0, 0.1, 0.3])
+    assert [d for _l, _i, d in schedule(times, rate=2.0)] == pytest.approx([0.0, 0.05, 0.15])
+
+
+def test_schedule_max_rate_has_no_pacing():
+    assert [d for _l, _i, d in schedule([T0, T0 + 10**9, T0 + 5 * 10**9], rate=None)] == [0.0, 0.0, 0.0]
+
+
+def test_schedule_loops_continue_after_one_period():
+    times = [T0 + i * 100_000_000 for i in range(3)]
+    due = schedule(times, rate=1.0, loops=2)
+    assert [(loop, i) for loop, i, _d in due] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    assert [d for _l, _i, d in due] == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
+
+
+def test_pacer_rejects_bad_rate():
+    with pytest.raises(ValueError):
+        Pacer(0.0)
+
+
+def test_bag_frames_start_duration_and_loops(bag):
+    all_frames = list(bag_frames(bag))
+    assert [f.stamp_ns for f in all_frames] == [T0 + i * PERIOD_NS for i in range(10)]
+    assert all(f.frame_id == "velodyne" for f in all_frames)
+    window = list(bag_frames(bag, start_s=0.1, duration_s=0.15))  # bag times 0.10, 0.15, 0.20
+    assert [f.bag_time_ns - T0 for f in window] == [100_000_000, 150_000_000, 200_000_000]
+    looped = list(bag_frames(bag, start_s=0.4, loops=3))
+    assert [(f.loop, f.index) for f in looped] == [(loop, i) for loop in range(3) for i in range(2)]
+    with pytest.raises(ValueError, match="no PointCloud2"):
+        list(bag_frames(bag, start_s=5.0))
+
+
+def test_tracker_counts_answered_dropped_late_unmatched():
+    tr = AnswerTracker(timeout_s=1.0)
+    tr.sent(100, 0.0)
+    tr.sent(200, 0.1)
+    tr.sent(300, 0.2)
+    assert tr.answered(100, 0.05, num_detections=3) == "answered"
+    assert tr.answered(100, 0.06) == "unmatched"  # answered already
+    assert tr.answered(999, 0.07) == "unmatched"  # never sent
+    assert tr.answered(200, 1.5) == "late"  # 1.4 s after its send: dropped at the timeout
+    stats = tr.finish(1.6)  # 300 never answered
+    assert (stats.sent, stats.answered, stats.dropped, stats.late, stats.unmatched) == (3, 1, 2, 1, 2)
+    assert stats.latencies_ms == pytest.approx([50.0])
+    assert stats.detections == 3
+
+
+def test_tracker_gives_repeated_stamps_to_the_oldest_send():
+    tr = AnswerTracker(timeout_s=10.0)
+    tr.sent(100, 0.0)
+    tr.sent(100, 1.0)  # the same frame again (looped bag)
+    tr.answered(100, 1.2)
+    tr.answered(100, 1.3)
+    assert tr.stats.latencies_ms == pytest.approx([1200.0, 300.0])
+
+
+def test_tracker_latency_percentiles_and_report():
+    tr = AnswerTracker(timeout_s=10.0)
+    for i in range(100):
+        tr.sent(i, 0.0)
+        tr.answered(i, (i + 1) / 1000.0)
+    stats = tr.finish(1.0)
+    stats.wall_s = 2.0
+    assert stats.latency(50) == pytest.approx(50.5)
+    assert stats.latency(95) == pytest.approx(95.05)
+    d = stats.to_dict()
+    assert d["answered_fps"] == 50.0 and d["latency_ms"]["max"] == 100.0
+    assert "answered 100" in stats.format() and "p95 95.0" in stats.format()
+
+
+def test_count_detections_reads_the_sequence_length():
+    for frame in ("", "v", "velodyne", "abc"):
+        msg = bagtools.detections_message(np.zeros((3, 7)), [1, 1, 1], ["a", "b", "c"], 7, frame)
+        assert count_detections_cdr(bagtools.typestore().serialize_cdr(msg, bagtools.DETECTION3DARRAY)) == 3
+
+
+# --- real runs against the echo detector ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def echo():
+    proc = spawn_python(ECHO)
+    line = proc.stdout.readline()
+    assert line.strip() == "ready", stop(proc)
+    yield proc
+    stop(proc)
+
+
+def _options(bag, **kw) -> ReplayOptions:
+    base = dict(bag=bag, detections_topic=DETECTIONS, markers_topic=MARKERS, timeout_s=3.0, wait_s=20.0, quiet=True)
+    base.update(kw)
+    return ReplayOptions(**base)
+
+
+@pytest.mark.ros
+def test_replay_max_rate_gets_every_answer_and_records_them(echo, bag, tmp_path):
+    out = tmp_path / "answers.mcap"
+    stats = replay(_options(bag, max_rate=True, record=out, record_markers=True))
+    assert (stats.sent, stats.answered, stats.dropped, stats.unmatched) == (10, 10, 0, 0)
+    assert stats.detections == 10
+    assert len(stats.latencies_ms) == 10 and 0 < stats.latency(50) <= stats.latency(95) < 3000
+    assert stats.recorded == {DETECTIONS: 10, MARKERS: 10}
+    records = bagtools.read_detections(out, DETECTIONS)
+    assert sorted(r.stamp_ns for r in records) == [T0 + i * PERIOD_NS for i in range(10)]
+    assert all(r.frame_id == "velodyne" and len(r.boxes) == 1 for r in records)
+    t_now = time.time_ns()
+    assert all(t_now - 120 * 10**9 < r.bag_time_ns <= t_now for r in records)  # receive time
+    assert bagtools.topic_types(out)[MARKERS] == bagtools.MARKERARRAY
+
+
+@pytest.mark.ros
+def test_replay_recorded_pace_takes_the_bag_duration(echo, bag):
+    stats = replay(_options(bag, rate=1.0))
+    assert stats.sent == 10 and stats.answered == 10
+    assert stats.bag_s == pytest.approx(0.45)
+    assert 0.42 <= stats.wall_s < 0.45 + 3.5  # paced (>= bag span), plus the wait for the last answer
+    fast = replay(_options(bag, rate=3.0))
+    assert fast.answered == 10 and fast.wall_s < stats.wall_s
+
+
+@pytest.mark.ros
+def test_replay_publishes_clock_with_bag_time(bag):
+    proc = spawn_python(ECHO)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        stats = replay(_options(bag, rate=1.0, clock=True, clock_hz=50.0))
+        time.sleep(0.5)
+    finally:
+        out, err = stop(proc)
+    seen = json.loads(out.strip().splitlines()[-1])
+    assert stats.clock_published >= 10 and len(seen["clocks"]) >= 10, err
+    clocks = seen["clocks"]
+    assert min(clocks) >= T0 - PERIOD_NS and max(clocks) == T0 + 9 * PERIOD_NS
+    assert clocks == sorted(clocks)  # one loop: bag time only moves forward
+
+
+@pytest.mark.ros
+def test_replay_loop_start_and_duration(echo, bag):
+    stats = replay(_options(bag, max_rate=True, start_s=0.2, duration_s=0.2, loops=2))
+    assert stats.sent == 8 and stats.answered == 8 and stats.dropped == 0  # bag times 0.20..0.35, twice
+    assert stats.bag_s == pytest.approx(0.35)  # second loop ends one period + span after the first start
+    capped = replay(_options(bag, max_rate=True, loops=None, max_frames=15))
+    assert capped.sent == 15 and capped.answered == 15
+
+
+@pytest.mark.ros
+def test_replay_counts_unanswered_frames_as_dropped(bag):
+    # Nobody answers: every frame times out (short timeout, no subscriber wait).
+    stats = replay(_options(bag, max_rate=True, detections_topic="/replay_test/nobody", timeout_s=0.2, wait_s=0.5,
+                            max_frames=3))
+    assert (stats.sent, stats.answered, stats.dropped) == (3, 0, 3)
+    assert "no answers" in stats.format()
