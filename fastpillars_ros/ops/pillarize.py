@@ -342,19 +342,36 @@ def decorate(points: np.ndarray | torch.Tensor, pillars: Pillars, pc_range: tupl
 
         return decorate_device(points, pillars, pc_range, pillar_size)
 
-    pts = _as_points_numpy(points)
-    n_cols = pts.shape[1]
-    out = np.empty((pillars.point_index.shape[0], n_cols + 3), np.float32)
-    np.take(pts, pillars.point_index, axis=0, out=out[:, :n_cols])
-    # Pillar centres once per pillar (M, not L, multiplications), then gathered: same float32 values.
-    centres = pillars.coords[:, ::-1].astype(np.float32)
-    centres += np.float32(0.5)
-    centres *= np.array([g.px, g.py], np.float32)
-    c = centres[pillars.point_pillar]
-    out[:, n_cols] = out[:, 0] - g.x_min
-    out[:, n_cols] -= c[:, 0]
-    out[:, n_cols + 1] = out[:, 1] - g.y_min
-    out[:, n_cols + 1] -= c[:, 1]
-    out[:, n_cols + 2] = out[:, 2] - g.z_min
-    out[:, n_cols + 2] -= g.z_centre
+    return _decorate_numpy(_as_points_numpy(points), pillars, g)
+
+
+def _decorate_numpy(pts: np.ndarray, pillars: Pillars, g: GridConstants) -> np.ndarray:
+    pts = np.ascontiguousarray(pts)
+    n_cols, n_kept = pts.shape[1], pillars.point_index.shape[0]
+    out = np.empty((n_kept, n_cols + 3), np.float32)
+    # Rows are moved as opaque (4 * C)-byte items and the output is addressed as a record (raw row, x, y, z):
+    # ~10x faster than np.take(axis=0) and strided float column writes on (N, 4) float32.
+    record = np.dtype({"names": ["raw", "x", "y", "z"],
+                       "formats": [np.dtype((np.void, 4 * n_cols)), np.float32, np.float32, np.float32],
+                       "offsets": [0, 4 * n_cols, 4 * n_cols + 4, 4 * n_cols + 8], "itemsize": 4 * (n_cols + 3)})
+    out_rec = out.view(record).reshape(-1)
+    kept_raw = pts.view(np.dtype((np.void, 4 * n_cols))).reshape(-1).take(pillars.point_index)
+    out_rec["raw"] = kept_raw
+    kept = kept_raw.view(np.float32).reshape(n_kept, n_cols)
+    # Pillar centres once per pillar ((col + 0.5) * px in float32, as the kernel), then gathered.
+    centre_x = pillars.coords[:, 1].astype(np.float32)
+    centre_x += np.float32(0.5)
+    centre_x *= g.px
+    centre_y = pillars.coords[:, 0].astype(np.float32)
+    centre_y += np.float32(0.5)
+    centre_y *= g.py
+    off = kept[:, 0] - g.x_min
+    off -= centre_x.take(pillars.point_pillar)
+    out_rec["x"] = off
+    off = kept[:, 1] - g.y_min
+    off -= centre_y.take(pillars.point_pillar)
+    out_rec["y"] = off
+    off = kept[:, 2] - g.z_min
+    off -= g.z_centre
+    out_rec["z"] = off
     return out
