@@ -154,6 +154,21 @@ def test_repeated_calls_reuse_scratch_without_leaking_state() -> None:
     assert_same_pillars(pillarize(a, KITTI_RANGE, KITTI_PILLAR), ra)
 
 
+def test_pooled_outputs_are_never_overwritten_while_the_caller_holds_them() -> None:
+    inputs = [random_points(3000 + 500 * i, seed=20 + i) for i in range(7)]
+    expected = [pillarize(x, KITTI_RANGE, KITTI_PILLAR) for x in inputs]
+    copies = [Pillars(p.coords.copy(), p.point_pillar.copy(), p.point_index.copy(), p.grid_shape) for p in expected]
+    # Derived views and torch tensors keep the pooled buffers alive too.
+    views = [p.point_pillar[::2] for p in expected]
+    tensors = [torch.from_numpy(p.coords) for p in expected]
+    del expected
+    for x in inputs[::-1] * 2:
+        pillarize(x, KITTI_RANGE, KITTI_PILLAR)
+    for c, v, t in zip(copies, views, tensors, strict=True):
+        np.testing.assert_array_equal(v, c.point_pillar[::2])
+        np.testing.assert_array_equal(t.numpy(), c.coords)
+
+
 def test_torch_cpu_and_pure_torch_paths_equal_numpy() -> None:
     pts = random_points(20000, seed=8)
     pts[::97, 0] = np.nan
