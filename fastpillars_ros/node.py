@@ -333,6 +333,7 @@ class DetectorNode(Node):
             "model_intensity_scale": f"{det.intensity_scale:g}",
             "intensity_scale_param": str(p.intensity_scale),
             "max_points": p.max_points, "max_input_age_ms": f"{p.max_input_age_ms:g}",
+            "cpu_threads": _torch_threads(),
             "input_topic": self.sub.topic_name,
         }
         cap = getattr(det, "max_pillars", None) or None
@@ -361,6 +362,11 @@ def _thresholds(det: Any, p: NodeParams, node: DetectorNode) -> dict[str, float]
     return eff if isinstance(eff, dict) else {c: eff for c in node.class_names}
 
 
+def _torch_threads() -> int | str:
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else ""
+
+
 def _numpy_empty():
     import numpy as np
 
@@ -372,6 +378,11 @@ _EMPTY_BOXES, _EMPTY, _EMPTY_LABELS = _numpy_empty()
 
 def _build_detector(params: NodeParams, cfg: Any) -> Any:
     from fastpillars_ros.detector import Detector
+
+    if params.cpu_threads:
+        import torch
+
+        torch.set_num_threads(params.cpu_threads)
 
     return Detector(
         config=cfg, checkpoint=params.checkpoint_or_none, backend=params.backend, device=params.device,

@@ -111,6 +111,9 @@ SPECS: tuple[ParamSpec, ...] = (
               "numbers), fp16 (retry in half precision) or cpu (fall back to the CPU).",
               choices=MEMORY_POLICIES),
     ParamSpec("warmup", True, "bool", "Run a warm-up inference at start-up so the first frame is not slow."),
+    ParamSpec("cpu_threads", 0, "integer",
+              "Threads torch may use for CPU inference; on a CPU shared with other nodes fewer threads avoid "
+              "spin-waiting slowdowns.", range=(0, 256), note="0 = torch's default (one per core)"),
     # --- detection output ---------------------------------------------------------------------------
     ParamSpec("score_threshold", -1.0, "double",
               "Minimum score of a published detection, all classes (per class: score_thresholds.<class>).",
@@ -192,6 +195,7 @@ class NodeParams:
     precision: str = "fp32"
     on_insufficient_memory: str = "error"
     warmup: bool = True
+    cpu_threads: int = 0
     score_threshold: float = -1.0
     score_thresholds: dict[str, float] = field(default_factory=dict)
     nms_kind: str = ""

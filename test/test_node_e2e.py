@@ -164,7 +164,7 @@ def detector_node():
     """The node process (via the launcher) and this process's probe, ready when /detections is offered."""
     proc = spawn_python(["-m", "fastpillars_ros.launcher", "--loopback", "--input-topic", TOPIC,
                          "--model", "tiny", "-p", "expected_frame_id:=velodyne", "-p", "diagnostics_period:=0.5",
-                         "-p", "max_input_age_ms:=3000.0"])
+                         "-p", "max_input_age_ms:=3000.0", "-p", "cpu_threads:=1"])
     probe = Probe()
     try:
         deadline = time.time() + START_TIMEOUT
@@ -230,7 +230,7 @@ def test_diagnostics_report_backend_mapping_latency_and_counts(probe, kitti):
     probe.send(layout_cloud(kitti, "velodyne"))
     diag = probe.latest_diagnostics(after=time.time() + 0.01)
     assert diag["backend"] == "torch" and diag["device"] == "cpu" and diag["precision"] == "fp32"
-    assert diag["model"] == "tiny" and diag["classes"] == "car,pedestrian,cyclist"
+    assert diag["model"] == "tiny" and diag["classes"] == "car,pedestrian,cyclist" and diag["cpu_threads"] == "1"
     assert diag["field_mapping"].startswith("x<-x (FLOAT32)")
     assert diag["input_topic"] == TOPIC
     for stage in ("pillarize", "encode", "dense", "decode", "nms", "total", "stamp_to_output"):
