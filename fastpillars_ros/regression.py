@@ -1,0 +1,286 @@
+"""Replay regression: compare the detections a detector sent during a replay with golden detections.
+
+Golden detections come from the offline path (:func:`golden_from_bag`: the bag's clouds through the node's
+own input conversion, :class:`~fastpillars_ros.frame_input.FrameInput`, and a
+:class:`~fastpillars_ros.detector.Detector` built from the same node parameters), stored as JSON
+(:func:`save_detections`). :func:`compare` then checks, frame by frame (matched by header stamp):
+
+* every golden box at or above the score threshold has a received box of the same class with BEV IoU
+  >= ``iou_threshold`` (0.9), one received box per golden box (greedy, highest golden score first);
+* a golden box whose only overlapping received box has another class is reported as a *class change*;
+* no received box at or above the score threshold is left over (*extra*);
+* every golden frame was received.
+
+The result (:class:`RegressionReport`) is truthy when everything passed and prints as a readable report
+naming frame, class, box and score of every problem.
+
+JSON format (``format: fastpillars_ros.detections/1``)::
+
+    {"format": ..., "class_names": [...], "meta": {...},
+     "frames": [{"index": 0, "stamp_ns": 1700000000000000000, "frame_id": "velodyne",
+                 "boxes": [[x, y, z, l, w, h, yaw], ...], "scores": [...], "names": [...]}, ...]}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "FORMAT",
+    "FrameDetections",
+    "RegressionReport",
+    "compare",
+    "detections_from_bag",
+    "golden_from_bag",
+    "load_detections",
+    "save_detections",
+]
+
+FORMAT = "fastpillars_ros.detections/1"
+
+
+@dataclass
+class FrameDetections:
+    """Detections of one frame: boxes (K, 7) ``[x, y, z, l, w, h, yaw]``, scores (K,), class names."""
+
+    index: int
+    stamp_ns: int
+    boxes: np.ndarray
+    scores: np.ndarray
+    names: list[str]
+    frame_id: str = ""
+
+    def __post_init__(self) -> None:
+        self.boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 7)
+        self.scores = np.asarray(self.scores, dtype=np.float64).reshape(-1)
+        self.names = [str(n) for n in self.names]
+        if not (len(self.boxes) == len(self.scores) == len(self.names)):
+            raise ValueError(f"frame {self.index}: {len(self.boxes)} boxes, {len(self.scores)} scores and "
+                             f"{len(self.names)} names differ in length")
+
+
+# ---- files -----------------------------------------------------------------------------------------------
+
+def save_detections(frames: Sequence[FrameDetections], path: str | os.PathLike, *,
+                    class_names: Sequence[str] = (), meta: Mapping[str, Any] | None = None) -> Path:
+    """Write detections as JSON (see the module docstring); floats keep full precision."""
+    doc = {
+        "format": FORMAT,
+        "class_names": list(class_names),
+        "meta": dict(meta or {}),
+        "frames": [{"index": int(f.index), "stamp_ns": int(f.stamp_ns), "frame_id": f.frame_id,
+                    "boxes": f.boxes.tolist(), "scores": f.scores.tolist(), "names": list(f.names)}
+                   for f in frames],
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    return path
+
+
+def load_detections(path: str | os.PathLike) -> list[FrameDetections]:
+    """Read a JSON detections file written by :func:`save_detections`."""
+    doc = json.loads(Path(path).read_text())
+    if doc.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a {FORMAT} file (format {doc.get('format')!r})")
+    return [FrameDetections(int(f["index"]), int(f["stamp_ns"]), np.asarray(f["boxes"], dtype=np.float64),
+                            np.asarray(f["scores"], dtype=np.float64), list(f["names"]), f.get("frame_id", ""))
+            for f in doc["frames"]]
+
+
+def detections_from_bag(path: str | os.PathLike, topic: str | None = None) -> list[FrameDetections]:
+    """The Detection3DArray messages of a bag (e.g. one recorded by ``replay --record``) as frames, in
+    stamp order; ``topic`` None picks the only Detection3DArray topic other than ``/ground_truth``."""
+    from fastpillars_ros import bagtools
+
+    if topic is None:
+        types = bagtools.topic_types(path)
+        topics = [t for t, m in types.items() if m == bagtools.DETECTION3DARRAY and t != bagtools.GROUND_TRUTH_TOPIC]
+        if len(topics) != 1:
+            raise ValueError(f"{path}: expected one Detection3DArray topic besides /ground_truth, found {topics}")
+        topic = topics[0]
+    records = sorted(bagtools.read_detections(path, topic), key=lambda r: r.stamp_ns)
+    return [FrameDetections(i, r.stamp_ns, r.boxes, r.scores, r.names, r.frame_id) for i, r in enumerate(records)]
+
+
+# ---- golden detections from the offline path ---------------------------------------------------------------
+
+def _node_params(params_file: str | os.PathLike | None, overrides: Mapping[str, Any] | None) -> Any:
+    import yaml
+
+    from fastpillars_ros import node_params
+    from fastpillars_ros.launcher import share_file
+
+    path = Path(params_file) if params_file is not None else share_file("config/fastpillars.yaml")
+    tree = yaml.safe_load(Path(path).read_text()) or {}
+    values = node_params.flatten(tree.get(node_params.NODE_NAME, {}).get("ros__parameters", {}))
+    values.update(overrides or {})
+    params, _warnings = node_params.parse(values)
+    return params
+
+
+def golden_from_bag(bag: str | os.PathLike, *, topic: str | None = None, params_file: str | os.PathLike | None = None,
+                    overrides: Mapping[str, Any] | None = None, detector: Any = None,
+                    max_frames: int | None = None) -> tuple[list[FrameDetections], list[str]]:
+    """Run the offline detector over every cloud of a bag, as the node would; returns (frames, class names).
+
+    The node parameters come from ``params_file`` (default: the package's ``config/fastpillars.yaml``)
+    plus ``overrides`` (flat ROS names, e.g. ``{"model": "tiny", "device": "cpu"}``). ``detector`` replaces
+    the Detector built from them (it needs ``detect``, ``class_names``, ``point_features`` and
+    ``intensity_scale``). One :class:`FrameInput` sees all frames in order, like the node with
+    ``replay --max-rate`` (the automatic intensity scale carries over between frames).
+    """
+    from fastpillars_ros import bagtools
+    from fastpillars_ros.frame_input import FrameInput, FrameRejected
+
+    params = _node_params(params_file, overrides)
+    if detector is None:
+        from fastpillars_ros.config import load_model_config
+        from fastpillars_ros.detector import Detector
+
+        cfg = load_model_config(params.model)
+        detector = Detector(
+            config=cfg, checkpoint=params.checkpoint_or_none, backend=params.backend, device=params.device,
+            precision=params.precision,
+            score_threshold=params.effective_score_threshold(cfg.class_names, cfg.decode.score_threshold),
+            nms_kind=params.nms_kind or None,
+            nms_iou_threshold=params.nms_iou_threshold if params.nms_iou_threshold > 0 else None,
+            nms_pre_max=params.nms_pre_max or None, nms_post_max=params.nms_post_max or None,
+            max_points=params.max_points, max_pillars=params.max_pillars or None,
+            on_insufficient_memory=params.on_insufficient_memory, warmup=False)
+    names = list(detector.class_names)
+    converter = FrameInput(detector.point_features, detector.intensity_scale, params)
+    frames: list[FrameDetections] = []
+    for i, (_topic, _t, raw) in enumerate(bagtools.iter_raw(bag, topic, bagtools.POINTCLOUD2)):
+        if max_frames is not None and i >= max_frames:
+            break
+        msg = bagtools.typestore().deserialize_cdr(raw, bagtools.POINTCLOUD2)
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        frame_id = params.frame_id or msg.header.frame_id
+        try:
+            points = converter.convert(msg).points
+        except FrameRejected:
+            frames.append(FrameDetections(i, stamp, np.zeros((0, 7)), np.zeros(0), [], frame_id))
+            continue
+        det = detector.detect(points)
+        frames.append(FrameDetections(i, stamp, det.boxes, det.scores, [names[k] for k in det.labels], frame_id))
+    return frames, names
+
+
+# ---- comparison ------------------------------------------------------------------------------------------
+
+@dataclass
+class RegressionReport:
+    """Outcome of :func:`compare`; truthy when nothing failed."""
+
+    frames_compared: int = 0
+    boxes_matched: int = 0
+    golden_boxes: int = 0
+    missing_frames: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    class_changes: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+    extra_frames: list[str] = field(default_factory=list)
+    min_iou: float = 1.0
+    max_score_diff: float = 0.0
+    iou_threshold: float = 0.9
+    score_threshold: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing_frames or self.missing or self.class_changes or self.extra)
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def format(self, limit: int = 20) -> str:
+        head = (f"replay regression {'PASSED' if self.ok else 'FAILED'}: {self.frames_compared} frames, "
+                f"{self.boxes_matched}/{self.golden_boxes} golden boxes matched (BEV IoU >= {self.iou_threshold:g}, "
+                f"same class, score >= {self.score_threshold:g})")
+        lines = [head]
+        if self.boxes_matched:
+            lines.append(f"  matched boxes: lowest IoU {self.min_iou:.4f}, largest score difference "
+                         f"{self.max_score_diff:.4f}")
+        for title, items in (("frames without an answer", self.missing_frames), ("missing boxes", self.missing),
+                             ("class changes", self.class_changes), ("extra boxes", self.extra),
+                             ("frames not in the golden file (not a failure)", self.extra_frames)):
+            if items:
+                lines.append(f"  {title} ({len(items)}):")
+                lines += [f"    {item}" for item in items[:limit]]
+                if len(items) > limit:
+                    lines.append(f"    ... and {len(items) - limit} more")
+        return "\n".join(lines)
+
+    __str__ = format
+
+
+def _box_text(box: np.ndarray) -> str:
+    x, y, z, length, width, height, yaw = (float(v) for v in box[:7])
+    return f"at ({x:.2f}, {y:.2f}, {z:.2f}) size {length:.2f}x{width:.2f}x{height:.2f} yaw {yaw:.2f}"
+
+
+def compare(received: Sequence[FrameDetections], golden: Sequence[FrameDetections], *,
+            iou_threshold: float = 0.9, score_threshold: float = 0.0) -> RegressionReport:
+    """Compare received detections with golden ones (see the module docstring); frames match by stamp."""
+    from fastpillars_ros.ops.iou import rotated_iou_bev
+
+    report = RegressionReport(iou_threshold=iou_threshold, score_threshold=score_threshold)
+    by_stamp: dict[int, FrameDetections] = {}
+    for f in received:
+        by_stamp.setdefault(int(f.stamp_ns), f)
+    golden_stamps = {int(g.stamp_ns) for g in golden}
+    report.extra_frames = [f"frame {f.index} (stamp {f.stamp_ns})" for f in received
+                           if int(f.stamp_ns) not in golden_stamps]
+    for g in golden:
+        where = f"frame {g.index} (stamp {g.stamp_ns})"
+        gk = np.flatnonzero(g.scores >= score_threshold)
+        gk = gk[np.argsort(-g.scores[gk], kind="stable")]
+        report.golden_boxes += len(gk)
+        r = by_stamp.get(int(g.stamp_ns))
+        if r is None:
+            report.missing_frames.append(f"{where}: no detections received ({len(gk)} golden boxes)")
+            continue
+        report.frames_compared += 1
+        rk = np.flatnonzero(r.scores >= score_threshold)
+        # Received boxes just below the threshold may still match a golden box (score noise), but are never extra.
+        candidates = np.arange(len(r.scores))
+        iou = (np.asarray(rotated_iou_bev(g.boxes[gk], r.boxes[candidates]), dtype=np.float64)
+               if len(gk) and len(candidates) else np.zeros((len(gk), len(candidates))))
+        used = np.zeros(len(r.scores), dtype=bool)
+        for row, gi in enumerate(gk):
+            same = np.array([r.names[c] == g.names[gi] for c in candidates], dtype=bool)
+            ok = (iou[row] >= iou_threshold) & same & ~used[candidates]
+            if ok.any():
+                col = int(np.argmax(np.where(ok, iou[row], -1.0)))
+                c = candidates[col]
+                used[c] = True
+                report.boxes_matched += 1
+                report.min_iou = min(report.min_iou, float(iou[row, col]))
+                report.max_score_diff = max(report.max_score_diff, abs(float(r.scores[c] - g.scores[gi])))
+                continue
+            other = (iou[row] >= iou_threshold) & ~same & ~used[candidates]
+            golden_text = f"{g.names[gi]} {g.scores[gi]:.3f} {_box_text(g.boxes[gi])}"
+            if other.any():
+                col = int(np.argmax(np.where(other, iou[row], -1.0)))
+                c = candidates[col]
+                used[c] = True
+                report.class_changes.append(f"{where}: golden {golden_text} was received as {r.names[c]} "
+                                            f"{r.scores[c]:.3f} (IoU {iou[row, col]:.3f})")
+            else:
+                best = float(np.where(same, iou[row], 0.0).max()) if iou.shape[1] else 0.0
+                report.missing.append(f"{where}: golden {golden_text} not received (best same-class "
+                                      f"IoU {best:.3f})" if best > 0 else f"{where}: golden {golden_text} not received")
+        for c in rk:
+            if not used[c]:
+                report.extra.append(f"{where}: received {r.names[c]} {r.scores[c]:.3f} {_box_text(r.boxes[c])} "
+                                    f"is not in the golden detections")
+    if report.boxes_matched == 0:
+        report.min_iou = float("nan")
+    return report
