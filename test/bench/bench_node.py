@@ -1,9 +1,11 @@
 """The detector node through DDS (``make bench``): input-to-output latency and sustainable rate, tiny on CPU.
 
-Anchor: ``Detector.detect()`` called in-process on the same clouds (measured first, while no node runs),
-so the ratio shows what the ROS layer costs (PointCloud2 transport and field mapping, message and marker
-building, publishing, the worker hand-off). Candidate: the node started by ``fastpillars-ros launch
---loopback``, fed from this process; latency = header stamp -> Detection3DArray received here.
+Anchor: ``Detector.detect()`` called in-process on the same clouds (measured before and after the node
+runs), and the same call timed inside the node on the same frames (reported in /diagnostics, so measured
+at the same time as the candidate even on a shared machine); the ratio shows what the ROS layer costs
+(PointCloud2 transport and field mapping, message and marker building, publishing, the worker hand-off).
+Candidate: the node started by ``fastpillars-ros launch --loopback``, fed from this process;
+latency = header stamp -> Detection3DArray received here.
 
 Goals on the 2-core CI machine: <= 200 ms end to end; no backlog at 5 Hz input (answer ages stay bounded,
 nothing queues up).
@@ -129,6 +131,7 @@ def main() -> int:
         stages = "  ".join(f"{k} {last.get(f'latency_ms.{k}.p50', '?')}" for k in names)
         print(f"node stages p50 ms (from /diagnostics): {stages}; detections/frame {last.get('points.detections')}")
         node_ms = float(last.get("latency_ms.node_total.p50", p50))
+        detect_in_node = float(last.get("latency_ms.total.p50", "nan"))
 
         # 2) Rate: 5 Hz and ~1.5x the node's own capacity for 10 s each.
         for hz in (5.0, max(5.0, 1.5 * 1e3 / node_ms)):
@@ -173,7 +176,9 @@ def main() -> int:
     anchor = min(anchor_before, anchor_after)
     print(f"in-process Detector.detect() median {anchor_before:.1f} ms before, {anchor_after:.1f} ms after the node "
           f"ran")
-    print_ratio("node end to end (p50) vs Detector.detect()", "in-process detect", anchor, p50, GOAL_MS)
+    # Same-time anchor: detect() inside the node on the same frames (immune to load changes between runs).
+    print_ratio("node end to end (p50)", "detect() in the node", detect_in_node, p50, GOAL_MS)
+    print_ratio("node end to end (p50)", "detect() in-process", anchor, p50, GOAL_MS)
     return 0
 
 
