@@ -1,0 +1,253 @@
+"""The training loop: AdamW + one-cycle LR, gradient clipping, per-epoch checkpoints, resume, JSONL log.
+
+Run directory layout:
+
+* ``last.pt`` and ``epoch_NNN.pt``: model weights in :func:`fastpillars_ros.model.checkpoint.save_checkpoint`
+  form (load with ``load_checkpoint`` / ``Detector(config, checkpoint)``);
+* ``train_state.pt``: ``{"epoch", "step", "total_steps", "optimizer", "scheduler", "torch_rng", "options"}``,
+  plain tensors/containers only (loads with ``torch.load(..., weights_only=True)``); ``--resume`` continues
+  from it (epoch ``epoch + 1`` onwards, same optimizer/scheduler state);
+* ``log.jsonl``: one JSON object per epoch (mean losses, lr, frames/s, val losses when a val set is given).
+
+Determinism (CPU): model init from ``torch.manual_seed(seed)``; sample order and augmentation from
+``(seed, epoch, index)``; deterministic CPU kernels. A resumed run equals an uninterrupted one (tested).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..config import ModelConfig, load_model_config
+from ..model import build_model
+from ..model.checkpoint import load_checkpoint, save_checkpoint
+from .data import EpochSampler, TrainSet, collate
+from .losses import LossWeights, compute_losses
+from .targets import head_geometry
+
+__all__ = ["TrainOptions", "train"]
+
+HM_BIAS_INIT = -2.19  # CenterNet: sigmoid(-2.19) ~ 0.1 prior on every heatmap cell
+
+
+@dataclass
+class TrainOptions:
+    """Everything a run needs (the CLI maps its flags onto this)."""
+
+    config: str
+    out: str
+    epochs: int = 20
+    batch_size: int = 4
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    grad_clip: float = 35.0
+    pct_start: float = 0.4
+    div_factor: float = 10.0
+    final_div_factor: float = 100.0
+    workers: int = 1
+    seed: int = 0
+    resume: bool = False
+    max_frames: int | None = None
+    max_val_frames: int | None = 200
+    device: str = "cpu"
+    threads: int | None = None
+    gt_sampling: bool = False
+    augment: bool = True
+    min_points: int = 1
+    progress: bool = True
+    max_steps: int | None = None  # stop after this many optimizer steps in total (smoke tests, profiling)
+    loss_weights: LossWeights = field(default_factory=LossWeights)
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_checkpoint(model: torch.nn.Module, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_checkpoint(model, tmp)  # type: ignore[arg-type]
+    os.replace(tmp, path)
+
+
+def _source(root: str, config: ModelConfig) -> Any:
+    from ..datasets.kitti import KittiDataset
+
+    return KittiDataset(root, classes=config.class_names)
+
+
+def init_heatmap_bias(model: torch.nn.Module, value: float = HM_BIAS_INIT) -> None:
+    with torch.no_grad():
+        for task in model.bbox_head.tasks:  # type: ignore[union-attr]
+            task.hm[-1].bias.fill_(value)
+
+
+def _loader(dataset: TrainSet, batch_size: int, seed: int, shuffle: bool, workers: int, drop_last: bool,
+            pin: bool) -> tuple[DataLoader, EpochSampler]:
+    sampler = EpochSampler(len(dataset), seed, shuffle)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
+                        drop_last=drop_last, pin_memory=pin, persistent_workers=workers > 0,
+                        prefetch_factor=2 if workers > 0 else None)
+    return loader, sampler
+
+
+def _forward(model: torch.nn.Module, batch: dict[str, Any], device: torch.device) -> list[dict[str, torch.Tensor]]:
+    canvas = model.encode(batch["features"].to(device, non_blocking=True),  # type: ignore[operator]
+                          batch["point_pillar"].to(device, non_blocking=True),
+                          batch["coords"].to(device, non_blocking=True), batch_size=batch["batch_size"],
+                          batch_index=batch["batch_index"].to(device, non_blocking=True))
+    return model.forward_dense(canvas)  # type: ignore[operator]
+
+
+def evaluate_loss(model: torch.nn.Module, loader: DataLoader, config: ModelConfig, device: torch.device,
+                  weights: LossWeights) -> dict[str, float]:
+    """Mean losses over a loader with the model in eval mode (BN running statistics), no gradients."""
+    geo = head_geometry(config)
+    was_training = model.training
+    model.eval()
+    sums: dict[str, float] = {}
+    n = 0
+    with torch.no_grad():
+        for batch in loader:
+            out = _forward(model, batch, device)
+            _, parts = compute_losses(out, batch["targets"].to(device), config, geo, weights)
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            n += 1
+    model.train(was_training)
+    return {k: v / max(n, 1) for k, v in sums.items()}
+
+
+def train(opts: TrainOptions, train_source: Any = None, val_source: Any = None, data: str | None = None,
+          val: str | None = None) -> dict[str, Any]:
+    """Train; returns a summary (``epochs_done``, ``steps``, ``history`` of per-epoch log records, ``run_dir``).
+
+    ``train_source``/``val_source``: random-access frame sequences (tests); otherwise KITTI-layout folders
+    ``data``/``val`` are read with :class:`~fastpillars_ros.datasets.kitti.KittiDataset`.
+    """
+    config = load_model_config(opts.config)
+    run_dir = Path(opts.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(opts.device)
+    if device.type == "cpu":
+        # The CPU kernels used (conv, BN, index_add_/scatter_reduce_ segment reductions) are deterministic;
+        # torch.use_deterministic_algorithms is not called: it imports torch._inductor (~10 s).
+        torch.set_num_threads(opts.threads or min(2, os.cpu_count() or 1))
+    if train_source is None:
+        if data is None:
+            raise ValueError("no training data: give a data folder")
+        train_source = _source(data, config)
+    if val_source is None and val is not None:
+        val_source = _source(val, config)
+    n_frames = len(train_source) if opts.max_frames is None else min(len(train_source), opts.max_frames)
+    if n_frames < opts.batch_size:
+        raise ValueError(f"{n_frames} training frames is fewer than one batch of {opts.batch_size}")
+    train_set = TrainSet(train_source, config, seed=opts.seed, augment=opts.augment, gt_sampling=opts.gt_sampling,
+                         min_points=opts.min_points, indices=range(n_frames))
+    pin = device.type == "cuda"
+    loader, sampler = _loader(train_set, opts.batch_size, opts.seed, True, opts.workers, True, pin)
+    val_loader = None
+    if val_source is not None:
+        n_val = len(val_source) if opts.max_val_frames is None else min(len(val_source), opts.max_val_frames)
+        val_set = TrainSet(val_source, config, seed=opts.seed, augment=False, min_points=opts.min_points,
+                           indices=range(n_val))
+        val_loader, _ = _loader(val_set, opts.batch_size, opts.seed, False, opts.workers, False, pin)
+
+    steps_per_epoch = n_frames // opts.batch_size
+    total_steps = steps_per_epoch * opts.epochs
+    torch.manual_seed(opts.seed)
+    model = build_model(config)
+    init_heatmap_bias(model)
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, betas=(0.95, 0.99),
+                                  weight_decay=opts.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=opts.lr, total_steps=max(total_steps, 1), pct_start=opts.pct_start,
+        div_factor=opts.div_factor, final_div_factor=opts.final_div_factor, base_momentum=0.85,
+        max_momentum=0.95)
+
+    start_epoch, step = 0, 0
+    state_path = run_dir / "train_state.pt"
+    if opts.resume and state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if int(state["total_steps"]) != total_steps:
+            raise ValueError(f"cannot resume {run_dir}: it was started with {state['total_steps']} total steps "
+                             f"(epochs x frames / batch), this run has {total_steps}; use the same --epochs, "
+                             "--batch-size and --max-frames")
+        load_checkpoint(model, run_dir / "last.pt")
+        model.to(device).train()
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch, step = int(state["epoch"]), int(state["step"])
+    elif not opts.resume and (run_dir / "log.jsonl").exists():
+        (run_dir / "log.jsonl").unlink()
+
+    geo = head_geometry(config)
+    history: list[dict[str, Any]] = []
+    bar_cls = None
+    if opts.progress:
+        from tqdm import tqdm as bar_cls
+    for epoch in range(start_epoch, opts.epochs):
+        if opts.max_steps is not None and step >= opts.max_steps:
+            break
+        sampler.set_epoch(epoch)
+        sums: dict[str, float] = {}
+        n_batches = n_seen = 0
+        t0 = time.perf_counter()
+        it = loader if bar_cls is None else bar_cls(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/"
+                                                    f"{opts.epochs}", unit="it", dynamic_ncols=True)
+        for batch in it:
+            out = _forward(model, batch, device)
+            loss, parts = compute_losses(out, batch["targets"].to(device), config, geo, opts.loss_weights)
+            optimizer.zero_grad(set_to_none=True)
+            if math.isfinite(parts["loss"]):
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip)
+                optimizer.step()
+            scheduler.step()
+            step += 1
+            n_batches += 1
+            n_seen += batch["batch_size"]
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if bar_cls is not None:
+                it.set_postfix(loss=f"{parts['loss']:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                               fps=f"{n_seen / (time.perf_counter() - t0):.2f}")
+            if opts.max_steps is not None and step >= opts.max_steps:
+                break
+        if bar_cls is not None:
+            it.close()
+        elapsed = time.perf_counter() - t0
+        means = {k: v / max(n_batches, 1) for k, v in sums.items()}
+        record: dict[str, Any] = {"epoch": epoch + 1, "step": step, **means,
+                                  "lr": scheduler.get_last_lr()[0], "frames_per_s": n_seen / max(elapsed, 1e-9),
+                                  "time_s": elapsed}
+        if val_loader is not None:
+            record.update({f"val_{k}": v for k, v in evaluate_loss(model, val_loader, config, device,
+                                                                   opts.loss_weights).items()})
+        _atomic_checkpoint(model, run_dir / "last.pt")
+        _atomic_checkpoint(model, run_dir / f"epoch_{epoch + 1:03d}.pt")
+        _atomic_save({"epoch": epoch + 1, "step": step, "total_steps": total_steps,
+                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                      "torch_rng": torch.get_rng_state(), "options": _plain_options(opts)}, state_path)
+        with open(run_dir / "log.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        history.append(record)
+    return {"run_dir": str(run_dir), "epochs_done": history[-1]["epoch"] if history else start_epoch,
+            "steps": step, "history": history, "model": model}
+
+
+def _plain_options(opts: TrainOptions) -> dict[str, Any]:
+    d = asdict(opts)
+    d["loss_weights"] = dict(d["loss_weights"])
+    return {k: v for k, v in d.items() if v is None or isinstance(v, (int, float, str, bool, dict))}
