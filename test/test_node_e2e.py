@@ -239,6 +239,14 @@ def test_diagnostics_report_backend_mapping_latency_and_counts(probe, kitti):
     assert "raw p99" in diag["intensity"]
 
 
+def test_input_subscription_uses_sensor_data_qos(probe):
+    from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
+
+    (info,) = [i for i in probe.node.get_subscriptions_info_by_topic(TOPIC) if i.node_name == "fastpillars_detector"]
+    assert info.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
+    assert info.qos_profile.durability == DurabilityPolicy.VOLATILE
+
+
 @pytest.fixture
 def set_param(probe):
     """``set_param(name, value)`` -> SetParametersResult of the detector node's parameter service."""

@@ -231,3 +231,20 @@ def test_rviz_config_is_valid_and_shows_cloud_markers_and_detections():
     assert data["Visualization Manager"]["Global Options"]["Fixed Frame"] == "velodyne"
     cloud = next(d for d in data["Visualization Manager"]["Displays"] if d["Class"].endswith("PointCloud2"))
     assert cloud["Topic"]["Value"] == "/lidar/top"
+
+
+def test_ros_descriptors_carry_ranges_choices_and_read_only():
+    from rcl_interfaces.msg import ParameterType
+
+    from fastpillars_ros.node import descriptor
+
+    d = descriptor(node_params.SPEC_BY_NAME["score_threshold"])
+    assert d.type == ParameterType.PARAMETER_DOUBLE and not d.read_only
+    assert (d.floating_point_range[0].from_value, d.floating_point_range[0].to_value) == (-1.0, 1.0)
+    assert "model config's default" in d.description
+    d = descriptor(node_params.SPEC_BY_NAME["max_points"])
+    assert d.read_only and (d.integer_range[0].from_value, d.integer_range[0].to_value) == (1000, 10_000_000)
+    d = descriptor(node_params.SPEC_BY_NAME["backend"])
+    assert d.read_only and "'tensorrt'" in d.additional_constraints
+    d = descriptor(node_params.SPEC_BY_NAME["intensity_scale"])
+    assert d.dynamic_typing and not d.read_only
