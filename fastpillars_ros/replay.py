@@ -461,8 +461,10 @@ def replay(opts: ReplayOptions) -> ReplayStats:
         answer_qos = _answer_qos(node, opts, QoSProfile, HistoryPolicy, ReliabilityPolicy, DurabilityPolicy)
         answer_sub = node.create_subscription(Detection3DArray, opts.detections_topic, on_answer, answer_qos,
                                               raw=True)
+        waited_subs = [answer_sub]
         if recorder is not None and opts.record_markers:
-            node.create_subscription(MarkerArray, opts.markers_topic, on_markers, answer_qos, raw=True)
+            waited_subs.append(node.create_subscription(MarkerArray, opts.markers_topic, on_markers, answer_qos,
+                                                        raw=True))
         executor = SingleThreadedExecutor(context=context)
         executor.add_node(node)
         thread = threading.Thread(target=executor.spin, daemon=True)
@@ -470,7 +472,7 @@ def replay(opts: ReplayOptions) -> ReplayStats:
 
         # Both directions must be matched before the first cloud, or the first answers are lost or late.
         deadline = time.monotonic() + opts.wait_s
-        while ((pub.get_subscription_count() == 0 or answer_sub.get_publisher_count() == 0)
+        while ((pub.get_subscription_count() == 0 or any(s.get_publisher_count() == 0 for s in waited_subs))
                and time.monotonic() < deadline):
             time.sleep(0.05)
         if answer_sub.get_publisher_count() == 0:

@@ -150,3 +150,19 @@ def test_golden_from_bag_with_the_tiny_detector_is_deterministic():
     assert names == ["car", "pedestrian", "cyclist"] and len(frames) == 1
     report = compare(again, frames)
     assert report.ok and report.boxes_matched == report.golden_boxes, str(report)
+
+
+def test_regression_check_command_exit_codes(tmp_path, capsys):
+    import argparse
+
+    from fastpillars_ros.regression import Check
+
+    golden = save_detections(_golden(), tmp_path / "g.json")
+    broken = _golden()
+    broken[0] = FrameDetections(0, 100, BOXES[:2], [0.9, 0.6], NAMES[:2])
+    received = save_detections(broken, tmp_path / "r.json")
+    parser = argparse.ArgumentParser()
+    Check.add_arguments(parser)
+    assert Check.run(parser.parse_args(["--golden", str(golden), "--received", str(golden)])) == 0
+    assert Check.run(parser.parse_args(["--golden", str(golden), "--received", str(received)])) == 1
+    assert "golden cyclist 0.400" in capsys.readouterr().out
