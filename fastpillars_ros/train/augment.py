@@ -143,7 +143,15 @@ def paste_objects(points: np.ndarray, boxes: np.ndarray, labels: np.ndarray, occ
     if not accepted:
         return points, boxes, labels
     new_boxes = cand[accepted]
-    inside = points_in_boxes(points, new_boxes, margin=margin).any(axis=1)
+    inside = np.zeros(len(points), bool)
+    reach = rc[accepted] + margin
+    lo, hi = new_boxes[:, :2] - reach[:, None], new_boxes[:, :2] + reach[:, None]
+    near = np.nonzero((points[:, 0] >= lo[:, 0].min()) & (points[:, 0] <= hi[:, 0].max())
+                      & (points[:, 1] >= lo[:, 1].min()) & (points[:, 1] <= hi[:, 1].max()))[0]
+    for k in range(len(new_boxes)):  # per pasted box, exact test only on the points near it
+        sub = near[(np.abs(points[near, 0] - new_boxes[k, 0]) <= reach[k])
+                   & (np.abs(points[near, 1] - new_boxes[k, 1]) <= reach[k])]
+        inside[sub[points_in_boxes(points[sub], new_boxes[k:k + 1], margin=margin)[:, 0]]] = True
     pts = np.concatenate([points[~inside]] + [donors[i][2].astype(points.dtype) for i in accepted], axis=0)
     out_boxes = np.concatenate([boxes.reshape(-1, 7), new_boxes.astype(boxes.dtype)], axis=0)
     out_labels = np.concatenate([labels, np.array([donors[i][1] for i in accepted], dtype=labels.dtype)])

@@ -79,6 +79,22 @@ def _atomic_checkpoint(model: torch.nn.Module, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _cpu_threads(requested: int | None) -> int:
+    """``requested``, else min(2, cores) -- or 1 when the machine is already busy (1-minute load average above
+    the core count): intra-op threads spin-wait for each other on an oversubscribed CPU, and a 2-thread step
+    then measured ~5x slower than a 1-thread one (tiny, batch 2, load ~10 on 2 cores)."""
+    if requested:
+        return int(requested)
+    cores = os.cpu_count() or 1
+    n = min(2, cores)
+    try:
+        if os.getloadavg()[0] > cores:
+            n = 1
+    except OSError:
+        pass
+    return n
+
+
 def _source(root: str, config: ModelConfig) -> Any:
     from ..datasets.kitti import KittiDataset
 
@@ -141,7 +157,7 @@ def train(opts: TrainOptions, train_source: Any = None, val_source: Any = None, 
     if device.type == "cpu":
         # The CPU kernels used (conv, BN, index_add_/scatter_reduce_ segment reductions) are deterministic;
         # torch.use_deterministic_algorithms is not called: it imports torch._inductor (~10 s).
-        torch.set_num_threads(opts.threads or min(2, os.cpu_count() or 1))
+        torch.set_num_threads(_cpu_threads(opts.threads))
     if train_source is None:
         if data is None:
             raise ValueError("no training data: give a data folder")
@@ -193,6 +209,10 @@ def train(opts: TrainOptions, train_source: Any = None, val_source: Any = None, 
         (run_dir / "log.jsonl").unlink()
 
     geo = head_geometry(config)
+    if opts.progress:
+        print(f"train {config.name}: {n_frames} frames, batch {opts.batch_size}, {steps_per_epoch} steps/epoch, "
+              f"epochs {start_epoch + 1}..{opts.epochs}, device {device}"
+              + (f", {torch.get_num_threads()} CPU threads" if device.type == "cpu" else ""), flush=True)
     history: list[dict[str, Any]] = []
     bar_cls = None
     if opts.progress:
