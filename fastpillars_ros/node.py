@@ -100,7 +100,7 @@ def _stamp_ns(header: Header) -> int:
 
 
 class DetectorNode(Node):
-    """See the module docstring. ``detector_factory(params, class_names_hint) -> Detector`` is for tests."""
+    """See the module docstring. ``detector_factory(params, model_config) -> Detector`` replaces the real one."""
 
     def __init__(self, *, detector_factory=None, **node_kwargs: Any):
         super().__init__(NODE_NAME, **node_kwargs)
@@ -256,8 +256,9 @@ class DetectorNode(Node):
             if age_ms > p.max_input_age_ms:
                 self.stats.count("dropped_stale")
                 self._warn("stale", f"dropped a frame {age_ms:.0f} ms old (max_input_age_ms "
-                                    f"{p.max_input_age_ms:g}): inference is slower than the input, or the "
-                                    f"sensor's clock differs from this node's (check time sync / use_sim_time)")
+                                    f"{p.max_input_age_ms:g}): it arrived late, or the sensor's clock "
+                                    f"differs from this node's (check time sync and use_sim_time, or raise "
+                                    f"max_input_age_ms; 0 disables the check)")
                 return
         elif stamp_ns == 0:
             self.stats.note("unstamped", "cloud has a zero header stamp: its age cannot be checked")
