@@ -62,40 +62,44 @@ def frames(n: int, seed: int = 0) -> list[Frame]:
 def ideal_maps(targets, config) -> list[dict[str, torch.Tensor]]:
     """Head maps that a perfect network would output for these targets (logits +-20 on the heatmap)."""
     h, w = config.head_shape
+    # Columns of the regression targets (REG_ORDER: reg, height, dim, [vel], rot).
+    width = {"reg": 2, "height": 1, "dim": 3, "vel": 2, "rot": 2}
+    names = ["reg", "height", "dim", *(["vel"] if config.vel else []), "rot"]
+    start = dict(zip(names, np.cumsum([0] + [width[n] for n in names])[:-1].tolist(), strict=True))
     outs = []
     for t in range(len(config.tasks)):
-        hm = torch.full((1, len(config.tasks[t]), h, w), -20.0)
         maps = {name: torch.zeros(1, ch, h, w) for name, ch in config.heads}
         reg = torch.from_numpy(targets.reg[t])
         ind = torch.from_numpy(targets.ind[t])
         rows, cols = ind // w, ind % w
-        offset = 0
         for name, ch in config.heads:
             if name == "iou":
                 maps[name][0, 0, rows, cols] = 1.0
-                continue
-            maps[name][0, :, rows, cols] = reg[:, offset:offset + ch].t()
-            offset += ch
+            else:
+                maps[name][0, :, rows, cols] = reg[:, start[name]:start[name] + ch].t()
+        hm = torch.full((1, len(config.tasks[t]), h, w), -20.0)
         hm[0, torch.from_numpy(targets.cls[t]), rows, cols] = 20.0
         maps["hm"] = hm
         outs.append(maps)
     return outs
 
 
-def test_targets_decode_round_trip() -> None:
-    config = load_model_config("tiny")
+@pytest.mark.parametrize("name", ["tiny", "kitti", "nuscenes_official"])
+def test_targets_decode_round_trip(name: str) -> None:
+    config = load_model_config(name)
     rng = np.random.default_rng(3)
     n = 12
-    # Distinct head cells: one object per 1.28 m cell, spread over the map.
-    cells = rng.choice(config.head_shape[0] * config.head_shape[1], n, replace=False)
+    # Distinct head cells: one object per cell, spread over the map; every class of every task.
     geo = head_geometry(config)
+    cells = rng.choice(geo.height * geo.width, n, replace=False)
     xs = geo.x_min + (cells % geo.width + rng.random(n)) * geo.cell_x
     ys = geo.y_min + (cells // geo.width + rng.random(n)) * geo.cell_y
-    labels = rng.integers(0, 3, n)
-    sizes = np.array([SIZES[int(c)] for c in labels]) * rng.uniform(0.8, 1.2, (n, 3))
+    labels = np.arange(n) % len(config.class_names)
+    sizes = rng.uniform(0.4, 6.0, (n, 3))
     boxes = np.column_stack([xs, ys, rng.uniform(-2, 0.5, n), sizes, rng.uniform(-math.pi, math.pi, n)])
-    targets = build_targets(boxes, labels, config)
-    assert len(targets.ind[0]) == n
+    vel = rng.normal(0, 3, (n, 2))
+    targets = build_targets(boxes, labels, config, velocities=vel)
+    assert sum(len(i) for i in targets.ind) == n
     (cand,) = decode_head_outputs(ideal_maps(targets, config), config)
     assert len(cand) == n
     got = cand.boxes.double().numpy()
@@ -104,6 +108,10 @@ def test_targets_decode_round_trip() -> None:
     np.testing.assert_allclose(got[:, :6], boxes[:, :6], atol=1e-4, rtol=1e-5)
     np.testing.assert_allclose(wrap_angle(got[:, 6] - boxes[:, 6]), 0.0, atol=1e-5)
     np.testing.assert_array_equal(cand.labels.numpy()[order], labels)
+    task_of = np.concatenate([[t] * len(c) for t, c in enumerate(config.tasks)])
+    np.testing.assert_array_equal(cand.task.numpy()[order], task_of[labels])
+    if config.vel:
+        np.testing.assert_allclose(cand.velocities.double().numpy()[order], vel, atol=1e-5)
 
 
 def test_heatmap_peak_at_centre_and_radius_grows_with_size() -> None:
