@@ -256,3 +256,14 @@ def test_cli_trains_on_a_kitti_folder_and_the_checkpoint_loads(tmp_path: Path) -
 def test_too_few_frames_for_a_batch_is_an_error(tmp_path: Path, bad: int) -> None:
     with pytest.raises(ValueError, match="fewer than one batch"):
         train(_opts(tmp_path, batch_size=4), train_source=frames(bad))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_runs_on_cuda_like_on_cpu(tmp_path: Path) -> None:
+    data = frames(4, seed=8)
+    cpu = train(_opts(tmp_path / "cpu", epochs=1, augment=False), train_source=data)
+    gpu = train(_opts(tmp_path / "gpu", epochs=1, augment=False, device="cuda"), train_source=data)
+    assert next(gpu["model"].parameters()).is_cuda
+    a, b = cpu["history"][0]["loss"], gpu["history"][0]["loss"]
+    assert math.isfinite(b) and abs(a - b) < 0.05 * abs(a)
