@@ -8,6 +8,7 @@ not included). Weights are random with randomised BN statistics: timing does not
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -19,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import print_header, print_ratio, time_ms
+from common import print_header, print_ratio
 
 from fastpillars_ros.model import build_model, check_onnx, export_onnx
 from fastpillars_ros.model.testing import randomize_
@@ -28,15 +29,16 @@ KITTI_SCAN = Path("/work/shared/data/real/kitti/training/velodyne/000000.bin")
 
 
 def _time(fn, repeat: int) -> tuple[float, float]:
-    """(median, min) wall time in ms: the median is the headline number; the min is closer to the
-    uncontended time when other processes share the 2 cores (the load average is printed too)."""
-    med = time_ms(fn, repeat=repeat, warmup=1)
-    best = float("inf")
-    for _ in range(max(3, repeat // 4)):
+    """(median, min) wall time in ms over ``repeat`` runs after one warm-up. The median is the headline
+    number; the min is closer to the uncontended time when other processes share the 2 cores (the load
+    average is printed next to it)."""
+    fn()
+    samples = []
+    for _ in range(repeat):
         t0 = time.perf_counter()
         fn()
-        best = min(best, (time.perf_counter() - t0) * 1e3)
-    return med, min(best, med)
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(samples), min(samples)
 
 
 def _load() -> str:
