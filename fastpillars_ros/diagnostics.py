@@ -220,7 +220,7 @@ class NodeStats:
         imessage = "; ".join(iproblems) if iproblems else "ok"
         ivalues: list[tuple[str, Any]] = list(static.items())
         ivalues += [("pillars", "" if num_pillars is None else num_pillars),
-                    ("pillar_cap", "" if not pillar_cap else pillar_cap),
+                    ("pillar_cap", pillar_cap or "none"),
                     ("errors", counts["errors"]), ("last_error", last_error)]
         for stage, (p50, p95, _n) in sorted(lat.items()):
             ivalues += [(f"latency_ms.{stage}.p50", f"{p50:.1f}"), (f"latency_ms.{stage}.p95", f"{p95:.1f}")]
