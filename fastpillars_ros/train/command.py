@@ -33,7 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from train_state.pt")
     parser.add_argument("--max-frames", type=int, default=None, help="use only the first N training frames")
     parser.add_argument("--max-val-frames", type=int, default=200, help="validation frames used (default 200)")
-    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke tests)")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="stop after this many steps in total (smoke tests, timing; the epoch it stops in is "
+                        "checkpointed as if complete)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     parser.add_argument("--gt-sampling", action="store_true", help="paste objects from other frames (augmentation)")
     parser.add_argument("--min-points", type=int, default=1,
