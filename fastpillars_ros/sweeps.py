@@ -127,7 +127,8 @@ def even_indices(n: int, m: int) -> np.ndarray:
 
 @dataclass
 class _Sweep:
-    points: Any          # (n, C) float32 in its own sensor frame, ego box removed (numpy or torch)
+    points: Any          # in its own sensor frame, ego box removed: numpy (C, n) column-major, torch (n, C)
+    count: int           # n
     stamp: float         # seconds
     pose: np.ndarray     # (4, 4) float64 sensor -> fixed frame
     ego_removed: int     # points the ego box removed from it
@@ -262,11 +263,12 @@ class SweepBuffer:
                 return self._assemble(pts, backend, dev, stamp_s, [], info)
             info.reset = self._check_continuity(stamp_s, checked) or info.reset
             info.expired = self._expire(stamp_s)
-            past = [(s, rigid_inverse(checked) @ s.pose, stamp_s - s.stamp) for s in self._past]
+            to_now = rigid_inverse(checked)
+            past = [(s, to_now @ s.pose, stamp_s - s.stamp) for s in self._past]
             out = self._assemble(pts, backend, dev, stamp_s, past, info)
             if self._past.maxlen:
                 kept, removed = self._ego_filter(pts, backend)
-                self._past.appendleft(_Sweep(kept, stamp_s, checked, removed))
+                self._past.appendleft(_Sweep(kept, int(pts.shape[0]) - removed, stamp_s, checked, removed))
             self._last = (stamp_s, checked)
             return out
 
@@ -279,7 +281,7 @@ class SweepBuffer:
                 "num_sweeps": self.num_sweeps,
                 "sweeps_held": len(self._past),
                 "span_s": (max(stamps) - min(stamps)) if stamps else 0.0,
-                "points_held": int(sum(int(s.points.shape[0]) for s in self._past)),
+                "points_held": sum(s.count for s in self._past),
                 "last_output_points": info.num_points,
                 "last_output_sweeps": info.num_sweeps,
                 "frames": self.frames,
@@ -348,19 +350,31 @@ class SweepBuffer:
         return pts, backend, dev
 
     def _ego_filter(self, pts: Any, backend: str) -> tuple[Any, int]:
-        """A copy of ``pts`` without the points inside the ego box (what a past sweep keeps)."""
+        """What a past sweep keeps: a copy of ``pts`` without the points inside the ego box; numpy
+        sweeps are kept column-major ``(C, n)`` (contiguous x, y, z rows make the transform cheap)."""
+        n = int(pts.shape[0])
+        if backend == "numpy":
+            cols = np.ascontiguousarray(pts.T)
+            if self.ego_box is None:
+                return cols, 0
+            x0, x1, y0, y1 = self.ego_box
+            x, y = cols[0], cols[1]
+            outside = (x <= x0) | (x >= x1) | (y <= y0) | (y >= y1)
+            if outside.all():
+                return cols, 0
+            kept = cols[:, outside]
+            return kept, n - kept.shape[1]
         if self.ego_box is None:
-            return (pts.copy() if backend == "numpy" else pts.clone()), 0
+            return pts.clone(), 0
         x0, x1, y0, y1 = self.ego_box
         x, y = pts[:, 0], pts[:, 1]
-        inside = (x > x0) & (x < x1) & (y > y0) & (y < y1)
-        kept = pts[~inside]
-        return kept, int(pts.shape[0] - kept.shape[0])
+        kept = pts[(x <= x0) | (x >= x1) | (y <= y0) | (y >= y1)]
+        return kept, n - int(kept.shape[0])
 
     def _assemble(self, cur: Any, backend: str, dev: str, stamp_s: float,
                   past: list[tuple[_Sweep, np.ndarray, float]], info: PushInfo) -> Any:
         """Output rows: the current sweep, then the past ones (newest first), capped and transformed."""
-        counts = [int(cur.shape[0])] + [int(s.points.shape[0]) for s, _, _ in past]
+        counts = [int(cur.shape[0])] + [s.count for s, _, _ in past]
         kept = cap_counts(counts, self.max_points)
         ncol = int(cur.shape[1])
         width = ncol + 1 if self.dt_column is None else ncol
@@ -392,17 +406,28 @@ def _assemble_numpy(cur: np.ndarray, past: list, counts: list[int], kept: list[i
     out[:n0, :ncol] = cur if idx is None else cur[idx]
     out[:n0, dtc] = 0.0
     row = n0
+    big = max(kept[1:], default=0)
+    acc, term = np.empty(big, np.float32), np.empty(big, np.float32)
     for (sweep, rel, dt), n, k in zip(past, counts[1:], kept[1:], strict=True):
         if k == 0:
             continue
         idx = _rows(n, k)
-        src = sweep.points if idx is None else sweep.points[idx]
+        src = sweep.points if idx is None else sweep.points[:, idx]    # (C, k) column-major
         block = out[row:row + k]
-        rot = rel[:3, :3].astype(np.float32)
-        np.matmul(src[:, :3], rot.T, out=block[:, :3])
-        block[:, :3] += rel[:3, 3].astype(np.float32)
+        rot, shift = rel[:3, :3].astype(np.float32), rel[:3, 3].astype(np.float32)
+        a, b = acc[:k], term[:k]
+        # x'_c = r_c0 x + r_c1 y + r_c2 z + t_c on contiguous rows, one output column at a time: ~3x
+        # faster than a (k, 3) @ (3, 3) matmul, which BLAS handles poorly at this shape.
+        for c in range(3):
+            np.multiply(src[0], rot[c, 0], out=a)
+            np.multiply(src[1], rot[c, 1], out=b)
+            a += b
+            np.multiply(src[2], rot[c, 2], out=b)
+            a += b
+            a += shift[c]
+            block[:, c] = a
         if ncol > 3:
-            block[:, 3:ncol] = src[:, 3:]
+            block[:, 3:ncol] = src[3:].T
         block[:, dtc] = dt
         row += k
     return out
