@@ -233,6 +233,19 @@ class SweepBuffer:
         ``stamp_s``: the sweep's time in seconds. ``pose``: its 4x4 sensor-to-fixed-frame transform, or
         None when unknown (``pose_reason`` then says why; it is recorded).
         """
+        return self._ingest(points, stamp_s, pose, pose_reason, assemble=True)
+
+    def add(self, points: Any, stamp_s: float, pose: Any, pose_reason: str = "") -> bool:
+        """Keep a sweep for later outputs without building one (same checks and resets as :meth:`push`).
+
+        For frames the detector will not run on (superseded by a newer cloud, skipped while nobody
+        listens): adding them keeps the past sweeps evenly spaced, as in training, instead of leaving
+        holes. Returns whether the sweep was kept.
+        """
+        self._ingest(points, stamp_s, pose, pose_reason, assemble=False)
+        return not self.last_info.skipped and self._last is not None and self._last[0] == float(stamp_s)
+
+    def _ingest(self, points: Any, stamp_s: float, pose: Any, pose_reason: str, assemble: bool) -> Any:
         stamp_s = float(stamp_s)
         if not math.isfinite(stamp_s):
             raise ValueError(f"stamp_s must be finite, got {stamp_s}")
@@ -260,12 +273,15 @@ class SweepBuffer:
                     return None
                 if self._past:
                     info.reset = self._reset_locked("no_pose", f"frame at {stamp_s:.3f} s used alone: {reason}")
-                return self._assemble(pts, backend, dev, stamp_s, [], info)
+                self._last = None
+                return self._assemble(pts, backend, dev, [], info) if assemble else None
             info.reset = self._check_continuity(stamp_s, checked) or info.reset
             info.expired = self._expire(stamp_s)
-            to_now = rigid_inverse(checked)
-            past = [(s, to_now @ s.pose, stamp_s - s.stamp) for s in self._past]
-            out = self._assemble(pts, backend, dev, stamp_s, past, info)
+            out = None
+            if assemble:
+                to_now = rigid_inverse(checked)
+                past = [(s, to_now @ s.pose, stamp_s - s.stamp) for s in self._past]
+                out = self._assemble(pts, backend, dev, past, info)
             if self._past.maxlen:
                 kept, removed = self._ego_filter(pts, backend)
                 self._past.appendleft(_Sweep(kept, int(pts.shape[0]) - removed, stamp_s, checked, removed))
@@ -371,7 +387,7 @@ class SweepBuffer:
         kept = pts[(x <= x0) | (x >= x1) | (y <= y0) | (y >= y1)]
         return kept, n - int(kept.shape[0])
 
-    def _assemble(self, cur: Any, backend: str, dev: str, stamp_s: float,
+    def _assemble(self, cur: Any, backend: str, dev: str,
                   past: list[tuple[_Sweep, np.ndarray, float]], info: PushInfo) -> Any:
         """Output rows: the current sweep, then the past ones (newest first), capped and transformed."""
         counts = [int(cur.shape[0])] + [s.count for s, _, _ in past]
@@ -484,13 +500,22 @@ class SweepInput:
 
     def process(self, points: Any, header: Any) -> Any:
         """Accumulated cloud for the frame with this ``header``, or None (see ``buffer.last_info.skipped``)."""
+        stamp_s, pose, reason = self._pose(header)
+        return self.buffer.push(points, stamp_s, pose, pose_reason=reason)
+
+    def add(self, points: Any, header: Any) -> bool:
+        """Keep a frame the detector will not run on as a past sweep (see :meth:`SweepBuffer.add`)."""
+        stamp_s, pose, reason = self._pose(header)
+        return self.buffer.add(points, stamp_s, pose, pose_reason=reason)
+
+    def _pose(self, header: Any) -> tuple[float, Any, str]:
         frame_id = str(header.frame_id)
         if self._frame_id is not None and frame_id != self._frame_id:
             self.buffer.reset(f"cloud frame changed from {self._frame_id!r} to {frame_id!r}", "input_changed")
         self._frame_id = frame_id
         stamp_s = stamp_seconds(header)
         pose, reason = self.pose_source.query(stamp_s, frame_id)
-        return self.buffer.push(points, stamp_s, pose, pose_reason=reason)
+        return stamp_s, pose, reason
 
     def status(self) -> dict[str, Any]:
         out = self.buffer.status()

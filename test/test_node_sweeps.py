@@ -104,6 +104,19 @@ def test_odometry_and_clouds_give_the_compensated_model_input(pipeline):
     assert status["sweeps_held"] == 9 and status["resets"] == 0 and "odometry" in status["pose_source"]
 
 
+def test_frames_the_detector_skips_are_kept_as_past_sweeps(pipeline):
+    _cfg, sweeps, frames, on_odom = pipeline
+    world = world_points()
+    for k in range(30):
+        on_odom(odometry(k * 0.02))
+    for i, t in enumerate((0.05, 0.15, 0.25, 0.35)):
+        msg = cloud_msg(world, t)
+        points = frames.convert(msg).points
+        out = sweeps.process(points, msg.header) if i == 3 else sweeps.add(points, msg.header)
+    assert sweeps.buffer.last_info.dt_per_sweep == pytest.approx([0.0, 0.1, 0.2, 0.3], abs=1e-6)
+    assert out.shape[0] == 4 * len(world)
+
+
 def test_cloud_without_odometry_is_skipped_with_a_reason(pipeline):
     _cfg, sweeps, frames, on_odom = pipeline
     world = world_points()

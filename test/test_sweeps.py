@@ -304,3 +304,18 @@ def test_gpu_keeps_sweeps_on_the_device(world):
     cbuf = SweepBuffer(3)
     out = cbuf.push(torch.from_numpy(observe(world, sensor_pose(0))).cuda(), T0, sensor_pose(0))
     assert out.device.type == "cuda"
+
+
+def test_add_keeps_a_sweep_without_building_an_output(world):
+    full, mixed = SweepBuffer(5, ego_box=None), SweepBuffer(5, ego_box=None)
+    for k in range(8):
+        pose = sensor_pose(k / HZ)
+        cloud = observe(world, pose)
+        a = full.push(cloud, T0 + k / HZ, pose)
+        if k % 2:  # every other frame only kept, as for clouds the detector skips
+            b = mixed.push(cloud, T0 + k / HZ, pose)
+        else:
+            assert mixed.add(cloud, T0 + k / HZ, pose) is True
+    np.testing.assert_array_equal(a, b)
+    assert mixed.add(observe(world, sensor_pose(1.0)), T0 + 1.0, None) is False and mixed.skipped == 1
+    assert mixed.resets == 0
