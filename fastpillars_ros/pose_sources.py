@@ -171,11 +171,16 @@ class PoseSource(ABC):
     last_reason: str = ""
 
     @abstractmethod
-    def query(self, stamp_s: float, frame_id: str = "") -> tuple[np.ndarray | None, str]:
-        """``(4x4 sensor-to-fixed transform, "")`` or ``(None, why not)``. Thread-safe."""
+    def query(self, stamp_s: float, frame_id: str = "", stamp_ns: int | None = None
+              ) -> tuple[np.ndarray | None, str]:
+        """``(4x4 sensor-to-fixed transform, "")`` or ``(None, why not)``. Thread-safe.
 
-    def lookup(self, stamp_s: float, frame_id: str = "") -> np.ndarray | None:
-        pose, self.last_reason = self.query(stamp_s, frame_id)
+        ``stamp_ns``: the same stamp as exact integer nanoseconds, when known (a float of a Unix time
+        is only good to ~0.2 us; tf2 lookups at the exact stamp of the newest transform need it).
+        """
+
+    def lookup(self, stamp_s: float, frame_id: str = "", stamp_ns: int | None = None) -> np.ndarray | None:
+        pose, self.last_reason = self.query(stamp_s, frame_id, stamp_ns)
         return pose
 
     def describe(self) -> str:
@@ -316,7 +321,8 @@ class OdometryPoseSource(PoseSource):
                                     self._quats[i1], stamp_s)
         return make_transform(p, q), ""
 
-    def query(self, stamp_s: float, frame_id: str = "") -> tuple[np.ndarray | None, str]:
+    def query(self, stamp_s: float, frame_id: str = "", stamp_ns: int | None = None
+              ) -> tuple[np.ndarray | None, str]:
         base, reason = self.base_pose(stamp_s)
         if base is None:
             return None, reason
@@ -346,14 +352,15 @@ class Tf2PoseSource(PoseSource):
         self.sensor_frame = _frame(sensor_frame)
         self.listener: Any = None  # the TransformListener, when make_tf2_source made one (kept alive here)
 
-    def query(self, stamp_s: float, frame_id: str = "") -> tuple[np.ndarray | None, str]:
+    def query(self, stamp_s: float, frame_id: str = "", stamp_ns: int | None = None
+              ) -> tuple[np.ndarray | None, str]:
         from rclpy.duration import Duration
         from rclpy.time import Time
 
         source = self.sensor_frame or _frame(frame_id)
         if not source:
             return None, "the cloud has no frame_id to look up"
-        stamp = Time(nanoseconds=round(stamp_s * 1e9))
+        stamp = Time(nanoseconds=int(stamp_ns) if stamp_ns is not None else round(stamp_s * 1e9))
         try:
             tf = self.buffer.lookup_transform(self.fixed_frame, source, stamp,
                                               timeout=Duration(nanoseconds=round(self.timeout_s * 1e9)))

@@ -489,7 +489,7 @@ def stamp_seconds(header: Any) -> float:
 class SweepInput:
     """Per-frame glue the node calls: look the cloud's pose up, push, return the model input.
 
-    ``pose_source`` is any object with ``query(stamp_s, frame_id) -> (pose | None, reason)``
+    ``pose_source`` is any object with ``query(stamp_s, frame_id, stamp_ns) -> (pose | None, reason)``
     (:mod:`fastpillars_ros.pose_sources`). A change of the cloud's ``frame_id`` resets the history.
     """
 
@@ -514,7 +514,8 @@ class SweepInput:
             self.buffer.reset(f"cloud frame changed from {self._frame_id!r} to {frame_id!r}", "input_changed")
         self._frame_id = frame_id
         stamp_s = stamp_seconds(header)
-        pose, reason = self.pose_source.query(stamp_s, frame_id)
+        stamp_ns = int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+        pose, reason = self.pose_source.query(stamp_s, frame_id, stamp_ns)
         return stamp_s, pose, reason
 
     def status(self) -> dict[str, Any]:

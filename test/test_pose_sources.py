@@ -245,6 +245,8 @@ def test_tf2_source_looks_up_fixed_frame_from_cloud_frame_at_the_stamp():
     assert (target, source) == ("odom", "lidar_top")
     assert isinstance(stamp, Time) and abs(stamp.nanoseconds - 1_700_000_000_123_456_789) < 512
     assert isinstance(timeout, Duration) and timeout.nanoseconds == 50_000_000
+    src.query(1_700_000_000.123456789, "lidar_top", stamp_ns=1_700_000_000_123_456_789)
+    assert buf.calls[1][2].nanoseconds == 1_700_000_000_123_456_789  # the header's exact stamp
 
 
 def test_tf2_source_turns_lookup_errors_into_reasons():
