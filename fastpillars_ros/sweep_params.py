@@ -137,6 +137,23 @@ class SweepParams:
         return enabled, max(num, 1)
 
 
+def startup_notes(params: SweepParams, model_num_sweeps: int, model: str = "the model") -> list[str]:
+    """Warnings worth logging once at start-up (the configuration works, but differs from training)."""
+    enabled, num = params.enabled, params.num_sweeps or int(model_num_sweeps)
+    notes = []
+    if enabled == "false" and model_num_sweeps > 1:
+        notes.append(f"sweeps.enabled is false but {model} was trained on {model_num_sweeps} sweeps: single-sweep "
+                     f"input (dt 0) is about {model_num_sweeps}x sparser than its training data; expect lower "
+                     f"recall")
+    elif enabled != "false" and model_num_sweeps > 1 and num != model_num_sweeps:
+        notes.append(f"sweeps.num_sweeps = {num} differs from the {model_num_sweeps} sweeps {model} was trained "
+                     f"on (fine when it matches the trained time span for a lidar of another rate)")
+    if enabled != "false" and params.ego_box is None and model_num_sweeps > 1:
+        notes.append("sweeps.ego_box is off: own-vehicle returns of past sweeps stay in the input (training "
+                     "removed them)")
+    return notes
+
+
 def _bad(name: str, value: Any, allowed: str) -> ValueError:
     return ValueError(f"parameter '{name}' = {value!r} is invalid: allowed is {allowed}; fix: set {name} in the "
                       f"parameter file (config/fastpillars.yaml) or on the command line (--ros-args -p "

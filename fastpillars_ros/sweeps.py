@@ -370,7 +370,7 @@ class SweepBuffer:
         sweeps are kept column-major ``(C, n)`` (contiguous x, y, z rows make the transform cheap)."""
         n = int(pts.shape[0])
         if backend == "numpy":
-            cols = np.ascontiguousarray(pts.T)
+            cols = pts.T.copy()  # always a copy (a Fortran-ordered input's .T would alias the caller's data)
             if self.ego_box is None:
                 return cols, 0
             x0, x1, y0, y1 = self.ego_box

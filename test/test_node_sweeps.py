@@ -172,3 +172,10 @@ def test_yaml_block_lists_every_parameter_with_its_default():
     assert flat == {s.name: s.default for s in sweep_params.SPECS}
     for name, value in flat.items():
         assert sweep_params.coerce(name, value) == value
+
+
+def test_startup_notes_flag_configurations_unlike_training():
+    assert sweep_params.startup_notes(SweepParams(), 10) == []
+    assert "sparser" in sweep_params.startup_notes(SweepParams(enabled="false"), 10)[0]
+    assert "differs" in sweep_params.startup_notes(SweepParams(num_sweeps=5), 10)[0]
+    assert sweep_params.startup_notes(SweepParams(enabled="false"), 1) == []
