@@ -146,6 +146,36 @@ def timing(name: str, repeat: int) -> None:
           f" MAPE + dense unfused {t_u[1]:.1f} / fused {t_f[1]:.1f} ms   ({_load()})")
 
 
+@torch.no_grad()
+def cpu_time_one_thread(name: str, repeat: int) -> None:
+    """Contention-robust companion of :func:`timing`: CPU time of the calling thread with torch limited
+    to 1 thread (``time.thread_time`` does not count time spent waiting for a core). With 2 idle cores
+    the 2-thread wall time is roughly 0.5-0.6x of this."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows = []
+        for level in ("train", "full"):
+            model = randomize_(build_model(name), seed=0).eval()
+            if level != "train":
+                model.fuse(level)
+            feats, ids, coords = _pillarize(_scan(model.config), model.config)
+
+            def run(m=model, f=feats, i=ids, c=coords):
+                return m.forward_dense(m.encode(f, i, c))
+
+            run()
+            samples = []
+            for _ in range(repeat):
+                t0 = time.thread_time()
+                run()
+                samples.append((time.thread_time() - t0) * 1e3)
+            rows.append(statistics.median(samples))
+        print_ratio(f"  1-thread CPU time, MAPE + dense fused ({name})", "unfused", rows[0], rows[1])
+    finally:
+        torch.set_num_threads(threads)
+
+
 def onnx_timing(name: str, repeat: int) -> None:
     import onnxruntime as ort
 
@@ -174,6 +204,10 @@ def main() -> None:
     timing("tiny", repeat=20)
     if "--quick" not in sys.argv:
         timing("kitti", repeat=3)
+    print_header("FastPillars model: 1-thread CPU time (robust to other processes on the machine)")
+    cpu_time_one_thread("tiny", repeat=10)
+    if "--quick" not in sys.argv:
+        cpu_time_one_thread("kitti", repeat=2)
     print_header("FastPillars model: onnxruntime vs torch, fused dense part")
     onnx_timing("tiny", repeat=20)
 
