@@ -398,12 +398,13 @@ class SweepBuffer:
         total = sum(kept)
         info.capped = sum(counts) - total
         self.capped_total += info.capped
-        used = [k for k in kept if k > 0]
-        info.num_sweeps = max(len(used), 1)
+        used = [(s, dt, k) for (s, _, dt), k in zip(past, kept[1:], strict=True) if k > 0]
+        # The current sweep always counts (even when empty); past sweeps only when they contribute rows.
+        info.points_per_sweep = [kept[0]] + [k for _, _, k in used]
+        info.dt_per_sweep = [0.0] + [float(dt) for _, dt, _ in used]
+        info.num_sweeps = len(info.points_per_sweep)
         info.num_points = total
-        info.points_per_sweep = used or [0]
-        info.dt_per_sweep = [0.0] + [float(dt) for (_, _, dt), k in zip(past, kept[1:], strict=True) if k > 0]
-        info.ego_removed = sum(s.ego_removed for (s, _, _), k in zip(past, kept[1:], strict=True) if k > 0)
+        info.ego_removed = sum(s.ego_removed for s, _, _ in used)
         if backend == "numpy":
             return _assemble_numpy(cur, past, counts, kept, width, dtc)
         return _assemble_torch(cur, past, counts, kept, width, dtc, dev)

@@ -319,3 +319,11 @@ def test_add_keeps_a_sweep_without_building_an_output(world):
     np.testing.assert_array_equal(a, b)
     assert mixed.add(observe(world, sensor_pose(1.0)), T0 + 1.0, None) is False and mixed.skipped == 1
     assert mixed.resets == 0
+
+
+def test_empty_current_cloud_still_gets_the_past_sweeps(world):
+    buf = SweepBuffer(3, ego_box=None)
+    drive(buf, 2, world)
+    out = buf.push(np.zeros((0, 4), np.float32), T0 + 0.1, sensor_pose(0.1))
+    assert out.shape == (2 * len(world), 5) and buf.last_info.points_per_sweep == [0, len(world), len(world)]
+    assert buf.last_info.dt_per_sweep == pytest.approx([0.0, 0.05, 0.1], abs=1e-6)
