@@ -33,6 +33,11 @@ between two consecutive sweeps (a relocalisation), the input changes type/device
 :meth:`SweepBuffer.reset` is called. The frame that triggered the reset is then used alone (dt 0) and
 starts the new history.
 
+History. Up to ``num_sweeps - 1`` past sweeps are kept (``max_span_s`` can also leave out sweeps with a
+larger dt). After a start or a reset the output simply has fewer sweeps until the history refills
+(nuScenes' info builder instead repeats the oldest available sweep; repeating points adds nothing).
+:meth:`SweepBuffer.add` keeps a frame the detector will not run on, so past sweeps stay evenly spaced.
+
 A frame without a pose follows ``on_missing_pose``: ``"skip"`` returns ``None`` (the reason is in
 :attr:`SweepBuffer.last_info`; the history is kept, a long outage then resets on the time gap) or
 ``"single"`` resets the history and returns the cloud alone with dt 0 (it is not kept, having no pose).
