@@ -134,7 +134,7 @@ class NodeStats:
         return {k: (percentile(v, 50), percentile(v, 95), len(v)) for k, v in items}
 
     def statuses(self, node_name: str, static: Mapping[str, Any], *, pillar_cap: int | None = None,
-                 error_recent_s: float = 10.0) -> list[Status]:
+                 error_recent_s: float = 10.0, extra_input: Mapping[str, Any] | None = None) -> list[Status]:
         """The two statuses of one diagnostics message; levels reflect what happened since the last call."""
         with self._lock:
             counts, rejected, notes = Counter(self.counts), Counter(self.rejected), Counter(self.notes)
@@ -201,6 +201,7 @@ class NodeStats:
             ("field_mapping", mapping),
             ("intensity", intensity),
             *[(f"points.{k}", v) for k, v in points.items()],
+            *(extra_input or {}).items(),
         ]
         input_status = Status(level, f"{node_name}: input", message, [(k, str(v)) for k, v in values])
 

@@ -13,6 +13,9 @@ Topics (all remappable):
 * ``detection_markers`` (out, ``visualization_msgs/MarkerArray``): boxes, headings, labels; a DELETEALL
   first, so rejected frames clear the display (``publish_markers`` switches them off).
 * ``/diagnostics`` (out, ``diagnostic_msgs/DiagnosticArray``) every ``diagnostics_period`` s.
+* with multi-sweep input (``sweeps.*``, on by default for models trained on several sweeps): sensor poses
+  from tf2 or from ``nav_msgs/Odometry`` on ``sweeps.odometry_topic``; a cloud without a pose is answered
+  like a rejected one.
 
 Parameters: :mod:`fastpillars_ros.node_params` (schema, defaults, validation). Per-frame input work:
 :mod:`fastpillars_ros.frame_input`; counters: :mod:`fastpillars_ros.diagnostics`.
@@ -47,7 +50,6 @@ from fastpillars_ros.messages import detections_to_markers, detections_to_msg
 from fastpillars_ros.node_params import (
     CLASS_THRESHOLD_PREFIX,
     NODE_NAME,
-    SPECS,
     NodeParams,
     ParamError,
     ParamSpec,
@@ -120,9 +122,11 @@ class DetectorNode(Node):
             cfg = load_model_config(params.model)
         except ConfigError as exc:
             raise StartupError(f"parameter 'model' = {params.model!r} is invalid: {exc}", 2) from None
+        sweep_settings = params.sweep_params()
         try:
             node_params.check_class_thresholds(params, cfg.class_names, params.model)
             node_params.check_point_features(params, cfg.point_features, params.model)
+            sweep_settings.resolve(cfg.num_sweeps, cfg.point_features, f"model {cfg.name!r}")
         except ParamError as exc:
             raise StartupError(str(exc), 2) from None
 
@@ -135,7 +139,7 @@ class DetectorNode(Node):
         self.default_score_threshold = float(cfg.decode.score_threshold)
 
         # Declare everything with descriptors (values already validated; overrides applied by us).
-        for spec in SPECS:
+        for spec in node_params.all_specs():
             self.declare_parameter(spec.name, params.get(spec.name), descriptor(spec), ignore_override=True)
         for name in self.class_names:
             spec = _class_spec(name)
@@ -152,6 +156,8 @@ class DetectorNode(Node):
         self._pending: tuple[PointCloud2, float] | None = None
         self._stopping = False
 
+        self.sweeps = self._make_sweeps(sweep_settings, cfg)
+
         self.det_pub = self.create_publisher(Detection3DArray, "detections", 10)
         self.marker_pub = self.create_publisher(MarkerArray, "detection_markers", 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -167,11 +173,39 @@ class DetectorNode(Node):
             f"{f}<-{'|'.join(params.field_candidates(f)) or 'fill'}"
             + (f" (fill {params.fill[f]:g})" if f in params.fill and params.missing_field == "fill" else "")
             for f in det.point_features)
+        if self.sweeps is None:
+            sweeps_text = "sweeps off"
+        else:
+            describe = getattr(self.sweeps.pose_source, "describe", None)
+            sweeps_text = (f"{self.sweeps.buffer.num_sweeps} sweeps (poses: "
+                           f"{describe() if describe else type(self.sweeps.pose_source).__name__})")
         log.info(
             f"ready: model {cfg.name} ({ckpt or 'RANDOM WEIGHTS'}), backend {det.backend}, device {det.device}, "
             f"precision {det.precision}, classes {self.class_names}, input {self.sub.topic_name} "
             f"fields [{fields}], intensity_scale {params.intensity_scale} (model 0..{det.intensity_scale:g}), "
-            f"warm-up {warm_text}, start-up {time.perf_counter() - t_start:.1f} s")
+            f"{sweeps_text}, warm-up {warm_text}, start-up {time.perf_counter() - t_start:.1f} s")
+
+    def _make_sweeps(self, settings: Any, cfg: Any) -> Any:
+        """Multi-sweep accumulation (None when off); subscribes odometry for the odometry pose source."""
+        from fastpillars_ros.sweep_params import build_sweep_input
+
+        try:
+            sweeps = build_sweep_input(settings, model_num_sweeps=cfg.num_sweeps,
+                                       point_features=self.detector.point_features, device=self.detector.device,
+                                       node=self, model=f"model {cfg.name!r}")
+        except ValueError as exc:  # ParamError, PoseSourceError
+            raise StartupError(f"cannot set up sweeps: {exc}", 2) from None
+        if sweeps is None:
+            return None
+        from fastpillars_ros.pose_sources import OdometryPoseSource, make_odometry_callback, odometry_qos
+
+        if isinstance(sweeps.pose_source, OdometryPoseSource):
+            from nav_msgs.msg import Odometry
+
+            callback = make_odometry_callback(
+                sweeps.pose_source, on_reject=lambda reason: self._warn("odometry", f"odometry not used: {reason}"))
+            self.odom_sub = self.create_subscription(Odometry, settings.odometry_topic, callback, odometry_qos())
+        return sweeps
 
     # --- parameters at runtime ------------------------------------------------------------------------
     def _validate_change(self, changes: Sequence[rclpy.parameter.Parameter]) -> SetParametersResult:
@@ -282,8 +316,20 @@ class DetectorNode(Node):
             self.get_logger().info(f"input layout of {self.sub.topic_name} ({msg.header.frame_id!r}, "
                                    f"{msg.point_step}-byte points): {frame.mapping}{scale}")
 
+        points = frame.points
+        if self.sweeps is not None:
+            accumulated = self.sweeps.process(points, msg.header)
+            if accumulated is None:
+                reason = self.sweeps.buffer.last_info.skipped or "no pose for the cloud"
+                self.stats.reject("no_pose", reason)
+                self._warn("reject:no_pose", f"skipped a frame (sweeps): {reason}")
+                self._publish_empty(header, p)
+                self.stats.count("processed")
+                return
+            points = accumulated
+
         try:
-            result = self.detector.detect(frame.points)
+            result = self.detector.detect(points)
         except Exception as exc:  # reported, the next frame is processed normally
             self.stats.error(f"{type(exc).__name__}: {exc}")
             self._warn("detect", f"inference failed: {type(exc).__name__}: {exc}", error=True)
@@ -307,6 +353,7 @@ class DetectorNode(Node):
         self.stats.frame(
             frame_id=msg.header.frame_id, mapping=frame.mapping,
             points={"input": frame.num_input, "valid": frame.num_valid, "used": int(frame.points.shape[0]),
+                    "accumulated": int(points.shape[0]),
                     "in_range": int(st.get("num_points_in_range", -1)), "detections": len(result.scores)},
             intensity=frame.intensity.summary() if frame.intensity else "",
             intensity_warning=(frame.intensity.warning or "") if frame.intensity else "",
@@ -341,7 +388,10 @@ class DetectorNode(Node):
         now = self.get_clock().now().to_msg()
         out = DiagnosticArray()
         out.header.stamp = now
-        for s in self.stats.statuses(self.get_name(), static, pillar_cap=cap):
+        extra = {}
+        if self.sweeps is not None:
+            extra = {f"sweeps.{k}": v for k, v in self.sweeps.status().items()}
+        for s in self.stats.statuses(self.get_name(), static, pillar_cap=cap, extra_input=extra):
             out.status.append(DiagnosticStatus(
                 level=bytes([s.level]), name=s.name, message=s.message, hardware_id=f"{det.device}",
                 values=[KeyValue(key=k, value=v) for k, v in s.values]))

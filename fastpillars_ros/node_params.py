@@ -8,7 +8,9 @@ user gave (params file, ``-p name:=value``) into a validated :class:`NodeParams`
 :class:`ParamError` naming *every* bad value, what is allowed and how to fix it.
 
 Per-class score thresholds (``score_thresholds.<class>``) depend on the model's classes, so they are not
-in the table; :func:`check_class_thresholds` validates them once the model config is known.
+in the table; :func:`check_class_thresholds` validates them once the model config is known. Multi-sweep
+parameters (``sweeps.*``) have their own table in :mod:`fastpillars_ros.sweep_params`; they are part of
+:class:`NodeParams` (``NodeParams.sweeps``), :func:`parse`, :func:`all_specs` and the default file.
 
 ``python -m fastpillars_ros.node_params`` prints the default parameter file.
 """
@@ -178,6 +180,26 @@ SPECS: tuple[ParamSpec, ...] = (
 )
 
 SPEC_BY_NAME: dict[str, ParamSpec] = {s.name: s for s in SPECS}
+#: Prefix of the multi-sweep parameters (schema in fastpillars_ros.sweep_params).
+SWEEPS_PREFIX = "sweeps."
+
+
+def sweep_specs() -> tuple[ParamSpec, ...]:
+    """The ``sweeps.*`` table (imported lazily: sweep_params itself imports this module)."""
+    from fastpillars_ros import sweep_params
+
+    return sweep_params.SPECS
+
+
+def all_specs() -> tuple[ParamSpec, ...]:
+    """Every fixed parameter of the node: :data:`SPECS` then the ``sweeps.*`` ones."""
+    return SPECS + sweep_specs()
+
+
+def _sweep_defaults() -> dict[str, Any]:
+    from fastpillars_ros import sweep_params
+
+    return sweep_params.defaults()
 
 
 def _field_default(feature: str) -> str:
@@ -217,6 +239,8 @@ class NodeParams:
     skip_when_unsubscribed: bool = True
     diagnostics_period: float = 1.0
     warning_period: float = 5.0
+    #: ``sweeps.*`` values keyed by the part after ``sweeps.`` (see fastpillars_ros.sweep_params).
+    sweeps: dict[str, Any] = field(default_factory=_sweep_defaults)
 
     # --- flat ROS names <-> attributes ---------------------------------------------------------------
     def to_parameters(self) -> dict[str, Any]:
@@ -224,9 +248,17 @@ class NodeParams:
         out: dict[str, Any] = {}
         for spec in SPECS:
             out[spec.name] = self.get(spec.name)
+        for key, value in self.sweeps.items():
+            out[SWEEPS_PREFIX + key] = value
         for cls, value in self.score_thresholds.items():
             out[CLASS_THRESHOLD_PREFIX + cls] = value
         return out
+
+    def sweep_params(self) -> Any:
+        """The ``sweeps.*`` values as a :class:`fastpillars_ros.sweep_params.SweepParams`."""
+        from fastpillars_ros.sweep_params import SweepParams
+
+        return SweepParams.from_values(self.sweeps)
 
     def get(self, name: str) -> Any:
         """Value of the parameter with ROS name ``name``."""
@@ -297,6 +329,12 @@ def coerce(name: str, value: Any) -> Any:
     Integers are accepted for doubles (YAML writes ``1`` for ``1.0``). Raises ``ValueError`` with a message
     naming the parameter, the value, what is allowed and how to fix it; unknown names raise too.
     """
+    if name.startswith(SWEEPS_PREFIX):
+        from fastpillars_ros import sweep_params
+
+        if name not in sweep_params.SPEC_BY_NAME:
+            raise ValueError(unknown_message(name))
+        return sweep_params.coerce(name, value)
     if name.startswith(CLASS_THRESHOLD_PREFIX):
         spec = ParamSpec(name, -1.0, "double", "", range=(-1.0, 1.0),
                          note="negative = use score_threshold for this class")
@@ -364,7 +402,7 @@ def _coerce_scale(name: str, value: Any, spec: ParamSpec) -> str | float:
 
 def unknown_message(name: str) -> str:
     """Sentence for a parameter name the node does not have (with a suggestion when one is close)."""
-    close = difflib.get_close_matches(name, list(SPEC_BY_NAME), n=1, cutoff=0.75)
+    close = difflib.get_close_matches(name, [s.name for s in all_specs()], n=1, cutoff=0.75)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     return f"parameter '{name}' is not a parameter of {NODE_NAME}{hint}; it is ignored"
 
@@ -378,8 +416,10 @@ def parse(values: Mapping[str, Any]) -> tuple[NodeParams, list[str]]:
     params = NodeParams()
     errors: list[str] = []
     warnings: list[str] = []
+    sweep_names = {s.name for s in sweep_specs()}
     for name, value in values.items():
-        if name not in SPEC_BY_NAME and not name.startswith(CLASS_THRESHOLD_PREFIX):
+        known = name in SPEC_BY_NAME or name in sweep_names or name.startswith(CLASS_THRESHOLD_PREFIX)
+        if not known:
             if not name.startswith(FOREIGN_OK_PREFIXES):
                 warnings.append(unknown_message(name))
             continue
@@ -465,6 +505,9 @@ def default_yaml() -> str:
                 "    #   car: 0.3",
                 "    #   pedestrian: 0.2",
             ]
+    from fastpillars_ros import sweep_params
+
+    lines += sweep_params.yaml_lines(indent=4)
     return "\n".join(lines) + "\n"
 
 

@@ -545,6 +545,7 @@ def test_inference_is_skipped_while_nobody_listens(probe, kitti):
      ["'score_threshold' = 1.5", "[-1, 1]", "'backend' = 'onnx'", "'auto', 'torch', 'tensorrt'"]),
     (["-p", "score_thresholds.truck:=0.3"], 2, ["score_thresholds.truck", "['car', 'pedestrian', 'cyclist']"]),
     (["-p", "model:=no_such_model"], 2, ["'model' = 'no_such_model'", "unknown model config"]),
+    (["-p", "sweeps.enabled:=true"], 2, ["'sweeps.enabled'", "no 'dt' point feature"]),
     (["-p", "checkpoint:=/nonexistent/weights.pt"], 1, ["cannot start the detector", "/nonexistent/weights.pt"]),
 ])
 def test_invalid_parameters_end_the_node_with_a_specific_message(args, rc, expected):
@@ -556,3 +557,83 @@ def test_invalid_parameters_end_the_node_with_a_specific_message(args, rc, expec
     assert proc.returncode == rc, err[-3000:]
     for text in expected:
         assert text in err, (text, err[-3000:])
+
+
+# --- multi-sweep input (own node: a tiny variant trained-shape with a dt feature and 3 sweeps) ------------
+
+def test_sweeps_accumulate_with_odometry_poses(probe, kitti, tmp_path):
+    import yaml
+    from nav_msgs.msg import Odometry
+    from vision_msgs.msg import Detection3DArray
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "models" / "tiny.yaml").read_text())
+    cfg.update(name="tiny_sweeps", point_features=["x", "y", "z", "intensity", "dt"], num_sweeps=3)
+    model = tmp_path / "tiny_sweeps.yaml"
+    model.write_text(yaml.safe_dump(cfg))
+    name = "fastpillars_sweeps"
+    proc = spawn_python(["-m", "fastpillars_ros.node", "--ros-args", "-r", f"__node:={name}",
+                         "-r", "points:=/sw/points", "-r", "detections:=/sw/detections",
+                         "-r", "detection_markers:=/sw/markers", "-p", f"model:={model}", "-p", "cpu_threads:=1",
+                         "-p", "sweeps.pose_source:=odometry", "-p", "sweeps.odometry_topic:=/sw/odom",
+                         "-p", "sweeps.max_time_gap_s:=30.0", "-p", "max_input_age_ms:=0.0"])
+    node = probe.node
+    answers: dict[tuple[int, int], Detection3DArray] = {}
+    det_sub = node.create_subscription(Detection3DArray, "/sw/detections",
+                                       lambda m: answers.setdefault(_stamp_key(m.header), m), 10)
+    odom_pub = node.create_publisher(Odometry, "/sw/odom", 50)
+    cloud_pub = node.create_publisher(type(layout_cloud(kitti[:10], "velodyne")), "/sw/points", 1)
+    stop_odom = threading.Event()
+
+    def odometry():
+        while not stop_odom.is_set():
+            msg = Odometry()
+            msg.header.frame_id, msg.child_frame_id = "odom", "base_link"
+            msg.header.stamp = probe.now_stamp()
+            msg.pose.pose.orientation.w = 1.0
+            odom_pub.publish(msg)
+            time.sleep(0.05)
+
+    odom_thread = threading.Thread(target=odometry, daemon=True)
+    odom_thread.start()
+    try:
+        deadline = time.time() + START_TIMEOUT
+        while node.count_publishers("/sw/detections") == 0:
+            assert proc.poll() is None and time.time() < deadline, "sweeps node did not start"
+            time.sleep(0.1)
+        time.sleep(1.0)
+        msg = layout_cloud(kitti, "velodyne")
+        for _ in range(4):
+            t = time.time() - 0.1  # inside the odometry history
+            msg.header.stamp.sec, msg.header.stamp.nanosec = int(t), int((t % 1) * 1e9)
+            key = _stamp_key(msg.header)
+            end = time.time() + ANSWER_TIMEOUT
+            next_send = 0.0
+            while key not in answers and time.time() < end:
+                if time.time() >= next_send:  # a resend (same stamp) only if best effort lost it
+                    cloud_pub.publish(msg)
+                    next_send = time.time() + 8.0
+                time.sleep(0.02)
+            assert key in answers, "no answer from the sweeps node"
+        # Its diagnostics: three sweeps accumulated, dt column filled.
+        end = time.time() + 10
+        values = {}
+        while time.time() < end:
+            with probe.lock:
+                msgs = list(probe.diagnostics)
+            statuses = [s for m in msgs for s in m.status if s.name == f"{name}: input"]
+            if statuses:
+                values = {kv.key: kv.value for kv in statuses[-1].values}
+                if int(values.get("sweeps.frames", 0)) >= 4:
+                    break
+            time.sleep(0.2)
+        assert int(values["sweeps.last_output_sweeps"]) == 3, values
+        assert int(values["points.accumulated"]) > int(values["points.used"])
+    finally:
+        stop_odom.set()
+        odom_thread.join()
+        for entity in (det_sub,):
+            node.destroy_subscription(entity)
+        node.destroy_publisher(odom_pub)
+        node.destroy_publisher(cloud_pub)
+        _out, err = stop(proc)
+    assert "Traceback" not in err, err[-3000:]

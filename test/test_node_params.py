@@ -24,7 +24,7 @@ def test_dataclass_defaults_equal_the_schema_defaults():
         coerce(spec.name, spec.default)  # every default is itself valid
     params.validate()
     # Every dataclass attribute is covered by the schema (dict groups through their dotted names).
-    covered = {spec.name.partition(".")[0] for spec in SPECS} | {"score_thresholds"}
+    covered = {spec.name.partition(".")[0] for spec in node_params.all_specs()} | {"score_thresholds"}
     assert {f.name for f in dc_fields(NodeParams)} == covered
 
 
@@ -32,7 +32,8 @@ def test_params_file_lists_every_parameter_with_its_default():
     data = yaml.safe_load((ROOT / "config" / "fastpillars.yaml").read_text())
     flat = node_params.flatten(data[NODE_NAME]["ros__parameters"])
     assert flat == NodeParams().to_parameters()
-    assert set(flat) == {s.name for s in SPECS}
+    assert set(flat) == {s.name for s in node_params.all_specs()}
+    assert {"sweeps.enabled", "sweeps.ego_box.x_min", "sweeps.sensor_to_base.yaw"} <= set(flat)
 
 
 def test_params_file_is_the_generated_one_with_descriptions():
@@ -109,6 +110,19 @@ def test_values_are_coerced_to_their_types():
     assert params.score_thresholds == {"car": 0.4}
     assert parse({"intensity_scale": 255})[0].intensity_scale == 255.0
     assert parse({"intensity_scale": "AUTO"})[0].intensity_multiplier() is None
+
+
+def test_sweeps_parameters_are_parsed_validated_and_kept():
+    params, warnings = parse({"sweeps.enabled": True, "sweeps.num_sweeps": 5.0, "sweeps.ego_box.x_min": -2})
+    assert warnings == []
+    assert params.sweeps["enabled"] == "true" and params.sweeps["num_sweeps"] == 5
+    assert params.get("sweeps.ego_box.x_min") == -2.0
+    sp = params.sweep_params()
+    assert sp.enabled == "true" and sp.num_sweeps == 5 and sp.ego_box[0] == -2.0
+    with pytest.raises(ParamError) as info:
+        parse({"sweeps.pose_source": "gps", "sweeps.num_sweep": 3})
+    assert len(info.value.errors) == 1 and "sweeps.pose_source" in info.value.errors[0]
+    assert "did you mean 'sweeps.num_sweeps'" in parse({"sweeps.num_sweepss": 3})[1][0]
 
 
 def test_unknown_parameters_warn_with_a_suggestion_and_foreign_ones_are_ignored():
