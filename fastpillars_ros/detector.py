@@ -14,13 +14,15 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .config import ModelConfig, load_model_config
 from .model import build_model, load_checkpoint
-from .ops import decorate, pillarize
+from .model.head import Candidates
+from .ops import Pillars, decorate, pillarize
 from .ops.nms import nms_grouped
 from .runtime.memory import (
     InsufficientMemoryError,
@@ -29,6 +31,9 @@ from .runtime.memory import (
     insufficient_message,
     query_device_memory,
 )
+
+if TYPE_CHECKING:
+    from .runtime.tensorrt_backend import TensorRTDense
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +193,8 @@ class Detector:
             return "torch"
         return "tensorrt"
 
-    def _make_dense(self, backend: str, explicit: bool, engine_cache_dir: str | Path | None):  # type: ignore[no-untyped-def]
+    def _make_dense(self, backend: str, explicit: bool, engine_cache_dir: str | Path | None
+                    ) -> tuple[torch.nn.Module | TensorRTDense, str]:
         """The object whose ``forward_dense`` runs the dense part; falls back to torch when a TensorRT
         engine cannot be built and the backend was "auto"."""
         if backend == "tensorrt":
@@ -329,7 +335,7 @@ class Detector:
                              f"{self.point_features}, got {tuple(pts.shape)}")
         return pts
 
-    def _cap_pillars(self, pillars):  # type: ignore[no-untyped-def]
+    def _cap_pillars(self, pillars: Pillars) -> tuple[Pillars, int]:
         m = int(pillars.coords.shape[0])
         if self.max_pillars is None or m <= self.max_pillars:
             return pillars, 0
@@ -342,10 +348,10 @@ class Detector:
         on = point_new >= 0
         log.warning("frame has %d pillars, more than max_pillars=%d: dropped %d", m, self.max_pillars,
                     m - self.max_pillars)
-        capped = type(pillars)(pillars.coords[kept], point_new[on], pillars.point_index[on], pillars.grid_shape)
+        capped = Pillars(pillars.coords[kept], point_new[on], pillars.point_index[on], pillars.grid_shape)
         return capped, m - self.max_pillars
 
-    def _nms(self, cand):  # type: ignore[no-untyped-def]
+    def _nms(self, cand: Candidates) -> Candidates:
         if self.nms_kind is None or len(cand) == 0:
             return cand
         # Circle NMS radius: the config's IoU threshold field holds the distance (m) for kind "circle".
