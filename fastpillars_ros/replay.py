@@ -33,6 +33,7 @@ import argparse
 import collections
 import json
 import math
+import signal
 import sys
 import threading
 import time
@@ -399,6 +400,8 @@ class ReplayOptions:
     best_effort: bool = False
     quiet: bool = False
     max_frames: int | None = None
+    #: Set it (e.g. from a signal handler) to end the replay early; the stats and the record stay valid.
+    stop: threading.Event = field(default_factory=threading.Event)
 
 
 def _log(opts: ReplayOptions, text: str) -> None:
@@ -430,8 +433,12 @@ def replay(opts: ReplayOptions) -> ReplayStats:
             record_topics.append((_absolute(opts.markers_topic), MARKERARRAY))
         recorder = Recorder(opts.record, record_topics)
     pacer = Pacer(None if opts.max_rate else opts.rate)
+    from rclpy.signals import SignalHandlerOptions
+
     context = rclpy.Context()
-    rclpy.init(context=context)
+    # Signals are the caller's business (run() sets opts.stop): a context shut down by rclpy's own handler
+    # would make the next publish raise.
+    rclpy.init(context=context, signal_handler_options=SignalHandlerOptions.NO)
     node = executor = thread = None
     t0: float | None = None
     try:
@@ -473,7 +480,7 @@ def replay(opts: ReplayOptions) -> ReplayStats:
         # Both directions must be matched before the first cloud, or the first answers are lost or late.
         deadline = time.monotonic() + opts.wait_s
         while ((pub.get_subscription_count() == 0 or any(s.get_publisher_count() == 0 for s in waited_subs))
-               and time.monotonic() < deadline):
+               and time.monotonic() < deadline and not opts.stop.is_set()):
             time.sleep(0.05)
         if answer_sub.get_publisher_count() == 0:
             _log(opts, f"nobody publishes {node.resolve_topic_name(opts.detections_topic)} yet")
@@ -552,7 +559,7 @@ def _play(opts: ReplayOptions, first: BagFrame, frames: Iterator[BagFrame], pub:
 
     def wait_until(due: float, frame: BagFrame) -> None:
         # Sleep until the frame is due; meanwhile /clock runs up to the frame's bag time at the scaled pace.
-        while True:
+        while not opts.stop.is_set():
             now = time.monotonic()
             tracker.expire(now)
             if now >= due:
@@ -564,15 +571,19 @@ def _play(opts: ReplayOptions, first: BagFrame, frames: Iterator[BagFrame], pub:
 
     frame: BagFrame | None = first
     prev_seq: int | None = None
-    while frame is not None:
+    while frame is not None and not opts.stop.is_set():
         if opts.max_frames is not None and stats.sent >= opts.max_frames:
             break
         due = t0 + pacer.due_s(frame.loop, frame.bag_time_ns)
         if opts.max_rate:
-            if prev_seq is not None:
-                tracker.wait_settled(prev_seq, opts.timeout_s + 1.0)
+            wait_end = time.monotonic() + opts.timeout_s + 1.0
+            while (prev_seq is not None and not opts.stop.is_set() and time.monotonic() < wait_end
+                   and not tracker.wait_settled(prev_seq, 0.1)):
+                pass
         else:
             wait_until(due, frame)
+        if opts.stop.is_set():
+            break
         if clock_pub is not None:
             publish_clock(frame.bag_time_ns)
         prev_seq = tracker.sent(frame.stamp_ns, time.monotonic())
@@ -581,7 +592,7 @@ def _play(opts: ReplayOptions, first: BagFrame, frames: Iterator[BagFrame], pub:
         frame = next(frames, None)
     # Wait for the answers still in flight (each has timeout_s from its send).
     deadline = time.monotonic() + opts.timeout_s + 0.1
-    while tracker.outstanding() and time.monotonic() < deadline:
+    while tracker.outstanding() and time.monotonic() < deadline and not opts.stop.is_set():
         tracker.expire(time.monotonic())
         time.sleep(0.01)
     return stats
@@ -638,11 +649,25 @@ def run(args: argparse.Namespace) -> int:
     if args.record is not None and args.record.exists():
         print(f"replay: {args.record} exists already", file=sys.stderr)
         return 2
+    opts = options_from_args(args)
+    previous = {}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if opts.stop.is_set():  # a second Ctrl-C: give up at once
+            raise KeyboardInterrupt
+        _log(opts, f"{signal.Signals(signum).name}: stopping (answers in flight are counted as dropped)")
+        opts.stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, on_signal)
     try:
-        stats = replay(options_from_args(args))
+        stats = replay(opts)
     except (FileNotFoundError, ValueError) as exc:
         print(f"replay: {exc}", file=sys.stderr)
         return 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     print(stats.format(), flush=True)
     if args.stats_json is not None:
         args.stats_json.write_text(json.dumps(stats.to_dict(), indent=2) + "\n")

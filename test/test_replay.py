@@ -228,3 +228,26 @@ def test_replay_counts_unanswered_frames_as_dropped(bag):
                             max_frames=3))
     assert (stats.sent, stats.answered, stats.dropped) == (3, 0, 3)
     assert "no answers" in stats.format()
+
+
+@pytest.mark.ros
+@pytest.mark.parametrize("signum", [2, 15], ids=["SIGINT", "SIGTERM"])
+def test_replay_command_loops_until_signal_and_keeps_the_record(echo, bag, tmp_path, signum):
+    out = tmp_path / "loop.mcap"
+    proc = spawn_python(["-m", "fastpillars_ros.replay", str(bag), "--loopback", "--loop", "--rate", "4",
+                         "--detections-topic", DETECTIONS, "--timeout-s", "2", "--record", str(out)])
+    try:
+        line = proc.stderr.readline()
+        assert "playing" in line, line + proc.stderr.read() if proc.poll() is not None else line
+        time.sleep(1.5)  # 10 frames per loop at 4x pace: more than one loop
+        proc.send_signal(signum)
+        stdout, stderr = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            stop(proc)
+    assert proc.returncode == 0, stderr
+    sent = int(stdout.split("frames sent ")[1].split(",")[0])
+    answered = int(stdout.split("answered ")[1].split(",")[0])
+    assert sent > 10 and answered >= sent - 2, stdout
+    records = bagtools.read_detections(out, DETECTIONS)
+    assert len(records) == answered
