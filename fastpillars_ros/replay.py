@@ -179,6 +179,8 @@ class ReplayStats:
     bag_s: float = 0.0
     clock_published: int = 0
     recorded: dict[str, int] = field(default_factory=dict)
+    #: With ``--eval``: the evaluation of the answers against the bag's ``/ground_truth`` (an EvalResult).
+    evaluation: Any = None
 
     @property
     def answered_fps(self) -> float:
@@ -203,6 +205,7 @@ class ReplayStats:
                                                                       ("p99", 99), ("max", 100))}
             | {"mean": num(float(np.mean(self.latencies_ms)) if self.latencies_ms else float("nan"))},
             "clock_published": self.clock_published, "recorded": dict(self.recorded),
+            "evaluation": None if self.evaluation is None else self.evaluation.to_dict(curves=False),
         }
 
     def format(self) -> str:
@@ -222,6 +225,9 @@ class ReplayStats:
             lines.append(f"/clock messages published: {self.clock_published}")
         if self.recorded:
             lines.append("recorded: " + ", ".join(f"{t} {n}" for t, n in self.recorded.items()))
+        if self.evaluation is not None:
+            lines.append("answers vs the bag's ground truth (frames without an answer count as misses):")
+            lines.append(self.evaluation.format_table())
         return "\n".join(lines)
 
 
@@ -245,11 +251,13 @@ class AnswerTracker:
         self._last_seq_done = -1
         self._seq = -1
         self._seq_of: dict[int, collections.deque[int]] = {}
+        self.sent_stamps: set[int] = set()
 
     def sent(self, stamp_ns: int, t: float) -> int:
         """Record a send at monotonic time ``t``; returns its sequence number."""
         with self._lock:
             self._seq += 1
+            self.sent_stamps.add(stamp_ns)
             self._pending.setdefault(stamp_ns, collections.deque()).append(t)
             self._seq_of.setdefault(stamp_ns, collections.deque()).append(self._seq)
             self.stats.sent += 1
@@ -372,6 +380,37 @@ def count_detections_cdr(raw: bytes) -> int:
     return int(count)
 
 
+def evaluate_answers(truth: Sequence[Any], answers: dict[int, bytes], class_names: Sequence[str] | None = None,
+                     max_range: float | None = None) -> Any:
+    """AP of the answers (CDR Detection3DArray by header stamp) against ground-truth records
+    (:class:`~fastpillars_ros.bagtools.DetectionRecord`, one per played frame); a frame without an answer
+    has no detections. Class names default to car, pedestrian, cyclist plus any other name seen."""
+    from fastpillars_ros.bagtools import detections_from_message, typestore
+    from fastpillars_ros.datasets.kitti import DEFAULT_CLASSES
+    from fastpillars_ros.evaluation import FrameBoxes, evaluate
+
+    decoded = {stamp: detections_from_message(typestore().deserialize_cdr(raw, DETECTION3DARRAY))
+               for stamp, raw in answers.items()}
+    names = list(class_names) if class_names is not None else list(DEFAULT_CLASSES)
+    if class_names is None:
+        seen = [n for t in truth for n in t.names] + [n for _b, _s, ns in decoded.values() for n in ns]
+        names += sorted({n for n in seen if n and n not in names})
+    index = {n: i for i, n in enumerate(names)}
+
+    def keep(ns: Sequence[str]) -> np.ndarray:
+        return np.array([n in index for n in ns], dtype=bool)
+
+    preds, gts = [], []
+    for t in truth:
+        gk = keep(t.names)
+        gts.append(FrameBoxes(t.boxes[gk], np.array([index[n] for n in t.names if n in index], dtype=np.int64)))
+        boxes, scores, ns = decoded.get(t.stamp_ns, (np.zeros((0, 7)), np.zeros(0), []))
+        dk = keep(ns)
+        preds.append(FrameBoxes(boxes[dk], np.array([index[n] for n in ns if n in index], dtype=np.int64),
+                                scores[dk]))
+    return evaluate(preds, gts, names, max_range=max_range)
+
+
 # ==========================================================================================================
 # rclpy part
 # ==========================================================================================================
@@ -400,6 +439,7 @@ class ReplayOptions:
     best_effort: bool = False
     quiet: bool = False
     max_frames: int | None = None
+    evaluate: bool = False
     #: Set it (e.g. from a signal handler) to end the replay early; the stats and the record stay valid.
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -426,6 +466,14 @@ def replay(opts: ReplayOptions) -> ReplayStats:
     frames = bag_frames(opts.bag, opts.topic, start_s=opts.start_s, duration_s=opts.duration_s, loops=opts.loops)
     first = next(frames)  # validates the bag, topic and window before any ROS set-up
     tracker = AnswerTracker(opts.timeout_s)
+    answers: dict[int, bytes] | None = {} if opts.evaluate else None
+    truth = None
+    if opts.evaluate:
+        from fastpillars_ros.bagtools import GROUND_TRUTH_TOPIC, read_detections, topic_types
+
+        if topic_types(opts.bag).get(GROUND_TRUTH_TOPIC) != DETECTION3DARRAY:
+            raise ValueError(f"--eval needs ground truth on {GROUND_TRUTH_TOPIC} in {opts.bag} (see make-bag)")
+        truth = read_detections(opts.bag, GROUND_TRUTH_TOPIC)
     recorder = None
     if opts.record:
         record_topics = [(_absolute(opts.detections_topic), DETECTION3DARRAY)]
@@ -457,7 +505,8 @@ def replay(opts: ReplayOptions) -> ReplayStats:
                 n = count_detections_cdr(raw)
             except (ValueError, IndexError):
                 return
-            tracker.answered(stamp, t, n)
+            if tracker.answered(stamp, t, n) == "answered" and answers is not None:
+                answers.setdefault(stamp, bytes(raw))
             if recorder is not None:
                 recorder.write(_absolute(opts.detections_topic), DETECTION3DARRAY, t_ns, raw)
 
@@ -511,6 +560,9 @@ def replay(opts: ReplayOptions) -> ReplayStats:
         tracker.finish(now)
         if recorder is not None:
             tracker.stats.recorded = recorder.close()
+    if truth is not None and answers is not None:
+        tracker.stats.evaluation = evaluate_answers([t for t in truth if t.stamp_ns in tracker.sent_stamps],
+                                                    answers)
     return tracker.stats
 
 
@@ -628,6 +680,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wait-s", type=float, default=30.0, help="wait this long for a subscriber (default 30)")
     parser.add_argument("--best-effort", action="store_true", help="subscribe the answers best effort")
     parser.add_argument("--loopback", action="store_true", help="keep DDS on this machine (tests, demo)")
+    parser.add_argument("--eval", action="store_true",
+                        help="AP of the answers against the bag's /ground_truth (frames without answer = misses)")
     parser.add_argument("--stats-json", type=Path, default=None, help="also write the statistics as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
 
@@ -639,7 +693,7 @@ def options_from_args(args: argparse.Namespace) -> ReplayOptions:
         clock_hz=args.clock_hz, record=args.record, record_markers=args.record_markers,
         detections_topic=args.detections_topic, markers_topic=args.markers_topic, timeout_s=args.timeout_s,
         wait_s=args.wait_s, loopback=args.loopback, best_effort=args.best_effort, quiet=args.quiet,
-        max_frames=args.max_frames)
+        max_frames=args.max_frames, evaluate=args.eval)
 
 
 def run(args: argparse.Namespace) -> int:

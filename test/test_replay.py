@@ -17,6 +17,7 @@ from fastpillars_ros.replay import (
     ReplayOptions,
     bag_frames,
     count_detections_cdr,
+    evaluate_answers,
     replay,
     schedule,
 )
@@ -153,6 +154,22 @@ def test_count_detections_reads_the_sequence_length():
         assert count_detections_cdr(bagtools.typestore().serialize_cdr(msg, bagtools.DETECTION3DARRAY)) == 3
 
 
+def test_evaluate_answers_against_ground_truth_counts_missing_answers_as_misses():
+    boxes = np.array([[10.0, 0.0, -1.0, 4.0, 1.8, 1.5, 0.0], [20.0, 3.0, -1.0, 0.8, 0.7, 1.7, 1.0]])
+    truth = [bagtools.DetectionRecord(t, t, "v", boxes, np.ones(2), ["car", "pedestrian"]) for t in (1, 2)]
+    store = bagtools.typestore()
+
+    def answer(stamp):
+        msg = bagtools.detections_message(boxes, [0.9, 0.8], ["car", "pedestrian"], stamp, "v")
+        return bytes(store.serialize_cdr(msg, bagtools.DETECTION3DARRAY))
+
+    full = evaluate_answers(truth, {1: answer(1), 2: answer(2)})
+    assert full.ap("car", "3d") == pytest.approx(100.0) and full.ap("pedestrian", "bev") == pytest.approx(100.0)
+    assert np.isnan(full.ap("cyclist", "3d"))
+    half = evaluate_answers(truth, {1: answer(1)})  # frame 2 unanswered
+    assert half.get("car", "3d").max_recall == pytest.approx(0.5)
+
+
 # --- real runs against the echo detector ---------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -184,6 +201,16 @@ def test_replay_max_rate_gets_every_answer_and_records_them(echo, bag, tmp_path)
     t_now = time.time_ns()
     assert all(t_now - 120 * 10**9 < r.bag_time_ns <= t_now for r in records)  # receive time
     assert bagtools.topic_types(out)[MARKERS] == bagtools.MARKERARRAY
+
+
+@pytest.mark.ros
+def test_replay_eval_scores_answers_against_the_bag_ground_truth(echo, bag):
+    stats = replay(_options(bag, max_rate=True, evaluate=True, max_frames=4))
+    assert stats.answered == 4
+    car = stats.evaluation.get("car", "3d")
+    assert stats.evaluation.num_frames == 4 and car.num_gt == 4 and car.ap == 0.0  # the echo names no class
+    assert "R40 AP over 4 frames" in stats.format()
+    assert stats.to_dict()["evaluation"]["num_frames"] == 4
 
 
 @pytest.mark.ros
