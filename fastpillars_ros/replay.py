@@ -176,6 +176,7 @@ class ReplayStats:
     latencies_ms: list[float] = field(default_factory=list)
     detections: int = 0
     wall_s: float = 0.0
+    send_s: float = 0.0
     bag_s: float = 0.0
     clock_published: int = 0
     recorded: dict[str, int] = field(default_factory=dict)
@@ -188,7 +189,10 @@ class ReplayStats:
 
     @property
     def sent_fps(self) -> float:
-        return self.sent / self.wall_s if self.wall_s > 0 else float("nan")
+        """Send rate between the first and the last cloud (the wait for the last answers left out)."""
+        if self.sent < 2 or self.send_s <= 0:
+            return float("nan")
+        return (self.sent - 1) / self.send_s
 
     def latency(self, q: float) -> float:
         return percentile(self.latencies_ms, q)
@@ -200,7 +204,8 @@ class ReplayStats:
         return {
             "sent": self.sent, "answered": self.answered, "dropped": self.dropped, "late": self.late,
             "unmatched": self.unmatched, "detections": self.detections, "wall_s": num(self.wall_s),
-            "bag_s": num(self.bag_s), "sent_fps": num(self.sent_fps), "answered_fps": num(self.answered_fps),
+            "send_s": num(self.send_s), "bag_s": num(self.bag_s), "sent_fps": num(self.sent_fps),
+            "answered_fps": num(self.answered_fps),
             "latency_ms": {name: num(self.latency(q)) for name, q in (("p50", 50), ("p90", 90), ("p95", 95),
                                                                       ("p99", 99), ("max", 100))}
             | {"mean": num(float(np.mean(self.latencies_ms)) if self.latencies_ms else float("nan"))},
@@ -213,7 +218,7 @@ class ReplayStats:
             f"frames sent {self.sent}, answered {self.answered}, dropped {self.dropped} (no answer in time), "
             f"late answers {self.late}, unmatched answers {self.unmatched}",
             f"wall {self.wall_s:.2f} s for {self.bag_s:.2f} s of bag time; sent {self.sent_fps:.2f} frames/s, "
-            f"answered {self.answered_fps:.2f} frames/s; {self.detections} detections",
+            f"answered {self.answered_fps:.2f} frames/s (over the whole run); {self.detections} detections",
         ]
         if self.latencies_ms:
             lines.append("latency ms: " + ", ".join(f"{n} {self.latency(q):.1f}" for n, q in
@@ -638,8 +643,10 @@ def _play(opts: ReplayOptions, first: BagFrame, frames: Iterator[BagFrame], pub:
             break
         if clock_pub is not None:
             publish_clock(frame.bag_time_ns)
-        prev_seq = tracker.sent(frame.stamp_ns, time.monotonic())
+        t_send = time.monotonic()
+        prev_seq = tracker.sent(frame.stamp_ns, t_send)
         pub.publish(frame.raw)
+        stats.send_s = t_send - t0
         stats.bag_s = pacer.bag_offset_ns(frame.loop, frame.bag_time_ns) / NS
         frame = next(frames, None)
     # Wait for the answers still in flight (each has timeout_s from its send).

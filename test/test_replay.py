@@ -219,6 +219,7 @@ def test_replay_recorded_pace_takes_the_bag_duration(echo, bag):
     assert stats.sent == 10 and stats.answered == 10
     assert stats.bag_s == pytest.approx(0.45)
     assert 0.42 <= stats.wall_s < 0.45 + 3.5  # paced (>= bag span), plus the wait for the last answer
+    assert 0.44 <= stats.send_s < 0.8 and stats.sent_fps == pytest.approx(20.0, rel=0.1)  # the bag's 20 Hz
     fast = replay(_options(bag, rate=3.0))
     assert fast.answered == 10 and fast.wall_s < stats.wall_s
 
