@@ -135,3 +135,22 @@ def test_make_sample_bag_recipe_is_the_shipped_one():
                                         r["quantize"])
     np.testing.assert_array_equal(first.points, expected)
     assert first.stamp_ns == bagtools.DEFAULT_START_NS
+
+
+def test_reads_sqlite3_bags_directory_and_db3_file(tmp_path):
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    pts = np.random.default_rng(3).random((100, 4), dtype=np.float32)
+    path = tmp_path / "sq"
+    store = bagtools.typestore()
+    with Writer(path, version=9, storage_plugin=StoragePlugin.SQLITE3) as writer:
+        conn = writer.add_connection("/cloud", bagtools.POINTCLOUD2, typestore=store)
+        for i in range(3):
+            t = 10**9 * (i + 1)
+            writer.write(conn, t, store.serialize_cdr(bagtools.cloud_message(pts + i, t, "lidar"),
+                                                      bagtools.POINTCLOUD2))
+    (db3,) = path.glob("*.db3")
+    for bag in (path, db3):
+        clouds = list(bagtools.read_clouds(bag))
+        assert [c.stamp_ns for c in clouds] == [10**9, 2 * 10**9, 3 * 10**9]
+        np.testing.assert_array_equal(clouds[2].points, pts + 2)
