@@ -17,6 +17,13 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "launch": ("fastpillars_ros.launcher", "start the detector node like detect.launch.py (where launch is missing)"),
     "simulate": ("fastpillars_ros.sim.cli", "generate synthetic LiDAR street scenes in KITTI layout"),
+    "make-bag": ("fastpillars_ros.bagtools:MakeBag", "KITTI folder -> rosbag2 mcap (PointCloud2 + /ground_truth)"),
+    "make-sample-bag": ("fastpillars_ros.bagtools:MakeSampleBag",
+                        "regenerate fastpillars_ros/data/sample.mcap deterministically"),
+    "replay": ("fastpillars_ros.replay", "play a bag's clouds to a detector; latency, drops, recorded answers"),
+    "viz": ("fastpillars_ros.viz", "bird's-eye-view PNG of a cloud with ground truth and detections"),
+    "golden": ("fastpillars_ros.regression:Golden", "golden detections of a bag from the offline detector (JSON)"),
+    "regression-check": ("fastpillars_ros.regression:Check", "compare replayed detections with golden ones"),
     "eval": ("fastpillars_ros.eval_command", "KITTI-style R40 AP (BEV/3D) of the detector or of stored detections"),
     "memcheck": ("fastpillars_ros.runtime.memory", "estimate GPU memory per component and check it fits"),
     "profile": ("fastpillars_ros.runtime.profiling", "per-layer and per-stage timings (trtexec JSON shape)"),
