@@ -435,15 +435,7 @@ def _build_detector(params: NodeParams, cfg: Any) -> Any:
 
         torch.set_num_threads(params.cpu_threads)
 
-    return Detector(
-        config=cfg, checkpoint=params.checkpoint_or_none, backend=params.backend, device=params.device,
-        precision=params.precision,
-        score_threshold=params.effective_score_threshold(cfg.class_names, cfg.decode.score_threshold),
-        nms_kind=params.nms_kind or None,
-        nms_iou_threshold=params.nms_iou_threshold if params.nms_iou_threshold > 0 else None,
-        nms_pre_max=params.nms_pre_max or None, nms_post_max=params.nms_post_max or None,
-        max_points=params.max_points, max_pillars=params.max_pillars or None,
-        on_insufficient_memory=params.on_insufficient_memory, warmup=params.warmup)
+    return Detector(cfg, **params.detector_kwargs(cfg.class_names, cfg.decode.score_threshold))
 
 
 def main(args: Sequence[str] | None = None) -> int:

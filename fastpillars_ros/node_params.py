@@ -305,6 +305,17 @@ class NodeParams:
             return float(glob)
         return {c: float(own.get(c, glob)) for c in class_names}
 
+    def detector_kwargs(self, class_names: Iterable[str], default_threshold: float) -> dict[str, Any]:
+        """Keyword arguments for :class:`~fastpillars_ros.detector.Detector` (0 / "" mean "config default")."""
+        return dict(
+            checkpoint=self.checkpoint_or_none, backend=self.backend, device=self.device, precision=self.precision,
+            score_threshold=self.effective_score_threshold(class_names, default_threshold),
+            nms_kind=self.nms_kind or None,
+            nms_iou_threshold=self.nms_iou_threshold if self.nms_iou_threshold > 0 else None,
+            nms_pre_max=self.nms_pre_max or None, nms_post_max=self.nms_post_max or None,
+            max_points=self.max_points, max_pillars=self.max_pillars or None,
+            on_insufficient_memory=self.on_insufficient_memory, warmup=self.warmup)
+
     def field_candidates(self, feature: str) -> list[str]:
         """Field names to try, in order, for a model feature (empty list = always fill)."""
         return [n.strip() for n in self.fields.get(feature, "").split(",") if n.strip()]

@@ -146,15 +146,8 @@ def golden_from_bag(bag: str | os.PathLike, *, topic: str | None = None, params_
         from fastpillars_ros.detector import Detector
 
         cfg = load_model_config(params.model)
-        detector = Detector(
-            config=cfg, checkpoint=params.checkpoint_or_none, backend=params.backend, device=params.device,
-            precision=params.precision,
-            score_threshold=params.effective_score_threshold(cfg.class_names, cfg.decode.score_threshold),
-            nms_kind=params.nms_kind or None,
-            nms_iou_threshold=params.nms_iou_threshold if params.nms_iou_threshold > 0 else None,
-            nms_pre_max=params.nms_pre_max or None, nms_post_max=params.nms_post_max or None,
-            max_points=params.max_points, max_pillars=params.max_pillars or None,
-            on_insufficient_memory=params.on_insufficient_memory, warmup=False)
+        kwargs = params.detector_kwargs(cfg.class_names, cfg.decode.score_threshold)
+        detector = Detector(cfg, **{**kwargs, "warmup": False})
     names = list(detector.class_names)
     converter = FrameInput(detector.point_features, detector.intensity_scale, params)
     frames: list[FrameDetections] = []
