@@ -6,7 +6,7 @@ PY := .venv/bin/python
 NETNS := scripts/netns_run.sh
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint bench clean
+.PHONY: setup test lint bench demo clean
 
 setup:
 	@bash scripts/setup_env.sh
@@ -16,6 +16,9 @@ lint: setup
 
 test: setup lint
 	$(NETNS) $(PY) -m pytest $(PYTEST_ARGS)
+
+demo: setup
+	$(NETNS) $(PY) -m fastpillars_ros.cli demo
 
 bench: setup
 	@$(PY) -m pip install -q -r requirements/bench.txt 2> >(grep -v "is ignored: it is neither" >&2) || \

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 # command -> (module, one-line help). Keep sorted by the order a user meets them.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("fastpillars_ros.demo", "replay the sample bag through the node; summary, AP and BEV pictures"),
     "launch": ("fastpillars_ros.launcher", "start the detector node like detect.launch.py (where launch is missing)"),
     "simulate": ("fastpillars_ros.sim.cli", "generate synthetic LiDAR street scenes in KITTI layout"),
     "make-bag": ("fastpillars_ros.bagtools:MakeBag", "KITTI folder -> rosbag2 mcap (PointCloud2 + /ground_truth)"),
