@@ -531,3 +531,14 @@ def _yaml_entry(spec: ParamSpec, key: str, indent: int) -> list[str]:
 
 if __name__ == "__main__":
     print(default_yaml(), end="")
+
+
+def parameters_markdown() -> str:
+    """The README's parameter table (one row per parameter; a test keeps the README equal to it)."""
+    rows = ["| parameter | default | allowed | runtime | description |", "|---|---|---|---|---|"]
+    for spec in all_specs():
+        default = _yaml_scalar(spec.default).replace("|", "\\|")
+        allowed = spec.allowed().replace("|", "\\|")
+        rows.append(f"| `{spec.name}` | `{default}` | {allowed} | {'yes' if spec.runtime else ''} | "
+                    f"{spec.description.replace('|', chr(92) + '|')} |")
+    return "\n".join(rows)
