@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "viz": ("fastpillars_ros.viz", "bird's-eye-view PNG of a cloud with ground truth and detections"),
     "golden": ("fastpillars_ros.regression:Golden", "golden detections of a bag from the offline detector (JSON)"),
     "regression-check": ("fastpillars_ros.regression:Check", "compare replayed detections with golden ones"),
+    "train": ("fastpillars_ros.train.command", "train a model on KITTI-format data (e.g. simulate output)"),
     "eval": ("fastpillars_ros.eval_command", "KITTI-style R40 AP (BEV/3D) of the detector or of stored detections"),
     "memcheck": ("fastpillars_ros.runtime.memory", "estimate GPU memory per component and check it fits"),
     "profile": ("fastpillars_ros.runtime.profiling", "per-layer and per-stage timings (trtexec JSON shape)"),

@@ -70,6 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ev.add_argument("--difficulty", default="hard", choices=list(DIFFICULTIES),
                     help="ground truth harder than this is ignored (all: nothing is ignored for difficulty)")
     ev.add_argument("--camera-fov", action="store_true", help="only boxes whose centre is in camera 2's image")
+    ev.add_argument("--whole-scene", action="store_true",
+                    help="also count ground truth outside the model's x/y range (default: ground truth there is "
+                         "ignored and detections there are dropped, since the model cannot see it)")
     ev.add_argument("--out", default=None, help="JSON report")
     ev.add_argument("--plot", default=None, help="precision/recall curves (PNG)")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -83,6 +86,12 @@ def _parse_iou(items: Sequence[str], class_names: Sequence[str]) -> dict[str, tu
             raise ValueError(f"--iou {item!r}: expected CLASS=T[,T...] with CLASS one of {list(class_names)}")
         out[name] = tuple(float(v) for v in values.split(",") if v.strip())
     return out
+
+
+def _in_xy_range(boxes: np.ndarray, pc_range: Sequence[float]) -> np.ndarray:
+    """(K,) bool: the box centre lies inside the x/y extent of ``pc_range`` (x_min, y_min, z_min, x_max, ...)."""
+    b = np.asarray(boxes).reshape(-1, 7)
+    return ((b[:, 0] >= pc_range[0]) & (b[:, 0] < pc_range[3]) & (b[:, 1] >= pc_range[1]) & (b[:, 1] < pc_range[4]))
 
 
 def _in_camera_fov(boxes: np.ndarray, calib: Any, image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -> np.ndarray:
@@ -271,6 +280,10 @@ def run(args: argparse.Namespace) -> int:
         else:
             assert stored is not None
             pred = stored.get(frame.frame_id, FrameBoxes(np.zeros((0, 7)), np.zeros(0, np.int64), np.zeros(0)))
+        if detector is not None and not args.whole_scene:
+            keep = _in_xy_range(pred.boxes, detector.config.pc_range)
+            pred = FrameBoxes(pred.boxes[keep], pred.labels[keep], pred.scores[keep])  # type: ignore[index]
+            gt.ignore = gt.ignore | ~_in_xy_range(gt.boxes, detector.config.pc_range)  # type: ignore[operator]
         if args.camera_fov:
             keep = _in_camera_fov(pred.boxes, frame.calib)
             pred = FrameBoxes(pred.boxes[keep], pred.labels[keep], pred.scores[keep])  # type: ignore[index]
@@ -287,7 +300,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     result.extras.update({"data": str(args.data), "config": args.config, "checkpoint": args.checkpoint,
                           "detections": args.detections, "difficulty": args.difficulty,
-                          "camera_fov": bool(args.camera_fov)})
+                          "camera_fov": bool(args.camera_fov),
+                          "model_range_only": detector is not None and not args.whole_scene})
     print(result.format_table())
     if args.out:
         Path(args.out).write_text(json.dumps(result.to_dict(), indent=1))
