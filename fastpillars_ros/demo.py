@@ -14,11 +14,16 @@ from __future__ import annotations
 
 import argparse
 import collections
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .replay import ReplayStats
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,13 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how long to wait for the node to come up")
 
 
-def _start_node(args: argparse.Namespace, log_path: Path) -> subprocess.Popen:
+def _start_node(model: str, checkpoint: str, log_path: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "fastpillars_ros.launcher", "--loopback", "--use-sim-time",
            "--input-topic", "/points", "-p", "cpu_threads:=2"]
-    if args.model:
-        cmd += ["--model", args.model]
-    if args.checkpoint:
-        cmd += ["--checkpoint", args.checkpoint]
+    if model:
+        cmd += ["--model", model]
+    if checkpoint:
+        cmd += ["--checkpoint", checkpoint]
     with open(log_path, "w") as log:  # the child keeps its own descriptor
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -55,7 +60,26 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def _summary(stats, record: Path, bag: Path) -> str:  # type: ignore[no-untyped-def]
+def replay_through_node(bag: Path, record: Path, node_log: Path, *, model: str = "", checkpoint: str = "",
+                        max_frames: int | None = None, start_timeout_s: float = 120.0) -> ReplayStats:
+    """Start the detector node as its own process (loopback DDS, simulated time), replay ``bag`` into it
+    with back-pressure and ``/clock``, record its answers to ``record`` and score them against the bag's
+    ``/ground_truth``; the node is stopped afterwards. Used by the demo and the CI regression test."""
+    from .replay import ReplayOptions, replay
+    from .rosenv import apply_loopback_environment
+
+    apply_loopback_environment()
+    if record.exists():
+        shutil.rmtree(record) if record.is_dir() else record.unlink()
+    node = _start_node(model, checkpoint, node_log)
+    try:
+        return replay(ReplayOptions(bag=bag, max_rate=True, clock=True, record=record, loopback=True,
+                                    evaluate=True, wait_s=start_timeout_s, timeout_s=10.0, max_frames=max_frames))
+    finally:
+        _stop(node)
+
+
+def _summary(stats: ReplayStats, record: Path, bag: Path) -> str:
     from .bagtools import read_detections
     from .regression import detections_from_bag
 
@@ -91,29 +115,12 @@ def _pictures(bag: Path, record: Path, out: Path, count: int, answered: int) -> 
 
 
 def run(args: argparse.Namespace) -> int:
-    from .replay import ReplayOptions, replay
-    from .rosenv import apply_loopback_environment
-
-    apply_loopback_environment()
     args.out.mkdir(parents=True, exist_ok=True)
-    record = args.out / "detections.mcap"
-    if record.exists():
-        import shutil
-
-        shutil.rmtree(record) if record.is_dir() else record.unlink()
-    node_log = args.out / "node.log"
-    print(f"[demo] starting the detector node (log: {node_log}) ...", flush=True)
-    node = _start_node(args, node_log)
+    record, node_log = args.out / "detections.mcap", args.out / "node.log"
+    print(f"[demo] starting the detector node (log: {node_log}) and replaying {args.bag} ...", flush=True)
     t0 = time.monotonic()
-    try:
-        opts = ReplayOptions(bag=args.bag, max_rate=True, clock=True, record=record, loopback=True,
-                             evaluate=True, wait_s=args.start_timeout_s, timeout_s=10.0, max_frames=args.max_frames)
-        print(f"[demo] replaying {args.bag} with back-pressure ...", flush=True)
-        stats = replay(opts)
-    finally:
-        _stop(node)
-    if node.returncode not in (0, None, -signal.SIGINT, 130):
-        print(f"[demo] the node exited with code {node.returncode}; see {node_log}", file=sys.stderr)
+    stats = replay_through_node(args.bag, record, node_log, model=args.model, checkpoint=args.checkpoint,
+                                max_frames=args.max_frames, start_timeout_s=args.start_timeout_s)
     if stats.answered == 0:
         print(f"[demo] the node answered no frame; see {node_log}", file=sys.stderr)
         return 1
