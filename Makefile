@@ -6,7 +6,7 @@ PY := .venv/bin/python
 NETNS := scripts/netns_run.sh
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint bench demo clean
+.PHONY: setup test lint bench demo model clean
 
 setup:
 	@bash scripts/setup_env.sh
@@ -19,6 +19,17 @@ test: setup lint
 
 demo: setup
 	$(NETNS) $(PY) -m fastpillars_ros.cli demo
+
+# Re-train the shipped tiny model from scratch (MODEL_CARD.md): simulate the data, train, evaluate, install.
+FP := $(PY) -m fastpillars_ros.cli
+model: setup
+	$(FP) simulate --out out/sim/train --scenes 1500 --seed 0 --sensor hdl64 --workers 2 --skip-existing
+	$(FP) simulate --out out/sim/test --scenes 200 --seed 1000 --sensor hdl64 --workers 2 --skip-existing
+	$(FP) train --config tiny --data out/sim/train --val out/sim/test --max-val-frames 40 --epochs 8 \
+	  --out out/train/tiny --threads 2 --workers 1 --gt-sampling --seed 0
+	$(FP) eval --config tiny --checkpoint out/train/tiny/last.pt --data out/sim/test --no-progress \
+	  --out out/train/tiny/eval_sim_test.json --plot out/train/tiny/pr_sim_test.png
+	cp out/train/tiny/last.pt fastpillars_ros/weights/tiny.pt
 
 bench: setup
 	@$(PY) -m pip install -q -r requirements/bench.txt 2> >(grep -v "is ignored: it is neither" >&2) || \
