@@ -218,10 +218,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fastpillars-ros launch",
-                                     description="Start the FastPillars detector node (like detect.launch.py).")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    """``python -m fastpillars_ros.launcher``, the same as ``fastpillars-ros launch``."""
+    from fastpillars_ros.cli import main as cli_main
+
+    return cli_main(["launch", *(sys.argv[1:] if argv is None else argv)])
 
 
 def launch_defaults() -> Mapping[str, str]:

@@ -736,10 +736,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m fastpillars_ros.replay`` (same as ``fastpillars-ros replay``)."""
-    parser = argparse.ArgumentParser(prog="fastpillars-ros replay", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    """``python -m fastpillars_ros.replay``, the same as ``fastpillars-ros replay``."""
+    from fastpillars_ros.cli import main as cli_main
+
+    return cli_main(["replay", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import argparse
 import multiprocessing
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from fastpillars_ros.sim.sensors import SENSORS
@@ -82,10 +83,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fastpillars-ros simulate", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m fastpillars_ros.sim.cli``, the same as ``fastpillars-ros simulate``."""
+    from fastpillars_ros.cli import main as cli_main
+
+    return cli_main(["simulate", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
