@@ -252,7 +252,8 @@ def test_command_runs_the_detector_and_saves_its_detections(tmp_path, monkeypatc
     monkeypatch.setitem(sys.modules, "fastpillars_ros.detector", types.SimpleNamespace(Detector=FakeDetector))
     _write_kitti(tmp_path / "kitti")
     rc = _run(["--data", str(tmp_path / "kitti"), "--config", "tiny", "--no-progress", "--classes", "car",
-               "--save-detections", str(tmp_path / "dets.json"), "--out", str(tmp_path / "report.json")])
+               "--whole-scene", "--save-detections", str(tmp_path / "dets.json"),
+               "--out", str(tmp_path / "report.json")])
     assert rc == 0 and seen == [(10, 4), (10, 4)]
     saved = json.loads((tmp_path / "dets.json").read_text())
     assert saved["000001"]["labels"] == ["car", "car"]
@@ -271,3 +272,31 @@ def test_command_camera_fov_drops_detections_behind_the_camera(tmp_path):
                      "--classes", "car", "--out", str(tmp_path / "r.json"), *extra]) == 0
         fps.append(json.loads((tmp_path / "r.json").read_text())["results"][0]["num_fp"])
     assert fps == [1, 0]
+
+
+def test_command_ignores_ground_truth_outside_the_models_range(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    class FakeDetector:  # sees nothing; its range ends at x = 1 m, so every ground-truth car lies outside it
+        class_names = ("car",)
+        point_features = ("x", "y", "z", "intensity")
+        intensity_scale = 255.0
+        config = types.SimpleNamespace(pc_range=(0.0, -1.0, -3.0, 1.0, 1.0, 1.0))
+
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def detect(self, points):
+            return types.SimpleNamespace(boxes=np.zeros((0, 7), np.float32), scores=np.zeros(0, np.float32),
+                                         labels=np.zeros(0, np.int64))
+
+    monkeypatch.setitem(sys.modules, "fastpillars_ros.detector", types.SimpleNamespace(Detector=FakeDetector))
+    _write_kitti(tmp_path / "kitti")
+    args = ["--data", str(tmp_path / "kitti"), "--config", "tiny", "--no-progress", "--classes", "car"]
+    assert _run([*args, "--out", str(tmp_path / "in_range.json")]) == 0
+    in_range = json.loads((tmp_path / "in_range.json").read_text())["results"][0]
+    assert in_range["num_gt"] == 0 and in_range["num_ignored_gt"] > 0
+    assert _run([*args, "--whole-scene", "--out", str(tmp_path / "whole.json")]) == 0
+    whole = json.loads((tmp_path / "whole.json").read_text())["results"][0]
+    assert whole["num_gt"] > 0 and whole["ap"] == 0.0
