@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import collections
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -50,21 +49,12 @@ def _start_node(model: str, checkpoint: str, log_path: Path) -> subprocess.Popen
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def replay_through_node(bag: Path, record: Path, node_log: Path, *, model: str = "", checkpoint: str = "",
                         max_frames: int | None = None, start_timeout_s: float = 120.0) -> ReplayStats:
     """Start the detector node as its own process (loopback DDS, simulated time), replay ``bag`` into it
     with back-pressure and ``/clock``, record its answers to ``record`` and score them against the bag's
     ``/ground_truth``; the node is stopped afterwards. Used by the demo and the CI regression test."""
+    from .launcher import stop_process
     from .replay import ReplayOptions, replay
     from .rosenv import apply_loopback_environment
 
@@ -76,7 +66,7 @@ def replay_through_node(bag: Path, record: Path, node_log: Path, *, model: str =
         return replay(ReplayOptions(bag=bag, max_rate=True, clock=True, record=record, loopback=True,
                                     evaluate=True, wait_s=start_timeout_s, timeout_s=10.0, max_frames=max_frames))
     finally:
-        _stop(node)
+        stop_process(node)
 
 
 def _summary(stats: ReplayStats, record: Path, bag: Path) -> str:

@@ -172,6 +172,17 @@ def _environment(loopback: bool) -> dict[str, str]:
     return dict(os.environ)
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    """Stop a child like Ctrl-C would (SIGINT), killing it if it has not ended after ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def run(args: argparse.Namespace) -> int:
     if not Path(args.params_file).is_file():
         print(f"fastpillars-ros launch: parameter file {args.params_file} does not exist "
@@ -205,12 +216,7 @@ def run(args: argparse.Namespace) -> int:
         rc = procs[0].wait()
     finally:
         for p in procs[1:]:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-                try:
-                    p.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_process(p, timeout=5.0)
         for s, handler in old.items():
             signal.signal(s, handler)
     # A node ended by Ctrl-C reports -SIGINT; report that as a normal stop.

@@ -119,14 +119,22 @@ def _nms_sorted(cupy: Any, mod: Any, boxes32: Any, order: Any, threshold: float,
     return order[keep[:count]]
 
 
+def _threshold(kind: str, iou_threshold: float, min_radius: float | None) -> float:
+    """The kernel's threshold for an NMS ``kind``: the IoU threshold, or the radius (m) for circle NMS."""
+    if kind not in _MODES:
+        raise ValueError(f"unknown NMS kind {kind!r}")
+    if kind == "circle":
+        if min_radius is None:
+            raise ValueError("circle NMS needs min_radius")
+        return float(min_radius)
+    return float(iou_threshold)
+
+
 def nms_cuda(boxes: ArrayLike, scores: ArrayLike, iou_threshold: float, pre_max: int | None = None,
              post_max: int | None = None, kind: str = "bev", min_radius: float | None = None) -> ArrayLike:
     """Greedy NMS on the GPU; semantics of :func:`fastpillars_ros.ops.nms_bev` / ``nms_3d`` /
     ``circle_nms`` (``kind``). Returns int64 indices (torch on the boxes' device for torch input)."""
-    if kind not in _MODES:
-        raise ValueError(f"unknown NMS kind {kind!r}")
-    if kind == "circle" and min_radius is None:
-        raise ValueError("circle NMS needs min_radius")
+    threshold = _threshold(kind, iou_threshold, min_radius)
     cupy, mod = _module()
     b32 = _boxes32(boxes, cupy)
     s = _to_cupy(scores, cupy, boxes)
@@ -135,7 +143,6 @@ def nms_cuda(boxes: ArrayLike, scores: ArrayLike, iou_threshold: float, pre_max:
     order = _sorted_order(s, cupy, stacklevel=5)  # < nms_cuda < _dispatch < nms_bev < caller
     if pre_max is not None:
         order = order[:max(int(pre_max), 0)]
-    threshold = float(min_radius) if kind == "circle" else float(iou_threshold)
     return _back(_nms_sorted(cupy, mod, b32, order, threshold, _MODES[kind], post_max), boxes)
 
 
@@ -143,10 +150,7 @@ def nms_grouped_cuda(boxes: ArrayLike, scores: ArrayLike, groups: ArrayLike, iou
                      kind: str = "bev", pre_max: int | None = None, post_max: int | None = None,
                      min_radius: float | None = None) -> ArrayLike:
     """Per-group NMS on the GPU; semantics of :func:`fastpillars_ros.ops.nms_grouped`."""
-    if kind not in _MODES:
-        raise ValueError(f"unknown NMS kind {kind!r}")
-    if kind == "circle" and min_radius is None:
-        raise ValueError("circle NMS needs min_radius")
+    threshold = _threshold(kind, iou_threshold, min_radius)
     cupy, mod = _module()
     b32 = _boxes32(boxes, cupy)
     s = _to_cupy(scores, cupy, boxes).astype(cupy.float64).reshape(-1)
@@ -154,7 +158,6 @@ def nms_grouped_cuda(boxes: ArrayLike, scores: ArrayLike, groups: ArrayLike, iou
     if s.size != b32.shape[0] or g.size != b32.shape[0]:
         raise ValueError(f"{s.size} scores / {g.size} group ids for {b32.shape[0]} boxes")
     order = _sorted_order(s, cupy, stacklevel=4)  # < nms_grouped_cuda < nms_grouped < caller
-    threshold = float(min_radius) if kind == "circle" else float(iou_threshold)
     kept = [cupy.empty(0, dtype=cupy.int64)]
     ranked_groups = g[order]
     for gid in cupy.asnumpy(cupy.unique(ranked_groups)).tolist():
