@@ -20,9 +20,10 @@ import yaml
 #: Names a point feature column may have. ``dt`` is the time lag of a past sweep in seconds.
 KNOWN_POINT_FEATURES = ("x", "y", "z", "intensity", "dt")
 #: Head branches in the official order (the order matters for exported outputs).
-HEAD_ORDER = ("reg", "height", "dim", "rot", "vel", "iou", "hm")
+#: ``axis`` is ours (see :class:`HeadConfig`), placed after the official ones so official exports keep their order.
+HEAD_ORDER = ("reg", "height", "dim", "rot", "vel", "iou", "axis", "hm")
 #: Output channels of the regression branches (``hm`` has one channel per class of the task).
-HEAD_CHANNELS = {"reg": 2, "height": 1, "dim": 3, "rot": 2, "vel": 2, "iou": 1}
+HEAD_CHANNELS = {"reg": 2, "height": 1, "dim": 3, "rot": 2, "vel": 2, "iou": 1, "axis": 2}
 NMS_KINDS = ("rotate", "circle", "none")
 
 
@@ -64,13 +65,21 @@ class NeckConfig:
 
 @dataclass(frozen=True)
 class HeadConfig:
-    """CenterPoint-style head: shared conv then one SepHead per task."""
+    """CenterPoint-style head: shared conv then one SepHead per task.
+
+    ``axis``: add a branch regressing ``(sin 2r, cos 2r)``, the box's axis without its direction (not in the
+    official model). The official ``rot = (sin r, cos r)`` must average the two readings of a car seen from
+    the side whose front and back look alike; the average points nowhere and the decoded yaw is off by tens
+    of degrees, which costs IoU. With ``axis`` the yaw comes from the axis branch and ``rot`` only chooses
+    which of the two directions along that axis is the front.
+    """
 
     shared_conv: int = 64
     head_conv: int = 64
     final_kernel: int = 3
     bn_eps: float = 1e-5
     iou: bool = True
+    axis: bool = False
 
 
 @dataclass(frozen=True)
@@ -147,6 +156,8 @@ class ModelConfig:
             if name == "vel" and not self.vel:
                 continue
             if name == "iou" and not self.head.iou:
+                continue
+            if name == "axis" and not self.head.axis:
                 continue
             out.append((name, HEAD_CHANNELS[name]))
         return tuple(out)

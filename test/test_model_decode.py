@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fastpillars_ros.config import load_model_config
-from fastpillars_ros.model.head import decode_head_outputs, wrap_angle
+from fastpillars_ros.model.head import decode_head_outputs, det3d_angle, wrap_angle
 
 NEG = -20.0  # logit whose sigmoid is ~2e-9: "no object"
 
@@ -119,3 +119,20 @@ def test_post_center_range_drops_out_of_range_z_and_pre_max_truncates():
     assert len(cand) == cfg.decode.pre_max
     assert bool((cand.scores[:-1] >= cand.scores[1:]).all())
     assert (cand.boxes[:, 2] < 10).all()
+
+
+def test_axis_branch_sets_the_yaw_and_rot_only_picks_the_direction():
+    r = torch.linspace(-math.pi, math.pi, 73)[:-1].double()
+    axis_sin, axis_cos = 0.9 * torch.sin(2 * r), 0.9 * torch.cos(2 * r)
+    # A weak, 80-degree-off direction reading still selects the right half turn, and the yaw is exact.
+    hint = r + torch.where(torch.arange(len(r)) % 2 == 0, 1.4, -1.4).double()
+    got = det3d_angle(0.05 * torch.sin(hint), 0.05 * torch.cos(hint), axis_sin, axis_cos)
+    assert float(wrap_angle(got - r).abs().max()) < 1e-9
+    # A reading from the back gives the same axis, turned by half a circle.
+    back = det3d_angle(torch.sin(r + math.pi), torch.cos(r + math.pi), axis_sin, axis_cos)
+    assert float(wrap_angle(back - r - math.pi).abs().max()) < 1e-9
+
+
+def test_without_axis_branch_the_yaw_is_the_rot_reading():
+    r = torch.tensor([0.3, -2.0, 3.0])
+    torch.testing.assert_close(det3d_angle(torch.sin(r), torch.cos(r)), r)

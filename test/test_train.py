@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +14,13 @@ import pytest
 import torch
 
 from fastpillars_ros.boxes import points_in_boxes, wrap_angle
-from fastpillars_ros.config import load_model_config
+from fastpillars_ros.config import ModelConfig, load_model_config
 from fastpillars_ros.model.checkpoint import load_checkpoint
 from fastpillars_ros.model.head import decode_head_outputs
 from fastpillars_ros.train.augment import augment, flip_x, flip_y, global_rotate, global_scale, paste_objects
 from fastpillars_ros.train.data import Frame, TrainSet, collate
 from fastpillars_ros.train.engine import TrainOptions, train
-from fastpillars_ros.train.losses import focal_loss
+from fastpillars_ros.train.losses import BatchTargets, compute_losses, focal_loss
 from fastpillars_ros.train.targets import build_targets, gaussian_radius, head_geometry
 
 SMALL = str(Path(__file__).parent / "data" / "train_small.yaml")
@@ -62,9 +63,9 @@ def frames(n: int, seed: int = 0) -> list[Frame]:
 def ideal_maps(targets, config) -> list[dict[str, torch.Tensor]]:
     """Head maps that a perfect network would output for these targets (logits +-20 on the heatmap)."""
     h, w = config.head_shape
-    # Columns of the regression targets (REG_ORDER: reg, height, dim, [vel], rot).
-    width = {"reg": 2, "height": 1, "dim": 3, "vel": 2, "rot": 2}
-    names = ["reg", "height", "dim", *(["vel"] if config.vel else []), "rot"]
+    # Columns of the regression targets (REG_ORDER: reg, height, dim, [vel], rot, [axis]).
+    width = {"reg": 2, "height": 1, "dim": 3, "vel": 2, "rot": 2, "axis": 2}
+    names = ["reg", "height", "dim", *(["vel"] if config.vel else []), "rot", *(["axis"] if config.head.axis else [])]
     start = dict(zip(names, np.cumsum([0] + [width[n] for n in names])[:-1].tolist(), strict=True))
     outs = []
     for t in range(len(config.tasks)):
@@ -84,9 +85,18 @@ def ideal_maps(targets, config) -> list[dict[str, torch.Tensor]]:
     return outs
 
 
-@pytest.mark.parametrize("name", ["tiny", "kitti", "nuscenes_official"])
+def _config(name: str) -> ModelConfig:
+    """A shipped config by name; ``NAME+axis`` adds the axis branch (``head.axis``)."""
+    base, _, extra = name.partition("+")
+    config = load_model_config(base)
+    if extra == "axis":
+        config = replace(config, head=replace(config.head, axis=True))
+    return config
+
+
+@pytest.mark.parametrize("name", ["tiny", "kitti", "nuscenes_official", "kitti+axis"])
 def test_targets_decode_round_trip(name: str) -> None:
-    config = load_model_config(name)
+    config = _config(name)
     rng = np.random.default_rng(3)
     n = 12
     # Distinct head cells: one object per cell, spread over the map; every class of every task.
@@ -165,6 +175,32 @@ def test_focal_loss_small_for_perfect_and_large_for_wrong_prediction() -> None:
     assert float(focal_loss(perfect, gt)) < 1e-3
     assert float(focal_loss(wrong, gt)) > 100.0
     assert float(focal_loss(torch.zeros_like(gt), gt)) > 1.0
+
+
+@pytest.mark.parametrize("name", ["kitti", "kitti+axis"])
+def test_perfect_maps_give_zero_regression_loss_and_iou_one(name: str) -> None:
+    config = _config(name)
+    boxes = np.array([[10.0, 0.0, -1.0, 4.0, 1.8, 1.5, 0.3], [30.0, 5.0, -1.0, 0.7, 0.6, 1.7, -2.9],
+                      [20.0, -8.0, -0.8, 1.8, 0.6, 1.7, 1.6]])
+    t = build_targets(boxes, np.array([0, 1, 2]), config)
+    batch = BatchTargets([torch.from_numpy(h)[None] for h in t.hm], [torch.from_numpy(i)[None] for i in t.ind],
+                         [torch.ones(1, len(i)) for i in t.ind], [torch.from_numpy(r)[None] for r in t.reg],
+                         [torch.from_numpy(b)[None] for b in t.boxes], torch.from_numpy(t.ignore)[None])
+    maps = ideal_maps(t, config)
+    _, parts = compute_losses(maps, batch, config, head_geometry(config))
+    assert parts["reg"] < 1e-5
+    # The IoU branch of the ideal maps says 1, and the decoded boxes really have IoU 1 with the GT.
+    assert parts["iou"] < 1e-4
+
+
+def test_axis_targets_are_the_same_for_a_box_and_its_half_turn() -> None:
+    config = _config("kitti+axis")
+    box = np.array([[20.0, 3.0, -1.0, 4.2, 1.8, 1.5, 0.4]])
+    turned = box.copy()
+    turned[0, 6] -= math.pi
+    a, b = build_targets(box, [0], config).reg[0][0], build_targets(turned, [0], config).reg[0][0]
+    np.testing.assert_allclose(a[-2:], b[-2:], atol=1e-6)  # axis: identical
+    np.testing.assert_allclose(a[-4:-2], -b[-4:-2], atol=1e-6)  # rot: opposite
 
 
 def _opts(tmp: Path, **kw) -> TrainOptions:

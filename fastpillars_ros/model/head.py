@@ -3,7 +3,8 @@
 Head maps are raw (before any sigmoid). Their meaning (det3d target encoding, see
 fastpillars-model.md §4.3) for a head cell at row i (y) and column j (x):
 ``reg`` = sub-cell offset (x, y) in [0, 1); ``height`` = box centre z (m); ``dim`` = log(w, l, h);
-``rot`` = (sin r, cos r); ``vel`` = (vx, vy) m/s; ``iou`` = 2 IoU - 1; ``hm`` = class logits.
+``rot`` = (sin r, cos r); ``vel`` = (vx, vy) m/s; ``iou`` = 2 IoU - 1; ``hm`` = class logits; ours, optional:
+``axis`` = (sin 2r, cos 2r) (see :func:`det3d_angle`).
 """
 
 from __future__ import annotations
@@ -127,6 +128,22 @@ def wrap_angle(a: Tensor) -> Tensor:
     return torch.remainder(a + math.pi, 2 * math.pi) - math.pi
 
 
+def det3d_angle(rot_sin: Tensor, rot_cos: Tensor, axis_sin: Tensor | None = None,
+                axis_cos: Tensor | None = None) -> Tensor:
+    """det3d yaw ``r`` (radians) from the ``rot`` branch, and from the ``axis`` branch when the model has one.
+
+    Without ``axis``: ``r = atan2(sin, cos)``. With it: the axis ``a = atan2(sin 2r, cos 2r) / 2`` is known up
+    to a half turn; of ``a`` and ``a + pi`` the one within 90 degrees of the ``rot`` reading is taken, so
+    ``rot`` only has to point to the right half circle. Inputs share one shape; the output has it too.
+    """
+    r = torch.atan2(rot_sin, rot_cos)
+    if axis_sin is None or axis_cos is None:
+        return r
+    a = 0.5 * torch.atan2(axis_sin, axis_cos)
+    flip = torch.cos(r - a) < 0
+    return wrap_angle(torch.where(flip, a + math.pi, a))
+
+
 def det3d_to_boxes(det: Tensor) -> Tensor:
     """det3d ``[..., (x, y, z, w, l, h, ..., r)]`` -> ``[x, y, z, length, width, height, yaw]``.
 
@@ -184,7 +201,8 @@ def decode_head_outputs(outputs: list[dict[str, Tensor]], config: ModelConfig,
             zs = take("height")[0]
             dim = torch.exp(take("dim").clamp(-5.0, 5.0))
             rot = take("rot")
-            r = torch.atan2(rot[0], rot[1])
+            axis = take("axis") if "axis" in out else (None, None)
+            r = det3d_angle(rot[0], rot[1], axis[0], axis[1])
             det = torch.stack([xs, ys, zs, dim[0], dim[1], dim[2], r], dim=1)
             centre = det[:, :3]
             in_range = ((centre >= lo.to(device)) & (centre <= hi.to(device))).all(dim=1)

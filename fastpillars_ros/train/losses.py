@@ -2,7 +2,7 @@
 
 Per task: CenterNet focal loss on the heatmap (alpha 2, beta 4, normalised by the number of objects),
 L1 on the regression branches at the GT cells with det3d's code weights
-(reg 1 1, height 1, dim 1 1 1, [vel 0.2 0.2], rot 1 1) scaled by ``reg_weight`` (0.25), and L1 on the IoU
+(reg 1 1, height 1, dim 1 1 1, [vel 0.2 0.2], rot 1 1, [axis 1 1]) scaled by ``reg_weight`` (0.25), and L1 on the IoU
 branch against ``2 * IoU3D(decoded prediction, GT) - 1`` (the prediction is detached: the IoU target is a
 label, not a path for gradients). The official DIoU box loss is not used. The total is the sum over tasks.
 """
@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import ModelConfig
+from ..model.head import det3d_angle
 from ..ops.iou import iou_3d_pairs
 from .targets import HeadGeometry
 
@@ -79,16 +80,18 @@ def _gather(maps: Tensor, ind: Tensor) -> Tensor:
     return maps.reshape(b, c, -1).gather(2, ind.unsqueeze(1).expand(-1, c, -1)).transpose(1, 2)
 
 
-def decode_at(pred_reg: Tensor, ind: Tensor, geo: HeadGeometry, width: int) -> Tensor:
+def decode_at(pred_reg: Tensor, ind: Tensor, geo: HeadGeometry, width: int, axis: bool = False) -> Tensor:
     """Boxes (ours) ``[B, K, 7]`` decoded exactly as ``decode_head_outputs`` from gathered regression
-    outputs ``[B, K, R]`` (REG_ORDER: reg, height, dim, [vel], rot) at flat cells ``ind``."""
+    outputs ``[B, K, R]`` (REG_ORDER: reg, height, dim, [vel], rot, [axis]) at flat cells ``ind``."""
     rows = torch.div(ind, width, rounding_mode="floor").float()
     cols = (ind - torch.div(ind, width, rounding_mode="floor") * width).float()
     x = (cols + pred_reg[..., 0]) * geo.cell_x + geo.x_min
     y = (rows + pred_reg[..., 1]) * geo.cell_y + geo.y_min
     z = pred_reg[..., 2]
     dim = torch.exp(pred_reg[..., 3:6].clamp(-5.0, 5.0))
-    r = torch.atan2(pred_reg[..., -2], pred_reg[..., -1])
+    rot = pred_reg[..., -4:-2] if axis else pred_reg[..., -2:]
+    ax = (pred_reg[..., -2], pred_reg[..., -1]) if axis else (None, None)
+    r = det3d_angle(rot[..., 0], rot[..., 1], *ax)
     yaw = torch.remainder(-r - math.pi / 2 + math.pi, 2 * math.pi) - math.pi
     return torch.stack([x, y, z, dim[..., 1], dim[..., 0], dim[..., 2], yaw], dim=-1)
 
@@ -110,8 +113,10 @@ def compute_losses(outputs: list[dict[str, Tensor]], targets: BatchTargets, conf
                    geo: HeadGeometry, weights: LossWeights | None = None) -> tuple[Tensor, dict[str, float]]:
     """Total loss (sum over tasks) and a dict of detached per-part sums (``hm``, ``reg``, ``iou``, ``loss``)."""
     w = weights or LossWeights()
-    names = ["reg", "height", "dim", *(["vel"] if config.vel else []), "rot"]
-    code = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, *([w.vel_code] * 2 if config.vel else []), 1.0, 1.0])
+    axis = config.head.axis
+    names = ["reg", "height", "dim", *(["vel"] if config.vel else []), "rot", *(["axis"] if axis else [])]
+    code = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, *([w.vel_code] * 2 if config.vel else []), 1.0, 1.0,
+                         *([1.0, 1.0] if axis else [])])
     total = outputs[0]["hm"].new_zeros(())
     parts = {"hm": 0.0, "reg": 0.0, "iou": 0.0}
     for t, out in enumerate(outputs):
@@ -126,7 +131,7 @@ def compute_losses(outputs: list[dict[str, Tensor]], targets: BatchTargets, conf
         parts["hm"] += float(hm_loss.detach())
         parts["reg"] += float(reg_loss.detach())
         if "iou" in out:
-            boxes = decode_at(pred.detach(), ind, geo, out["hm"].shape[-1])
+            boxes = decode_at(pred.detach(), ind, geo, out["hm"].shape[-1], axis)
             iou_t = iou_targets(boxes, targets.boxes[t], mask)
             iou_pred = _gather(out["iou"].float(), ind)[..., 0]
             iou_loss = (torch.abs(iou_pred - iou_t) * mask).sum() / num

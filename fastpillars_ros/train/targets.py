@@ -6,7 +6,8 @@ For a GT box ``[x, y, z, l, w, h, yaw]`` (ours, LiDAR frame) and a head grid wit
 * continuous cell coordinates ``c = ((x - x_min) / cell_x, (y - y_min) / cell_y)``; the object's cell is
   ``(row, col) = (floor(c_y), floor(c_x))``; objects whose cell is off the map are skipped;
 * ``reg = c - floor(c)`` (x then y), ``height = z`` (box centre), ``dim = log(w, l, h)`` (det3d order:
-  width first), ``rot = (sin r, cos r)`` with det3d's ``r = -yaw - pi/2``, ``vel = (vx, vy)``;
+  width first), ``rot = (sin r, cos r)`` with det3d's ``r = -yaw - pi/2``, ``vel = (vx, vy)``,
+  ``axis = (sin 2r, cos 2r)`` (models with ``head.axis``);
 * heatmap: per class channel, a Gaussian peak of value 1 at the object's cell (CenterNet radius from the
   box's length/width in head cells, min overlap 0.1, sigma = (2 r + 1) / 6), combined with ``max``.
 
@@ -34,7 +35,7 @@ __all__ = ["FrameTargets", "HeadGeometry", "build_targets", "draw_gaussians", "e
            "gaussian_radius", "head_geometry"]
 
 #: Regression channels in the order of the L1 loss and of det3d's code weights (vel only if configured).
-REG_ORDER = ("reg", "height", "dim", "vel", "rot")
+REG_ORDER = ("reg", "height", "dim", "vel", "rot", "axis")
 
 
 @dataclass(frozen=True)
@@ -110,13 +111,14 @@ def draw_gaussians(hm: np.ndarray, channel: np.ndarray, row: np.ndarray, col: np
     return hm
 
 
-def encode_boxes(boxes: np.ndarray, geo: HeadGeometry, velocities: np.ndarray | None = None
+def encode_boxes(boxes: np.ndarray, geo: HeadGeometry, velocities: np.ndarray | None = None, axis: bool = False
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Regression targets of boxes (ours, ``(K, 7)``).
 
     Returns:
         ``(row, col, inside, targets)``: head cell ``(K,)`` int64 each, ``inside (K,)`` bool (cell on the
-        map), ``targets (K, R)`` float32 in :data:`REG_ORDER` (reg 2, height 1, dim 3, [vel 2], rot 2).
+        map), ``targets (K, R)`` float32 in :data:`REG_ORDER` (reg 2, height 1, dim 3, [vel 2], rot 2,
+        [axis 2]).
     """
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 7)
     cx = (b[:, 0] - geo.x_min) / geo.cell_x
@@ -131,6 +133,8 @@ def encode_boxes(boxes: np.ndarray, geo: HeadGeometry, velocities: np.ndarray | 
         v = np.asarray(velocities, dtype=np.float64).reshape(-1, 2)
         parts += [v[:, 0], v[:, 1]]
     parts += [np.sin(r), np.cos(r)]
+    if axis:
+        parts += [np.sin(2 * r), np.cos(2 * r)]
     return row, col, inside, np.stack(parts, axis=1).astype(np.float32)
 
 
@@ -170,7 +174,7 @@ def build_targets(boxes: np.ndarray, labels: np.ndarray, config: ModelConfig, ge
     vel = None
     if config.vel:
         vel = np.zeros((len(b), 2)) if velocities is None else np.asarray(velocities, dtype=np.float64)
-    row, col, inside, reg = encode_boxes(b, geo, vel)
+    row, col, inside, reg = encode_boxes(b, geo, vel, axis=config.head.axis)
     radius = _radii(b, geo) if len(b) else np.zeros(0, np.int64)
     out = FrameTargets([], [], [], [], [], np.zeros((geo.height, geo.width), bool))
     first = 0
