@@ -38,6 +38,8 @@ def _encode(cfg, outs, box, label, heat, iou=1.0, vel=(0.0, 0.0), b=0):
     maps["height"][b, 0, i, j] = z
     maps["dim"][b, :, i, j] = torch.tensor([math.log(width), math.log(length), math.log(height)])  # w, l, h
     maps["rot"][b, :, i, j] = torch.tensor([math.sin(r), math.cos(r)])
+    if "axis" in maps:
+        maps["axis"][b, :, i, j] = torch.tensor([math.sin(2 * r), math.cos(2 * r)])
     if "vel" in maps:
         maps["vel"][b, :, i, j] = torch.tensor(vel)
     if "iou" in maps:

@@ -2,7 +2,7 @@
 
 Example (the shipped ``tiny`` model)::
 
-    fastpillars-ros train --config tiny --data out/sim/train --val out/sim/test --epochs 8 --out out/train/tiny
+    fastpillars-ros train --config tiny --data out/sim/train --val out/sim/test --epochs 10 --out out/train/tiny
 
 Writes ``RUN_DIR/last.pt``, ``RUN_DIR/epoch_NNN.pt`` (load with ``Detector(config, checkpoint)``),
 ``RUN_DIR/train_state.pt`` (for ``--resume``) and ``RUN_DIR/log.jsonl`` (per-epoch losses).
