@@ -368,6 +368,9 @@ def validate(cfg: ModelConfig, source: str = "<config>") -> None:
              "(index 0 = stage-3 path, 1 = stage-4 path)")
     if cfg.head.final_kernel not in (1, 3):
         fail("'head.final_kernel' must be 1 or 3")
+    for flag in ("iou", "axis"):
+        if not isinstance(getattr(cfg.head, flag), bool):
+            fail(f"'head.{flag}' must be true or false, got {getattr(cfg.head, flag)!r}")
     d = cfg.decode
     if len(d.post_center_range) != 6:
         fail("'decode.post_center_range' must have 6 values [x_min, y_min, z_min, x_max, y_max, z_max]")
