@@ -14,14 +14,14 @@ import pytest
 import torch
 
 from fastpillars_ros.boxes import points_in_boxes, wrap_angle
-from fastpillars_ros.config import ModelConfig, load_model_config
+from fastpillars_ros.config import HEAD_CHANNELS, ModelConfig, load_model_config
 from fastpillars_ros.model.checkpoint import load_checkpoint
 from fastpillars_ros.model.head import decode_head_outputs
 from fastpillars_ros.train.augment import augment, flip_x, flip_y, global_rotate, global_scale, paste_objects
 from fastpillars_ros.train.data import Frame, TrainSet, collate
 from fastpillars_ros.train.engine import TrainOptions, train
 from fastpillars_ros.train.losses import BatchTargets, compute_losses, focal_loss
-from fastpillars_ros.train.targets import build_targets, gaussian_radius, head_geometry
+from fastpillars_ros.train.targets import build_targets, gaussian_radius, head_geometry, regression_branches
 
 SMALL = str(Path(__file__).parent / "data" / "train_small.yaml")
 SIZES = {0: (4.0, 1.8, 1.5), 1: (0.7, 0.7, 1.75), 2: (1.8, 0.6, 1.7)}  # car, pedestrian, cyclist (l, w, h)
@@ -64,9 +64,8 @@ def ideal_maps(targets, config) -> list[dict[str, torch.Tensor]]:
     """Head maps that a perfect network would output for these targets (logits +-20 on the heatmap)."""
     h, w = config.head_shape
     # Columns of the regression targets (REG_ORDER: reg, height, dim, [vel], rot, [axis]).
-    width = {"reg": 2, "height": 1, "dim": 3, "vel": 2, "rot": 2, "axis": 2}
-    names = ["reg", "height", "dim", *(["vel"] if config.vel else []), "rot", *(["axis"] if config.head.axis else [])]
-    start = dict(zip(names, np.cumsum([0] + [width[n] for n in names])[:-1].tolist(), strict=True))
+    names = regression_branches(config)
+    start = dict(zip(names, np.cumsum([0] + [HEAD_CHANNELS[n] for n in names])[:-1].tolist(), strict=True))
     outs = []
     for t in range(len(config.tasks)):
         maps = {name: torch.zeros(1, ch, h, w) for name, ch in config.heads}

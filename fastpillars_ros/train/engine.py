@@ -183,7 +183,8 @@ def train(opts: TrainOptions, train_source: Any = None, val_source: Any = None, 
     torch.manual_seed(opts.seed)
     model = build_model(config)
     init_heatmap_bias(model)
-    # channels_last: oneDNN's convolutions (forward and backward) run ~13 % faster on the CPU in this layout.
+    # channels_last: oneDNN's convolutions ran the tiny dense part's forward + backward 13 % faster on the CPU
+    # (batch 4: 865 -> 750 ms, BENCHMARKS.md); the whole step, with MAPE and losses, gains less.
     model.to(device, memory_format=torch.channels_last).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, betas=(0.95, 0.99),
                                   weight_decay=opts.weight_decay)

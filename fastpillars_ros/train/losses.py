@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..config import ModelConfig
-from ..model.head import det3d_angle
+from ..config import HEAD_CHANNELS, ModelConfig
+from ..model.head import det3d_angle, wrap_angle
 from ..ops.iou import iou_3d_pairs
-from .targets import HeadGeometry
+from .targets import HeadGeometry, regression_branches
 
 __all__ = ["BatchTargets", "LossWeights", "compute_losses", "focal_loss", "iou_targets"]
 
@@ -92,7 +92,7 @@ def decode_at(pred_reg: Tensor, ind: Tensor, geo: HeadGeometry, width: int, axis
     rot = pred_reg[..., -4:-2] if axis else pred_reg[..., -2:]
     ax = (pred_reg[..., -2], pred_reg[..., -1]) if axis else (None, None)
     r = det3d_angle(rot[..., 0], rot[..., 1], *ax)
-    yaw = torch.remainder(-r - math.pi / 2 + math.pi, 2 * math.pi) - math.pi
+    yaw = wrap_angle(-r - math.pi / 2)
     return torch.stack([x, y, z, dim[..., 1], dim[..., 0], dim[..., 2], yaw], dim=-1)
 
 
@@ -114,9 +114,8 @@ def compute_losses(outputs: list[dict[str, Tensor]], targets: BatchTargets, conf
     """Total loss (sum over tasks) and a dict of detached per-part sums (``hm``, ``reg``, ``iou``, ``loss``)."""
     w = weights or LossWeights()
     axis = config.head.axis
-    names = ["reg", "height", "dim", *(["vel"] if config.vel else []), "rot", *(["axis"] if axis else [])]
-    code = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, *([w.vel_code] * 2 if config.vel else []), 1.0, 1.0,
-                         *([1.0, 1.0] if axis else [])])
+    names = regression_branches(config)
+    code = torch.cat([torch.full((HEAD_CHANNELS[n],), w.vel_code if n == "vel" else 1.0) for n in names])
     total = outputs[0]["hm"].new_zeros(())
     parts = {"hm": 0.0, "reg": 0.0, "iou": 0.0}
     for t, out in enumerate(outputs):

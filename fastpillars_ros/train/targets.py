@@ -32,10 +32,16 @@ import numpy as np
 from ..config import ModelConfig
 
 __all__ = ["FrameTargets", "HeadGeometry", "build_targets", "draw_gaussians", "encode_boxes",
-           "gaussian_radius", "head_geometry"]
+           "gaussian_radius", "head_geometry", "regression_branches"]
 
 #: Regression channels in the order of the L1 loss and of det3d's code weights (vel only if configured).
 REG_ORDER = ("reg", "height", "dim", "vel", "rot", "axis")
+
+
+def regression_branches(config: ModelConfig) -> tuple[str, ...]:
+    """The :data:`REG_ORDER` branches this config has (the columns of its regression targets, in order)."""
+    present = {name for name, _ in config.heads}
+    return tuple(name for name in REG_ORDER if name in present)
 
 
 @dataclass(frozen=True)
