@@ -143,7 +143,7 @@ class Detector:
         self.warmup_ms: float | None = None
         if warmup:
             t0 = time.perf_counter()
-            cloud = self._synthetic_cloud()
+            cloud = self.synthetic_cloud()
             for _ in range(2):
                 self.detect(cloud)
             self.warmup_ms = (time.perf_counter() - t0) * 1e3
@@ -224,7 +224,7 @@ class Detector:
                         "(detections are meaningless)", self.config.name)
         return shipped
 
-    def _synthetic_cloud(self, n: int = 20_000) -> np.ndarray:
+    def synthetic_cloud(self, n: int = 20_000) -> np.ndarray:
         """Reproducible points spread over the model's range (warm-up input)."""
         r = self.config.pc_range
         rng = np.random.default_rng(0)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,8 +16,11 @@ from fastpillars_ros.model import build_model
 from fastpillars_ros.runtime.memory import (
     MIB,
     DeviceMemory,
+    MeasuredMemory,
+    estimate_error,
     estimate_memory,
     fits,
+    format_measured,
     insufficient_message,
     parameter_count,
 )
@@ -88,3 +95,45 @@ def test_memcheck_json_is_machine_readable(capsys):
 def test_memcheck_without_gpu_or_free_amount_says_so_and_exits_2(capsys):
     assert cli_main(["memcheck", "--config", "kitti", "--precision", "fp16"]) == 2
     assert "--free-mib" in capsys.readouterr().out
+
+
+def test_estimate_error_compares_totals_and_splits_context_from_allocator():
+    est = estimate_memory("tiny", "fp32", backend="torch", max_points=100_000)
+    context = est.components["cuda_context"]
+    measured = MeasuredMemory("card", allocated_peak=est.total - context, reserved_peak=est.total,
+                              outside_allocator=context // 2)
+    assert estimate_error(est, measured) == pytest.approx(context / 2 / measured.total)
+    text = format_measured(est, measured)
+    assert "through allocator" in text and "estimate error +" in text
+    unmeasured = MeasuredMemory("card", allocated_peak=1, reserved_peak=1, outside_allocator=None)
+    assert estimate_error(est, unmeasured) is None
+    assert "nvidia-ml-py" in format_measured(est, unmeasured)
+
+
+def test_measure_takes_exactly_one_runnable_precision(capsys):
+    assert cli_main(["memcheck", "--config", "tiny", "--precision", "all", "--measure"]) == 2
+    assert "fp32 or fp16" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU answer")
+def test_measure_without_gpu_says_so_and_exits_2(capsys):
+    assert cli_main(["memcheck", "--config", "tiny", "--precision", "fp32", "--measure"]) == 2
+    assert "needs a CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("config", "precision", "points"), [
+    ("tiny", "fp32", 120_000), ("nuscenes_official", "fp32", 250_000), ("nuscenes_official", "fp16", 250_000),
+])
+def test_estimate_is_within_15_percent_of_the_measured_peak(config, precision, points):
+    # A fresh process: the context and the allocator peak belong to this one Detector alone.
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-m", "fastpillars_ros.cli", "memcheck", "--config", config,
+                           "--precision", precision, "--backend", "torch", "--max-points", str(points),
+                           "--measure", "--json"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    print(json.dumps(report, indent=1))
+    assert report["measured"]["outside_allocator_mib"] is not None, "NVML (nvidia-ml-py) is needed to measure"
+    assert abs(report["estimate_error"]) <= 0.15, report

@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
 
         points = read_points(args.input, det.point_features, defaults={"dt": 0.0})
     else:
-        points = det._synthetic_cloud(60_000)
+        points = det.synthetic_cloud(60_000)
     stage_ms: dict[str, list[float]] = defaultdict(list)
     for _ in range(args.runs):
         r = det.detect(points)

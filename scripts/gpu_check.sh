@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Everything that needs a CUDA GPU, in one short run: the gpu-marked tests, the memory estimate against
+# the measured peak, the GPU benchmark rows and a per-layer profile. Made for a lent GPU machine that has
+# torch, CuPy and NVML but no ROS 2 (none of these steps starts a ROS process) and works on any CUDA
+# workstation with the project's Python environment too.
+#
+#   OUT=out/gpu_check scripts/gpu_check.sh        # logs and JSON land in $OUT
+#
+# Optional, for a bare machine: wheels in .whl/ (e.g. shapely for the NMS reference) are installed into
+# /tmp/site, and a copy of shared/data/real in .gpu_shared/real is put where the tests look for it.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-out/gpu_check}
+PY=${PY:-python3}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if compgen -G ".whl/*.whl" >/dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+if [ -d .gpu_shared/real ] && [ ! -e ../shared/data/real/README.md ]; then
+  mkdir -p ../shared/data && cp -r .gpu_shared/real ../shared/data/real
+fi
+
+step() { echo; echo "######## $1 ($(date +%T))"; }
+status=0
+
+step "machine"
+nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv
+$PY - <<'EOF'
+import importlib
+import torch
+print("torch", torch.__version__, "cuda", torch.version.cuda, "device", torch.cuda.get_device_name(0))
+for name in ("cupy", "pynvml", "tensorrt", "onnxruntime", "shapely"):
+    try:
+        print(name, getattr(importlib.import_module(name), "__version__", "present"))
+    except Exception as exc:  # noqa: BLE001 - report whatever is missing or broken
+        print(name, "MISSING:", exc)
+EOF
+
+step "gpu-marked tests"
+timeout 300 $PY -m pytest -m gpu -p no:cacheprovider -q -rs --junitxml="$OUT/gpu_tests.xml" \
+  test/test_gpu_pillarize.py test/test_gpu_nms.py test/test_model_gpu.py test/test_detector.py \
+  test/test_sweeps.py test/test_train.py test/test_memcheck.py 2>&1 | tee "$OUT/gpu_tests.log" || status=1
+
+step "memory: estimate vs measured peak"
+for case in "tiny fp32 120000" "nuscenes_official fp32 250000" "nuscenes_official fp16 250000"; do
+  set -- $case
+  timeout 120 $PY -m fastpillars_ros.cli memcheck --config "$1" --precision "$2" --backend torch \
+    --max-points "$3" --measure 2>&1 | grep -v "^  rule of thumb" | tee -a "$OUT/memcheck.log" || status=1
+done
+
+step "benchmark rows on the GPU"
+timeout 240 $PY test/bench/gpu_only.py 2>&1 | tee "$OUT/bench_gpu.log" || status=1
+
+step "per-layer profile, nuscenes_official torch fp16"
+timeout 120 $PY -m fastpillars_ros.cli profile --config nuscenes_official --device cuda --precision fp16 \
+  --output "$OUT/profile_nuscenes_fp16.json" 2>&1 | tail -30 || status=1
+
+step "done: status $status"
+exit $status
