@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from fastpillars_ros.cuda.loader import NVRTC_OPTIONS
+
 ROOT = Path(__file__).resolve().parents[1]
 CU_FILES = [*sorted((ROOT / "fastpillars_ros" / "cuda").glob("*.cu")), ROOT / "test" / "cuda_harness" / "selftest.cu"]
 ARCHS = ("sm_87", "sm_86", "sm_89", "sm_90")
@@ -24,7 +26,7 @@ NVCC = shutil.which("nvcc")
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("cu_file", CU_FILES, ids=[p.name for p in CU_FILES])
 def test_cuda_source_compiles_without_warnings(cu_file: Path, arch: str, tmp_path: Path) -> None:
-    cmd = [NVCC, "--std=c++17", "-Werror=all-warnings", f"-arch={arch}", "-cubin",
+    cmd = [NVCC, *NVRTC_OPTIONS, "-Werror=all-warnings", f"-arch={arch}", "-cubin",
            "-o", str(tmp_path / f"{cu_file.stem}.{arch}.cubin"), str(cu_file)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stderr}{proc.stdout}"

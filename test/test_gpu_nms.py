@@ -39,7 +39,7 @@ def test_gpu_iou_matrix_matches_cpu(cupy, fn) -> None:
     # CuPy in -> CuPy out
     from fastpillars_ros.ops.nms_cuda import iou_matrix_cuda
 
-    cp_out = iou_matrix_cuda(cupy.asarray(a), cupy.asarray(b))
+    cp_out = iou_matrix_cuda(cupy.asarray(a), cupy.asarray(b), three_d=fn is iou_3d)
     assert isinstance(cp_out, cupy.ndarray)
     np.testing.assert_allclose(cp_out.get(), out.cpu().numpy(), atol=0)
 

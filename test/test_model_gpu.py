@@ -1,5 +1,7 @@
 """The model gives the same canvas, head maps and candidates on CUDA as on the CPU (skipped without GPU)."""
 
+import copy
+
 import pytest
 import torch
 
@@ -16,7 +18,7 @@ def test_cuda_matches_cpu(name):
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     cpu = randomize_(build_model(name), seed=0).eval().fuse()
-    gpu = randomize_(build_model(name), seed=0).eval().fuse().cuda()
+    gpu = copy.deepcopy(cpu).cuda()  # randomize_ keeps the default (unseeded) conv weights: copy, not rebuild
     _, h, w = cpu.config.canvas_shape
     feats, ids, coords = random_pillars(3000, 20000, cpu.config.num_decorated_features, h, w, seed=1)
     canvas = cpu.encode(feats, ids, coords)

@@ -3,9 +3,9 @@
 Output: a list whose first element is ``{"count": runs}``, then one entry per layer
 ``{"name", "timeMs" (total over runs), "averageMs", "medianMs", "percentage"}``, slowest first. With the
 TensorRT back end the layers are the engine's (an ``IProfiler`` collects them): TensorRT fuses
-conv + bias + activation, so such a group appears as one layer. With torch, each leaf module is wrapped
-in a ``torch.profiler.record_function`` range named after the module path (``backbone.conv2.0.conv1...``),
-so the activation after a conv is its own row.
+conv + bias + activation, so such a group appears as one layer. With torch, each leaf module is a row named
+after its module path (``backbone.conv2.0.conv1...``), timed by torch.profiler on the CPU and by CUDA events
+on a GPU, so the activation after a conv is its own row.
 """
 
 from __future__ import annotations
@@ -32,10 +32,51 @@ def layer_table(samples: dict[str, list[float]], runs: int) -> list[dict[str, An
 
 
 def profile_torch(model: torch.nn.Module, canvas: torch.Tensor, runs: int = 5) -> list[dict[str, Any]]:
-    """Profile ``model.forward_dense(canvas)`` per leaf module with torch.profiler."""
+    """Profile ``model.forward_dense(canvas)`` per leaf module.
+
+    On the CPU each leaf module runs inside a ``torch.profiler.record_function`` range and its CPU time is
+    read from the profile. On CUDA the layer's GPU time is taken between two CUDA events recorded on the
+    stream before and after the module (the profiler does not attribute kernel time to user ranges).
+    """
+    names = {m: n for n, m in model.named_modules() if not list(m.children()) and n}
+    samples: dict[str, list[float]] = defaultdict(list)
+    with torch.no_grad():
+        model.forward_dense(canvas)  # warm-up, not counted
+    hooks = _cuda_event_hooks if canvas.is_cuda else _profiler_range_hooks
+    pre, post, timed = hooks(names, samples)
+    handles = [m.register_forward_pre_hook(pre) for m in names] + [m.register_forward_hook(post) for m in names]
+    try:
+        with torch.no_grad():
+            timed(lambda: [model.forward_dense(canvas) for _ in range(runs)])
+    finally:
+        for h in handles:
+            h.remove()
+    return layer_table({k: v for k, v in samples.items() if len(v) == runs}, runs)
+
+
+def _cuda_event_hooks(names: dict[torch.nn.Module, str], samples: dict[str, list[float]]) -> tuple:
+    pending: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
+
+    def pre(module: torch.nn.Module, _inputs: tuple) -> None:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        pending.append((names[module], start, end))
+
+    def post(module: torch.nn.Module, _inputs: tuple, _output: Any) -> None:
+        pending[-1][2].record()
+
+    def timed(work: Any) -> None:
+        work()
+        torch.cuda.synchronize()
+        for name, start, end in pending:
+            samples[name].append(start.elapsed_time(end))
+
+    return pre, post, timed
+
+
+def _profiler_range_hooks(names: dict[torch.nn.Module, str], samples: dict[str, list[float]]) -> tuple:
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    names = {m: n for n, m in model.named_modules() if not list(m.children()) and n}
     ranges: list[Any] = []
 
     def pre(module: torch.nn.Module, _inputs: tuple) -> None:
@@ -46,26 +87,14 @@ def profile_torch(model: torch.nn.Module, canvas: torch.Tensor, runs: int = 5) -
     def post(_module: torch.nn.Module, _inputs: tuple, _output: Any) -> None:
         ranges.pop().__exit__(None, None, None)
 
-    handles = [m.register_forward_pre_hook(pre) for m in names] + [m.register_forward_hook(post) for m in names]
-    cuda = canvas.is_cuda
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    try:
-        with torch.no_grad():
-            model.forward_dense(canvas)  # warm-up outside the profile
-            with profile(activities=activities) as prof:
-                for _ in range(runs):
-                    model.forward_dense(canvas)
-                if cuda:
-                    torch.cuda.synchronize()
-    finally:
-        for h in handles:
-            h.remove()
-    samples: dict[str, list[float]] = defaultdict(list)
-    for ev in prof.events():
-        if ev.name.startswith("layer::"):
-            us = ev.device_time_total if cuda else ev.cpu_time_total
-            samples[ev.name[len("layer::"):]].append(us / 1e3)
-    return layer_table({k: v for k, v in samples.items() if len(v) == runs}, runs)
+    def timed(work: Any) -> None:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            work()
+        for ev in prof.events():
+            if ev.name.startswith("layer::"):
+                samples[ev.name[len("layer::"):]].append(ev.cpu_time_total / 1e3)
+
+    return pre, post, timed
 
 
 def profile_tensorrt(dense: Any, canvas: torch.Tensor, runs: int = 5) -> list[dict[str, Any]]:

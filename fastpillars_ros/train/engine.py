@@ -183,9 +183,11 @@ def train(opts: TrainOptions, train_source: Any = None, val_source: Any = None, 
     torch.manual_seed(opts.seed)
     model = build_model(config)
     init_heatmap_bias(model)
-    # channels_last: oneDNN's convolutions ran the tiny dense part's forward + backward 13 % faster on the CPU
-    # (batch 4: 865 -> 750 ms, BENCHMARKS.md); the whole step, with MAPE and losses, gains less.
-    model.to(device, memory_format=torch.channels_last).train()
+    # channels_last on the CPU only: oneDNN's convolutions ran the tiny dense part's forward + backward 13 %
+    # faster (batch 4: 865 -> 750 ms, BENCHMARKS.md). On CUDA (torch 2.11 + CUDA 13, H100) the backward pass
+    # of the channels_last model crashed the process (SIGSEGV, with and without cuDNN); contiguous is fine.
+    memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+    model.to(device, memory_format=memory_format).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, betas=(0.95, 0.99),
                                   weight_decay=opts.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
