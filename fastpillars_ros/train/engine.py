@@ -143,6 +143,18 @@ def evaluate_loss(model: torch.nn.Module, loader: DataLoader, config: ModelConfi
     return {k: v / max(n, 1) for k, v in sums.items()}
 
 
+def _training_memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last where it was measured to help and verified to run: the CPU with torch >= 2.13 (the
+    pinned version). oneDNN's convolutions ran the tiny dense part's forward + backward 13 % faster in it
+    (batch 4: 865 -> 750 ms, BENCHMARKS.md). With torch 2.11 on an Intel Xeon the backward pass of the
+    channels_last model crashed the process (SIGSEGV); on CUDA it brings nothing measured. Elsewhere the
+    default contiguous layout."""
+    version = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
+    if device.type == "cpu" and version >= (2, 13):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def train(opts: TrainOptions, train_source: Any = None, val_source: Any = None, data: str | None = None,
           val: str | None = None) -> dict[str, Any]:
     """Train; returns a summary (``epochs_done``, ``steps``, ``history`` of per-epoch log records, ``run_dir``).
@@ -183,11 +195,7 @@ def train(opts: TrainOptions, train_source: Any = None, val_source: Any = None, 
     torch.manual_seed(opts.seed)
     model = build_model(config)
     init_heatmap_bias(model)
-    # channels_last on the CPU only: oneDNN's convolutions ran the tiny dense part's forward + backward 13 %
-    # faster (batch 4: 865 -> 750 ms, BENCHMARKS.md). On CUDA (torch 2.11 + CUDA 13, H100) the backward pass
-    # of the channels_last model crashed the process (SIGSEGV, with and without cuDNN); contiguous is fine.
-    memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
-    model.to(device, memory_format=memory_format).train()
+    model.to(device, memory_format=_training_memory_format(device)).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, betas=(0.95, 0.99),
                                   weight_decay=opts.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
