@@ -69,6 +69,8 @@ __all__ = [
 ]
 
 NS = 1_000_000_000
+# Wait after both directions matched, before the first cloud (see replay(): discovery is not symmetric).
+MATCH_SETTLE_S = 0.3
 
 
 # ==========================================================================================================
@@ -538,6 +540,11 @@ def replay(opts: ReplayOptions) -> ReplayStats:
             time.sleep(0.05)
         if answer_sub.get_publisher_count() == 0:
             _log(opts, f"nobody publishes {node.resolve_topic_name(opts.detections_topic)} yet")
+        else:
+            # Our reader seeing the detector's writer does not mean that writer has seen our reader yet: each
+            # side handles the other's endpoint announcement on its own, and a volatile writer sends nothing
+            # to a reader it has not matched, so an early first answer would be lost.
+            time.sleep(MATCH_SETTLE_S)
         if pub.get_subscription_count() == 0:
             _log(opts, f"no subscriber on {node.resolve_topic_name(out_topic)} after {opts.wait_s:g} s; "
                        "playing anyway")
