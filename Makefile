@@ -25,7 +25,7 @@ FP := $(PY) -m fastpillars_ros.cli
 model: setup
 	$(FP) simulate --out out/sim/train --scenes 1500 --seed 0 --sensor hdl64 --workers 2 --skip-existing
 	$(FP) simulate --out out/sim/test --scenes 200 --seed 1000 --sensor hdl64 --workers 2 --skip-existing
-	$(FP) train --config tiny --data out/sim/train --val out/sim/test --max-val-frames 40 --epochs 10 \
+	$(FP) train --config tiny --data out/sim/train --val out/sim/test --max-val-frames 40 --epochs 5 \
 	  --out out/train/tiny --threads 2 --workers 1 --gt-sampling --seed 0
 	$(FP) eval --config tiny --checkpoint out/train/tiny/last.pt --data out/sim/test --no-progress \
 	  --out out/train/tiny/eval_sim_test.json --plot out/train/tiny/pr_sim_test.png

@@ -33,12 +33,13 @@ from .runtime.memory import (
 )
 
 if TYPE_CHECKING:
+    from .runtime.onnxruntime_backend import OnnxRuntimeDense
     from .runtime.tensorrt_backend import TensorRTDense
 
 log = logging.getLogger(__name__)
 
 STAGES = ("pillarize", "encode", "dense", "decode", "nms")
-BACKENDS = ("auto", "torch", "tensorrt")
+BACKENDS = ("auto", "torch", "tensorrt", "onnxruntime")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "fp16")
 ON_INSUFFICIENT_MEMORY = ("error", "fp16", "cpu")
@@ -84,8 +85,9 @@ class Detector:
         config: bundled model config name, YAML path or :class:`ModelConfig`.
         checkpoint: weights file; None uses the checkpoint shipped for a bundled config and warns (random
             weights) when there is none. Loaded strictly with ``torch.load(weights_only=True)``.
-        backend: "torch", "tensorrt" or "auto" (TensorRT on a GPU where installed, else torch, with one
-            warning when a GPU is present but TensorRT is not).
+        backend: "torch", "tensorrt", "onnxruntime" or "auto": on a GPU TensorRT where installed, else torch
+            (with one warning); on the CPU onnxruntime where installed (the faster CPU engine for the dense
+            part, BENCHMARKS.md), else torch.
         device: "cpu", "cuda" or "auto" (cuda when available).
         precision: "fp32" or "fp16" (fp16 needs a GPU).
         score_threshold: minimum published score, one float or ``{class_name: threshold}`` (classes not in
@@ -139,7 +141,7 @@ class Detector:
             load_checkpoint(model, self.checkpoint, strict=True)
         model.eval().fuse("full")
         self.model = model.to(self.device)
-        self._dense, self.backend = self._make_dense(self.backend, backend == "tensorrt", engine_cache_dir)
+        self._dense, self.backend = self._make_dense(self.backend, backend != "auto", engine_cache_dir)
         self.warmup_ms: float | None = None
         if warmup:
             t0 = time.perf_counter()
@@ -151,7 +153,7 @@ class Detector:
     # ---- set-up helpers ------------------------------------------------------------------------
     def _resolve_device(self, device: str, precision: str, backend: str, on_insufficient: str) -> tuple[str, str]:
         if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+            device = "cuda" if torch.cuda.is_available() and backend != "onnxruntime" else "cpu"
         if device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA device "
                                "(check the driver and a CUDA build of torch, or use device 'cpu')")
@@ -178,7 +180,19 @@ class Detector:
         raise InsufficientMemoryError(message)
 
     def _resolve_backend(self, backend: str) -> str:
-        if backend == "torch" or (backend == "auto" and self.device == "cpu"):
+        from .runtime.onnxruntime_backend import onnxruntime_version
+
+        if backend == "onnxruntime" or (backend == "auto" and self.device == "cpu"):
+            if self.device != "cpu":
+                raise ValueError("backend 'onnxruntime' runs the dense part on the CPU: use device 'cpu', or "
+                                 "backend 'torch'/'tensorrt' on the GPU")
+            if onnxruntime_version() is not None:
+                return "onnxruntime"
+            if backend == "onnxruntime":
+                raise RuntimeError("backend 'onnxruntime' needs the onnxruntime package (pip install "
+                                   "onnxruntime); or use backend 'torch'")
+            return "torch"
+        if backend == "torch":
             return "torch"
         if self.device != "cuda":
             raise ValueError("backend 'tensorrt' needs device 'cuda' (or 'auto' on a GPU machine)")
@@ -194,9 +208,19 @@ class Detector:
         return "tensorrt"
 
     def _make_dense(self, backend: str, explicit: bool, engine_cache_dir: str | Path | None
-                    ) -> tuple[torch.nn.Module | TensorRTDense, str]:
+                    ) -> tuple[torch.nn.Module | TensorRTDense | OnnxRuntimeDense, str]:
         """The object whose ``forward_dense`` runs the dense part; falls back to torch when a TensorRT
-        engine cannot be built and the backend was "auto"."""
+        engine or an onnxruntime session cannot be made and the backend was "auto"."""
+        if backend == "onnxruntime":
+            from .runtime.onnxruntime_backend import OnnxRuntimeDense
+
+            try:
+                return OnnxRuntimeDense(self.model), "onnxruntime"
+            except Exception as exc:
+                if explicit:
+                    raise
+                log.warning("onnxruntime session unavailable (%s): falling back to the torch backend", exc)
+                backend = "torch"
         if backend == "tensorrt":
             from .runtime.engine_cache import EngineCache
             from .runtime.tensorrt_backend import TensorRTDense

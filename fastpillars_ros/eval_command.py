@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                    "with --detections it only names the classes)")
     src.add_argument("--checkpoint", default=None, help="weights file (default: the one shipped for --config)")
     src.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    src.add_argument("--backend", default="auto", choices=["auto", "torch", "tensorrt"])
+    src.add_argument("--backend", default="auto", choices=["auto", "torch", "tensorrt", "onnxruntime"])
     src.add_argument("--score-threshold", type=float, default=None,
                      help="detector score threshold (default: the config's; lower gives fuller PR curves)")
     src.add_argument("--intensity-max", type=float, default=1.0,

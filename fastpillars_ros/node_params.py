@@ -26,7 +26,7 @@ from typing import Any
 #: Node name; the key under which parameter files list the node's parameters.
 NODE_NAME = "fastpillars_detector"
 
-BACKENDS = ("auto", "torch", "tensorrt")
+BACKENDS = ("auto", "torch", "tensorrt", "onnxruntime")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "fp16")
 MEMORY_POLICIES = ("error", "fp16", "cpu")
@@ -104,8 +104,9 @@ SPECS: tuple[ParamSpec, ...] = (
               "Weights file (.pt/.pth) matching the model; empty = the weights shipped for the model "
               "(random weights with a warning when none are shipped)."),
     ParamSpec("backend", "auto", "string",
-              "Inference backend for the dense network: auto (TensorRT when available on a GPU, else "
-              "torch), torch or tensorrt.", choices=BACKENDS),
+              "Inference backend for the dense network: auto (on a GPU TensorRT when installed, else torch; on "
+              "the CPU onnxruntime when installed, else torch), torch, tensorrt or onnxruntime (CPU only).",
+              choices=BACKENDS),
     ParamSpec("device", "auto", "string", "auto (cuda when available, else cpu), cpu or cuda.", choices=DEVICES),
     ParamSpec("precision", "fp32", "string", "Numeric precision on the GPU: fp32 or fp16.", choices=PRECISIONS),
     ParamSpec("on_insufficient_memory", "error", "string",

@@ -126,6 +126,29 @@ def test_tensorrt_backend_without_a_gpu_says_what_is_missing():
         Detector("tiny", backend="tensorrt", device="cuda", warmup=False)
 
 
+def test_cpu_auto_backend_is_onnxruntime_and_gives_the_torch_boxes(detector, kitti_points):
+    assert detector.backend == "onnxruntime"
+    torch_det = Detector("tiny", device="cpu", backend="torch", warmup=False)
+    a, b = detector.detect(kitti_points), torch_det.detect(kitti_points)
+    assert len(a) == len(b) > 0
+    np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
+    np.testing.assert_array_equal(a.labels, b.labels)
+
+
+def test_without_onnxruntime_auto_uses_torch_and_an_explicit_request_says_what_is_missing(monkeypatch):
+    import fastpillars_ros.runtime.onnxruntime_backend as ort_backend
+
+    monkeypatch.setattr(ort_backend, "onnxruntime_version", lambda: None)
+    assert Detector("tiny", device="cpu", warmup=False).backend == "torch"
+    with pytest.raises(RuntimeError, match="pip install onnxruntime"):
+        Detector("tiny", device="cpu", backend="onnxruntime", warmup=False)
+
+
+def test_onnxruntime_backend_runs_on_the_cpu_when_the_device_is_auto():
+    assert Detector("tiny", backend="onnxruntime", warmup=False).device == "cpu"
+
+
 def test_warm_up_runs_at_construction():
     det = Detector("tiny", device="cpu", warmup=True)
     assert det.warmup_ms is not None and det.warmup_ms > 0
@@ -138,7 +161,7 @@ def test_gpu_and_cpu_give_the_same_boxes(kitti_points, tmp_path):
 
     ckpt = tmp_path / "tiny.pt"
     save_checkpoint(build_model("tiny"), ckpt)
-    cpu = Detector("tiny", ckpt, device="cpu", warmup=False).detect(kitti_points)
+    cpu = Detector("tiny", ckpt, device="cpu", backend="torch", warmup=False).detect(kitti_points)
     gpu = Detector("tiny", ckpt, device="cuda", backend="torch", warmup=False).detect(kitti_points)
     assert len(cpu) == len(gpu)
     np.testing.assert_allclose(gpu.boxes, cpu.boxes, atol=1e-3)

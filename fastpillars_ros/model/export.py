@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,12 @@ def output_names(config: ModelConfig) -> list[str]:
     """ONNX output names in order, e.g. ``["task0_reg", "task0_height", ..., "task0_hm", "task1_reg", ...]``."""
     heads = [name for name, _ in config.heads] + ["hm"]
     return [f"task{t}_{h}" for t in range(len(config.tasks)) for h in heads]
+
+
+def task_outputs(config: ModelConfig, outputs: Mapping[str, Tensor]) -> list[dict[str, Tensor]]:
+    """Outputs keyed by :func:`output_names` -> the per-task head dicts of :meth:`FastPillars.forward_dense`."""
+    heads = [name for name, _ in config.heads] + ["hm"]
+    return [{h: outputs[f"task{t}_{h}"] for h in heads} for t in range(len(config.tasks))]
 
 
 class _DenseGraph(nn.Module):

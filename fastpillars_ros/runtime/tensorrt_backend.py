@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ..model import FastPillars
-from ..model.export import export_onnx, output_names
+from ..model.export import export_onnx, output_names, task_outputs
 from .engine_cache import EngineCache, EngineKey, sha256_file
 
 log = logging.getLogger(__name__)
@@ -154,5 +154,4 @@ class TensorRTDense:
         stream = torch.cuda.current_stream()
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise RuntimeError("TensorRT execution failed")
-        heads = [name for name, _ in self.config.heads] + ["hm"]
-        return [{h: self._outputs[f"task{t}_{h}"] for h in heads} for t in range(len(self.config.tasks))]
+        return task_outputs(self.config, self._outputs)
