@@ -24,6 +24,7 @@ from .model import build_model, load_checkpoint
 from .model.head import Candidates
 from .ops import Pillars, decorate, pillarize
 from .ops.nms import nms_grouped
+from .runtime.malloc import keep_freed_memory
 from .runtime.memory import (
     InsufficientMemoryError,
     estimate_memory,
@@ -121,6 +122,8 @@ class Detector:
             raise ValueError(f"max_points must be a positive number of points, got {max_points}")
         if max_pillars is not None and max_pillars <= 0:
             raise ValueError(f"max_pillars must be positive or None (no cap), got {max_pillars}")
+        # Per-frame tensors are MBs each: keep freed memory for the next frame (see runtime/malloc.py).
+        keep_freed_memory()
         self.class_names: list[str] = list(cfg.class_names)
         self.point_features: list[str] = list(cfg.point_features)
         self.intensity_scale = float(cfg.intensity_scale)

@@ -24,6 +24,7 @@ from common import print_header, print_ratio
 
 from fastpillars_ros.model import build_model, check_onnx, export_onnx
 from fastpillars_ros.model.testing import randomize_
+from fastpillars_ros.runtime.malloc import keep_freed_memory
 from fastpillars_ros.runtime.onnxruntime_backend import OnnxRuntimeDense
 
 KITTI_SCAN = Path("/work/shared/data/real/kitti/training/velodyne/000000.bin")
@@ -201,6 +202,7 @@ def onnx_timing(name: str, repeat: int) -> None:
 
 def main() -> None:
     torch.set_grad_enabled(False)
+    keep_freed_memory()  # as the Detector does: the deployed forward reuses freed memory (runtime/malloc.py)
     print_header("FastPillars model: size and dense compute (fused = RepVGG + Conv/BN folded)")
     for name in ("tiny", "kitti", "nuscenes_official"):
         sizes(name)
