@@ -115,8 +115,8 @@ SPECS: tuple[ParamSpec, ...] = (
               choices=MEMORY_POLICIES),
     ParamSpec("warmup", True, "bool", "Run a warm-up inference at start-up so the first frame is not slow."),
     ParamSpec("cpu_threads", 0, "integer",
-              "Threads torch may use for CPU inference; on a CPU shared with other nodes fewer threads avoid "
-              "spin-waiting slowdowns.", range=(0, 256), note="0 = torch's default (one per core)"),
+              "Threads torch and onnxruntime may use for CPU inference; on a CPU shared with other nodes fewer "
+              "threads avoid spin-waiting slowdowns.", range=(0, 256), note="0 = torch's default (one per core)"),
     # --- detection output ---------------------------------------------------------------------------
     ParamSpec("score_threshold", -1.0, "double",
               "Minimum score of a published detection, all classes (per class: score_thresholds.<class>).",
