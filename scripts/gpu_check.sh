@@ -41,17 +41,28 @@ EOF
 step "gpu-marked tests"
 timeout 300 $PY -m pytest -m gpu -p no:cacheprovider -q -rs --junitxml="$OUT/gpu_tests.xml" \
   test/test_gpu_pillarize.py test/test_gpu_nms.py test/test_model_gpu.py test/test_detector.py \
-  test/test_sweeps.py test/test_train.py test/test_memcheck.py 2>&1 | tee "$OUT/gpu_tests.log" || status=1
+  test/test_sweeps.py test/test_train.py test/test_memcheck.py test/test_tensorrt_gpu.py 2>&1 | tee "$OUT/gpu_tests.log" || status=1
 
 step "memory: estimate vs measured peak"
-for case in "tiny fp32 120000" "nuscenes_official fp32 250000" "nuscenes_official fp16 250000"; do
+cases=("tiny fp32 120000 torch" "nuscenes_official fp32 250000 torch" "nuscenes_official fp16 250000 torch")
+has_trt=0
+$PY -c "import tensorrt" 2>/dev/null && has_trt=1 && cases+=("tiny fp16 120000 tensorrt")
+for case in "${cases[@]}"; do
   set -- $case
-  timeout 120 $PY -m fastpillars_ros.cli memcheck --config "$1" --precision "$2" --backend torch \
+  timeout 300 $PY -m fastpillars_ros.cli memcheck --config "$1" --precision "$2" --backend "$4" \
     --max-points "$3" --measure 2>&1 | grep -v "^  rule of thumb" | tee -a "$OUT/memcheck.log" || status=1
 done
 
+if [ $has_trt = 1 ]; then
+  # No weights are shipped for nuscenes_official: each process draws other random weights, so each builds its
+  # own engine (the cache cannot hit); the benchmark below builds one more.
+  step "TensorRT: per-layer profile, nuscenes_official fp16 (builds an engine)"
+  timeout 600 $PY -m fastpillars_ros.cli profile --config nuscenes_official --backend tensorrt --device cuda \
+    --precision fp16 --output "$OUT/profile_nuscenes_trt_fp16.json" 2>&1 | tail -30 || status=1
+fi
+
 step "benchmark rows on the GPU"
-timeout 240 $PY test/bench/gpu_only.py 2>&1 | tee "$OUT/bench_gpu.log" || status=1
+timeout 600 $PY test/bench/gpu_only.py 2>&1 | tee "$OUT/bench_gpu.log" || status=1
 
 step "per-layer profile, nuscenes_official torch fp16"
 timeout 120 $PY -m fastpillars_ros.cli profile --config nuscenes_official --device cuda --precision fp16 \

@@ -121,16 +121,25 @@ def test_measure_without_gpu_says_so_and_exits_2(capsys):
     assert "needs a CUDA device" in capsys.readouterr().err
 
 
+def _tensorrt_missing() -> bool:
+    from fastpillars_ros.runtime.tensorrt_backend import tensorrt_version
+
+    return tensorrt_version() is None
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize(("config", "precision", "points"), [
-    ("tiny", "fp32", 120_000), ("nuscenes_official", "fp32", 250_000), ("nuscenes_official", "fp16", 250_000),
+@pytest.mark.parametrize(("config", "precision", "points", "backend"), [
+    ("tiny", "fp32", 120_000, "torch"), ("nuscenes_official", "fp32", 250_000, "torch"),
+    ("nuscenes_official", "fp16", 250_000, "torch"),
+    pytest.param("tiny", "fp16", 120_000, "tensorrt",
+                 marks=pytest.mark.skipif(_tensorrt_missing(), reason="TensorRT is not installed")),
 ])
-def test_estimate_is_within_15_percent_of_the_measured_peak(config, precision, points):
+def test_estimate_is_within_15_percent_of_the_measured_peak(config, precision, points, backend):
     # A fresh process: the context and the allocator peak belong to this one Detector alone.
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, "-m", "fastpillars_ros.cli", "memcheck", "--config", config,
-                           "--precision", precision, "--backend", "torch", "--max-points", str(points),
+                           "--precision", precision, "--backend", backend, "--max-points", str(points),
                            "--measure", "--json"], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
