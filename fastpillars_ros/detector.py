@@ -214,30 +214,27 @@ class Detector:
                     ) -> tuple[torch.nn.Module | TensorRTDense | OnnxRuntimeDense, str]:
         """The object whose ``forward_dense`` runs the dense part; falls back to torch when a TensorRT
         engine or an onnxruntime session cannot be made and the backend was "auto"."""
-        if backend == "onnxruntime":
-            from .runtime.onnxruntime_backend import OnnxRuntimeDense
-
+        if backend in ("onnxruntime", "tensorrt"):
             try:
-                return OnnxRuntimeDense(self.model), "onnxruntime"
+                return self._make_engine(backend, engine_cache_dir), backend
             except Exception as exc:
                 if explicit:
                     raise
-                log.warning("onnxruntime session unavailable (%s): falling back to the torch backend", exc)
-                backend = "torch"
-        if backend == "tensorrt":
-            from .runtime.engine_cache import EngineCache
-            from .runtime.tensorrt_backend import TensorRTDense
-
-            try:
-                return TensorRTDense(self.model, self.precision, EngineCache(engine_cache_dir)), "tensorrt"
-            except Exception as exc:
-                if explicit:
-                    raise
-                log.warning("TensorRT engine unavailable (%s): falling back to the torch backend", exc)
+                log.warning("%s back end unavailable (%s): falling back to the torch backend", backend, exc)
         if self.precision == "fp16":
             # MAPE stays fp32 (segment softmax sums); only the dense part runs in half precision.
             return _HalfDense(self.model), "torch"
         return self.model, "torch"
+
+    def _make_engine(self, backend: str, engine_cache_dir: str | Path | None) -> TensorRTDense | OnnxRuntimeDense:
+        if backend == "onnxruntime":
+            from .runtime.onnxruntime_backend import OnnxRuntimeDense
+
+            return OnnxRuntimeDense(self.model)
+        from .runtime.engine_cache import EngineCache
+        from .runtime.tensorrt_backend import TensorRTDense
+
+        return TensorRTDense(self.model, self.precision, EngineCache(engine_cache_dir))
 
     def _resolve_checkpoint(self, checkpoint: str | Path | None) -> Path | None:
         if checkpoint is not None and str(checkpoint) != "":

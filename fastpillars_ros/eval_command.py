@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from .evaluation import FrameBoxes, evaluate, plot_pr_curves
+from .node_params import BACKENDS, DEVICES
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--config", default=None, help="model config name or YAML path (runs the detector; "
                                                    "with --detections it only names the classes)")
     src.add_argument("--checkpoint", default=None, help="weights file (default: the one shipped for --config)")
-    src.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    src.add_argument("--backend", default="auto", choices=["auto", "torch", "tensorrt", "onnxruntime"])
+    src.add_argument("--device", default="auto", choices=DEVICES)
+    src.add_argument("--backend", default="auto", choices=BACKENDS)
     src.add_argument("--score-threshold", type=float, default=None,
                      help="detector score threshold (default: the config's; lower gives fuller PR curves)")
     src.add_argument("--intensity-max", type=float, default=1.0,

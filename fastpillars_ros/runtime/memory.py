@@ -181,13 +181,14 @@ class MeasuredMemory:
     ``outside_allocator`` is what the process holds beyond torch's reserved pool: the CUDA context,
     kernels, cuDNN/cuBLAS handles and CuPy's pool. It is read from NVML as the device's used memory
     after the run minus before it, so it assumes no other process changes its usage meanwhile; None
-    when NVML (``pynvml``) is not installed.
+    when NVML (``pynvml``) is not installed, like ``free_before`` (the device's free memory before the run).
     """
 
     device: str
     allocated_peak: int
     reserved_peak: int
     outside_allocator: int | None
+    free_before: int | None = None
 
     @property
     def total(self) -> int | None:
@@ -238,7 +239,7 @@ def measure_memory(config: str | Path | ModelConfig, precision: str = "fp32", *,
     after = _nvml_memory()
     outside = None if before is None or after is None else after[0] - before[0] - torch.cuda.memory_reserved()
     return MeasuredMemory(torch.cuda.get_device_name(0), int(torch.cuda.max_memory_allocated()),
-                          int(torch.cuda.max_memory_reserved()), outside)
+                          int(torch.cuda.max_memory_reserved()), outside, None if before is None else before[1])
 
 
 def estimate_error(estimate: MemoryEstimate, measured: MeasuredMemory) -> float | None:
@@ -317,15 +318,14 @@ def run(args: argparse.Namespace) -> int:
             print("memcheck: --measure needs a CUDA device (torch sees none); without one, compare with "
                   "--free-mib", file=sys.stderr)
             return 2
-        nvml = _nvml_memory()
         measured = measure_memory(args.config, args.precision, backend=args.backend, max_points=args.max_points,
                                   max_pillars=args.max_pillars)
     if args.free_mib is not None:
         free, device_name = int(args.free_mib * MIB), "--free-mib"
     elif measured is not None:
-        dev = query_device_memory()
-        free = nvml[1] if nvml is not None else dev.free + torch.cuda.memory_reserved()
-        device_name = measured.device
+        free, device_name = measured.free_before, measured.device
+        if free is None:  # no NVML: what is free now plus what the measured run holds
+            free = torch.cuda.mem_get_info()[0] + torch.cuda.memory_reserved()
     else:
         dev = query_device_memory()
         free, device_name = (None, "no CUDA device") if dev is None else (dev.free, dev.name)

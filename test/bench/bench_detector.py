@@ -3,8 +3,9 @@
 CPU: the tiny and kitti configs on real scans (KITTI HDL-64 frames, a 64-beam outdoor PCD). Anchor: the
 same pipeline with the network in training form (multi-branch RepVGG, BN not folded), measured side by
 side, so the ratio shows what fusion buys. Goal: tiny end to end <= 150 ms on the 2-core CI machine.
-GPU (when one is present): nuscenes_official on a 250k-point input, TensorRT fp16 (or torch fp16 when
-TensorRT is missing) against torch fp32 in the same run; goal <= 10 ms on an H100-class card.
+GPU (when one is present): tiny on the same scans, torch fp32 on the GPU against the same Detector on the CPU;
+nuscenes_official on a 250k-point input, TensorRT fp16 (or torch fp16 when TensorRT is missing) against torch
+fp32 in the same run; goal <= 10 ms on an H100-class card.
 """
 
 from __future__ import annotations
@@ -61,13 +62,21 @@ def _unfused_like(det: Detector) -> torch.nn.Module:
 
 
 def bench_gpu() -> None:
+    cpu = Detector("tiny", device="cpu")
+    gpu = Detector("tiny", device="cuda", backend="torch", precision="fp32")
+    sync = torch.cuda.synchronize
+    for name, pts in _scans().items():
+        a = time_ms(lambda p=pts: cpu.detect(p), repeat=10)
+        b = time_ms(lambda p=pts: gpu.detect(p), repeat=50, sync=sync)
+        split = _stage_medians(gpu, pts, 20)
+        print(f"tiny GPU {name:<20s} stages ms: " + "  ".join(f"{k} {split[k]:.2f}" for k in STAGES))
+        print_ratio(f"  tiny torch fp32 GPU, {name}", "same Detector on the CPU", a, b)
     rng = np.random.default_rng(0)
     n = 250_000
     pts = np.stack([rng.uniform(-54, 54, n), rng.uniform(-54, 54, n), rng.uniform(-3, 1, n),
                     rng.uniform(0, 255, n), rng.uniform(0, 0.45, n)], 1).astype(np.float32)
     fp32 = Detector("nuscenes_official", device="cuda", backend="torch", precision="fp32", max_points=n)
     fast = Detector("nuscenes_official", device="cuda", backend="auto", precision="fp16", max_points=n)
-    sync = torch.cuda.synchronize
     a = time_ms(lambda: fp32.detect(pts), repeat=20, sync=sync)
     b = time_ms(lambda: fast.detect(pts), repeat=50, sync=sync)
     split = _stage_medians(fast, pts, 20)

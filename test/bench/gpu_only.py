@@ -21,23 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_detector
 import bench_nms
 import bench_pillarize
-from common import print_header, print_ratio, time_ms
-
-from fastpillars_ros.detector import STAGES, Detector
+from common import print_header
 
 logging.basicConfig(level=logging.WARNING)
-
-
-def bench_tiny_gpu() -> None:
-    cpu = Detector("tiny", device="cpu")
-    gpu = Detector("tiny", device="cuda", backend="torch", precision="fp32")
-    sync = torch.cuda.synchronize
-    for name, pts in bench_detector._scans().items():
-        a = time_ms(lambda p=pts: cpu.detect(p), repeat=10)
-        b = time_ms(lambda p=pts: gpu.detect(p), repeat=50, sync=sync)
-        split = bench_detector._stage_medians(gpu, pts, 20)
-        print(f"tiny GPU {name:<20s} stages ms: " + "  ".join(f"{k} {split[k]:.2f}" for k in STAGES))
-        print_ratio(f"  tiny torch fp32 GPU, {name}", "same Detector on the CPU", a, b)
 
 
 def main() -> int:
@@ -49,7 +35,6 @@ def main() -> int:
     bench_pillarize.bench_gpu(headline[0])
     bench_nms.gpu_section(*bench_nms.detector_scene())
     print_header("GPU rows: Detector end to end")
-    bench_tiny_gpu()
     bench_detector.bench_gpu()
     return 0
 
