@@ -19,8 +19,19 @@ __all__ = ["add_arguments", "run"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="tiny", help="model config name or YAML path (default tiny)")
-    parser.add_argument("--data", required=True, help="training data folder (velodyne/, label_2/, calib/)")
+    parser.add_argument("--data", required=True, action="append",
+                        help="training data folder (velodyne/, label_2/, calib/), labelled all around the sensor; "
+                        "repeat the flag for several")
+    parser.add_argument("--camera-view-data", action="append", default=[], metavar="DIR",
+                        help="training data folder labelled only in the front camera's view (real KITTI): the "
+                        "unlabelled rest of each scan is masked out of the heatmap loss; repeatable")
+    parser.add_argument("--camera-view-repeat", type=int, default=1,
+                        help="times each --camera-view-data frame is used per epoch (default 1)")
+    parser.add_argument("--init", default=None, metavar="CHECKPOINT",
+                        help="start from these weights (fine-tuning; the config must match their layers)")
     parser.add_argument("--val", default=None, help="validation data folder: val loss per epoch in log.jsonl")
+    parser.add_argument("--val-camera-view", action="store_true",
+                        help="the --val folder is labelled in the camera's view only (mask as for training)")
     parser.add_argument("--epochs", type=int, required=True, help="number of epochs")
     parser.add_argument("--out", required=True, help="run directory (checkpoints, train_state.pt, log.jsonl)")
     parser.add_argument("--batch-size", type=int, default=4, help="frames per batch (default 4)")
@@ -32,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch CPU threads (default min(2, cores)); 1 is faster on a busy machine")
     parser.add_argument("--seed", type=int, default=0, help="seed (weights init, data order, augmentation)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from train_state.pt")
-    parser.add_argument("--max-frames", type=int, default=None, help="use only the first N training frames")
+    parser.add_argument("--max-frames", type=int, default=None,
+                        help="use only the first N frames of the --data folders (camera-view frames: all)")
     parser.add_argument("--max-val-frames", type=int, default=200, help="validation frames used (default 200)")
     parser.add_argument("--max-steps", type=int, default=None,
                         help="stop after this many steps in total (smoke tests, timing; the epoch it stops in is "
@@ -57,9 +69,11 @@ def run(args: argparse.Namespace) -> int:
                         weight_decay=args.weight_decay, workers=args.workers, seed=args.seed, resume=args.resume,
                         max_frames=args.max_frames, max_val_frames=args.max_val_frames, device=args.device,
                         threads=args.threads, gt_sampling=args.gt_sampling, min_points=args.min_points,
-                        progress=not args.no_progress, max_steps=args.max_steps)
+                        progress=not args.no_progress, max_steps=args.max_steps, init=args.init,
+                        camera_view_repeat=args.camera_view_repeat)
     try:
-        summary = train(opts, data=args.data, val=args.val)
+        summary = train(opts, data=args.data, val=args.val, camera_view=args.camera_view_data,
+                        camera_view_val=args.val_camera_view)
     except (ValueError, FileNotFoundError) as exc:
         print(f"fastpillars-ros train: {exc}", file=sys.stderr)
         return 2

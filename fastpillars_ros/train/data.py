@@ -8,6 +8,7 @@ which worker made them (deterministic and resumable).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +24,11 @@ from .augment import AugmentConfig, augment, paste_objects
 from .losses import BatchTargets
 from .targets import HeadGeometry, build_targets, head_geometry
 
-__all__ = ["EpochSampler", "Frame", "TrainSet", "collate", "points_in_box"]
+__all__ = ["CameraViewFrames", "ConcatFrames", "EpochSampler", "Frame", "TrainSet", "camera_half_fov", "collate",
+           "points_in_box"]
+
+#: ``Frame.extras`` key: half-angle (rad) about the sensor's +x axis outside which the frame has no labels.
+LABEL_HALF_FOV = "label_half_fov"
 
 
 def points_in_box(points: np.ndarray, box: np.ndarray) -> np.ndarray:
@@ -45,6 +50,48 @@ class Frame:
     labels: np.ndarray
     ignored_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 7)))
     extras: dict = field(default_factory=dict)
+
+
+def camera_half_fov(calib: Any, image_width: int = 1242) -> float:
+    """Half the horizontal field of view (rad) of KITTI's left colour camera, the narrower side of its
+    principal point: ``min(atan(cx / fx), atan((W - cx) / fx))`` from ``P2`` (about 40.7 degrees on KITTI)."""
+    fx, cx = float(calib.p2[0, 0]), float(calib.p2[0, 2])
+    return min(math.atan(cx / fx), math.atan((image_width - cx) / fx))
+
+
+class CameraViewFrames:
+    """Frames whose labels cover only the front camera's view (real KITTI): each frame gets
+    ``extras[LABEL_HALF_FOV]`` (from its calibration), so that training does not treat the unlabelled rest of
+    the scan as background (:class:`TrainSet` masks the heatmap's negatives there)."""
+
+    def __init__(self, source: Sequence[Any], margin: float = math.radians(1.0)) -> None:
+        self.source, self.margin = source, margin
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> Any:
+        f = self.source[index]
+        f.extras = dict(getattr(f, "extras", None) or {})
+        f.extras[LABEL_HALF_FOV] = camera_half_fov(f.calib) - self.margin
+        return f
+
+
+class ConcatFrames:
+    """Several random-access frame sources as one (index ``i`` runs through them in order)."""
+
+    def __init__(self, sources: Sequence[Sequence[Any]]) -> None:
+        self.sources = list(sources)
+        self.offsets = np.cumsum([0] + [len(s) for s in self.sources])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, index: int) -> Any:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        k = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        return self.sources[k][index - int(self.offsets[k])]
 
 
 @dataclass(frozen=True)
@@ -102,7 +149,11 @@ class TrainSet(Dataset):
         self.min_points = min_points
         self.indices = list(range(len(source))) if indices is None else list(indices)
         symmetric_x = abs(config.pc_range[0] + config.pc_range[3]) < 1e-6
-        self.augment_config = augment_config or AugmentConfig(flip_x=symmetric_x)
+        symmetric_y = abs(config.pc_range[1] + config.pc_range[4]) < 1e-6
+        # A canvas centred on the sensor sees every heading: turn scenes by any angle (a front-view canvas
+        # keeps +-45 degrees, so that objects stay inside it).
+        self.augment_config = augment_config or AugmentConfig(
+            flip_x=symmetric_x, rotation=math.pi if symmetric_x and symmetric_y else math.pi / 4)
         self.gt_config = gt_config or GtSamplingConfig()
         self.geo = geometry or head_geometry(config)
 
@@ -112,6 +163,10 @@ class TrainSet(Dataset):
     # ---- frame access -----------------------------------------------------------------------
     def _frame(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """points (N, 4) float32, boxes (K, 7), labels (K,), ignored (J, 7), per-box point counts (K,)."""
+        return self._load(i)[:5]
+
+    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float | None]:
+        """:meth:`_frame` plus the frame's labelled half field of view (rad; None = labelled all around)."""
         f = self.source[self.indices[i]]
         pts = np.asarray(f.points, dtype=np.float32)
         boxes = np.asarray(f.boxes, dtype=np.float64).reshape(-1, 7)
@@ -120,7 +175,8 @@ class TrainSet(Dataset):
         counts = (getattr(f, "extras", None) or {}).get("num_points")
         if counts is None or len(counts) != len(boxes):
             counts = points_in_boxes(pts, boxes).sum(axis=0) if len(boxes) else np.zeros(0, np.int64)
-        return pts, boxes, labels, ignored, np.asarray(counts)
+        half_fov = (getattr(f, "extras", None) or {}).get(LABEL_HALF_FOV)
+        return pts, boxes, labels, ignored, np.asarray(counts), half_fov
 
     def _donors(self, i: int, rng: np.random.Generator) -> list[tuple[np.ndarray, int, np.ndarray]]:
         gc = self.gt_config
@@ -146,7 +202,10 @@ class TrainSet(Dataset):
         epoch, i = key if isinstance(key, tuple) else (0, key)
         rng = np.random.default_rng([self.seed, epoch, i])
         cfg = self.config
-        pts, boxes, labels, ignored, counts = self._frame(i)
+        pts, boxes, labels, ignored, counts, half_fov = self._load(i)
+        # Where the labelled wedge points after augmentation: a probe box on its axis goes through the same
+        # flips and turn (the wedge is symmetric about its axis, so its new axis is the probe's direction).
+        probe = np.array([[10.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0]])
         keep = counts >= self.min_points
         # Boxes with too few points are neither targets nor negatives: treat them as ignored.
         ignored = np.concatenate([ignored, boxes[~keep]], axis=0)
@@ -154,11 +213,13 @@ class TrainSet(Dataset):
         if self.gt_sampling and self.augment:
             pts, boxes, labels = paste_objects(pts, boxes, labels, ignored, self._donors(i, rng))
         if self.augment:
-            pts, (boxes, ignored) = augment(pts, [boxes, ignored], rng, self.augment_config)
+            pts, (boxes, ignored, probe) = augment(pts, [boxes, ignored, probe], rng, self.augment_config)
         pts = self._features(pts)
         pillars = pillarize(pts, cfg.pc_range, cfg.pillar_size)
         features = decorate(pts, pillars, cfg.pc_range, cfg.pillar_size)
         targets = build_targets(boxes, labels, cfg, self.geo, ignored_boxes=ignored)
+        if half_fov is not None:
+            targets.ignore |= outside_wedge(self.geo, math.atan2(probe[0, 1], probe[0, 0]), half_fov)
         return {"features": features, "point_pillar": pillars.point_pillar, "coords": pillars.coords,
                 "targets": targets, "num_boxes": int(sum(len(x) for x in targets.ind))}
 
@@ -173,6 +234,16 @@ class TrainSet(Dataset):
             else:  # dt: single sweep
                 cols.append(np.zeros(len(pts), np.float32))
         return np.ascontiguousarray(np.stack(cols, axis=1), dtype=np.float32)
+
+
+def outside_wedge(geo: HeadGeometry, axis: float, half_angle: float) -> np.ndarray:
+    """``(H, W)`` bool: head cells whose centre's bearing from the sensor is more than ``half_angle`` (rad)
+    from ``axis`` (rad, CCW from +x)."""
+    x = geo.x_min + (np.arange(geo.width) + 0.5) * geo.cell_x
+    y = geo.y_min + (np.arange(geo.height) + 0.5) * geo.cell_y
+    bearing = np.arctan2(y[:, None], x[None, :])
+    off = np.abs(np.angle(np.exp(1j * (bearing - axis))))
+    return off > half_angle
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from torch.utils.data import DataLoader
 from ..config import ModelConfig, load_model_config
 from ..model import build_model
 from ..model.checkpoint import load_checkpoint, save_checkpoint
-from .data import EpochSampler, TrainSet, collate
+from .data import CameraViewFrames, ConcatFrames, EpochSampler, TrainSet, collate
 from .losses import LossWeights, compute_losses
 from .targets import head_geometry
 
@@ -64,6 +65,8 @@ class TrainOptions:
     min_points: int = 1
     progress: bool = True
     max_steps: int | None = None  # stop after this many optimizer steps in total (smoke tests, profiling)
+    init: str | None = None  # start from these weights (fine-tuning) instead of a random init
+    camera_view_repeat: int = 1  # each camera-view (real KITTI) frame is seen this many times per epoch
     loss_weights: LossWeights = field(default_factory=LossWeights)
 
 
@@ -95,10 +98,15 @@ def _cpu_threads(requested: int | None) -> int:
     return n
 
 
-def _source(root: str, config: ModelConfig) -> Any:
+def _source(root: str | Sequence[str], config: ModelConfig, camera_view: Sequence[str] = ()) -> Any:
+    """KITTI-layout folders as one frame source: ``root`` (labelled all around, e.g. simulator output), then
+    ``camera_view`` folders (labelled in the front camera's view only, e.g. real KITTI)."""
     from ..datasets.kitti import KittiDataset
 
-    return KittiDataset(root, classes=config.class_names)
+    roots = [root] if isinstance(root, str) else list(root)
+    sources = [KittiDataset(r, classes=config.class_names) for r in roots]
+    sources += [CameraViewFrames(KittiDataset(r, classes=config.class_names)) for r in camera_view]
+    return sources[0] if len(sources) == 1 and not camera_view else ConcatFrames(sources)
 
 
 def init_heatmap_bias(model: torch.nn.Module, value: float = HM_BIAS_INIT) -> None:
@@ -143,24 +151,15 @@ def evaluate_loss(model: torch.nn.Module, loader: DataLoader, config: ModelConfi
     return {k: v / max(n, 1) for k, v in sums.items()}
 
 
-def _training_memory_format(device: torch.device) -> torch.memory_format:
-    """channels_last where it was measured to help and verified to run: the CPU with torch >= 2.13 (the
-    pinned version). oneDNN's convolutions ran the tiny dense part's forward + backward 13 % faster in it
-    (batch 4: 865 -> 750 ms, BENCHMARKS.md). With torch 2.11 on an Intel Xeon the backward pass of the
-    channels_last model crashed the process (SIGSEGV); on CUDA it brings nothing measured. Elsewhere the
-    default contiguous layout."""
-    version = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
-    if device.type == "cpu" and version >= (2, 13):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-def train(opts: TrainOptions, train_source: Any = None, val_source: Any = None, data: str | None = None,
-          val: str | None = None) -> dict[str, Any]:
+def train(opts: TrainOptions, train_source: Any = None, val_source: Any = None, data: str | Sequence[str] | None = None,
+          val: str | None = None, camera_view: Sequence[str] = (), camera_view_val: bool = False) -> dict[str, Any]:
     """Train; returns a summary (``epochs_done``, ``steps``, ``history`` of per-epoch log records, ``run_dir``).
 
     ``train_source``/``val_source``: random-access frame sequences (tests); otherwise KITTI-layout folders
-    ``data``/``val`` are read with :class:`~fastpillars_ros.datasets.kitti.KittiDataset`.
+    ``data`` (one or several, labelled all around) and ``camera_view`` (labelled in the camera's view only;
+    each frame used ``opts.camera_view_repeat`` times per epoch) and ``val`` (camera view if
+    ``camera_view_val``) are read with :class:`~fastpillars_ros.datasets.kitti.KittiDataset`.
+    ``opts.max_frames`` limits the frames taken from ``data``.
     """
     config = load_model_config(opts.config)
     run_dir = Path(opts.out)
@@ -170,17 +169,24 @@ def train(opts: TrainOptions, train_source: Any = None, val_source: Any = None, 
         # The CPU kernels used (conv, BN, index_add_/scatter_reduce_ segment reductions) are deterministic;
         # torch.use_deterministic_algorithms is not called: it imports torch._inductor (~10 s).
         torch.set_num_threads(_cpu_threads(opts.threads))
+    n_camera = 0
     if train_source is None:
         if data is None:
             raise ValueError("no training data: give a data folder")
-        train_source = _source(data, config)
+        train_source = _source(data, config, camera_view)
+        if camera_view:
+            n_camera = sum(len(s) for s in train_source.sources[-len(camera_view):])
     if val_source is None and val is not None:
-        val_source = _source(val, config)
-    n_frames = len(train_source) if opts.max_frames is None else min(len(train_source), opts.max_frames)
+        val_source = _source([], config, [val]) if camera_view_val else _source(val, config)
+    n_plain = len(train_source) - n_camera
+    n_plain = n_plain if opts.max_frames is None else min(n_plain, opts.max_frames)
+    indices = list(range(n_plain)) + [len(train_source) - n_camera + k for k in range(n_camera)
+                                      for _ in range(max(1, opts.camera_view_repeat))]
+    n_frames = len(indices)
     if n_frames < opts.batch_size:
         raise ValueError(f"{n_frames} training frames is fewer than one batch of {opts.batch_size}")
     train_set = TrainSet(train_source, config, seed=opts.seed, augment=opts.augment, gt_sampling=opts.gt_sampling,
-                         min_points=opts.min_points, indices=range(n_frames))
+                         min_points=opts.min_points, indices=indices)
     pin = device.type == "cuda"
     loader, sampler = _loader(train_set, opts.batch_size, opts.seed, True, opts.workers, True, pin)
     val_loader = None
@@ -194,8 +200,14 @@ def train(opts: TrainOptions, train_source: Any = None, val_source: Any = None, 
     total_steps = steps_per_epoch * opts.epochs
     torch.manual_seed(opts.seed)
     model = build_model(config)
-    init_heatmap_bias(model)
-    model.to(device, memory_format=_training_memory_format(device)).train()
+    if opts.init:
+        load_checkpoint(model, opts.init)
+    else:
+        init_heatmap_bias(model)
+    # Contiguous layout: channels_last was 1.15x faster for the dense part alone but no faster per training
+    # step, and its backward pass crashed the process (SIGSEGV) with torch 2.11 on an Intel Xeon and with
+    # torch 2.13 on an AMD EPYC (test_short_training_reduces_loss).
+    model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, betas=(0.95, 0.99),
                                   weight_decay=opts.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
