@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .config import ModelConfig, load_model_config
-from .model import build_model, load_checkpoint
+from .config import DEFAULT_MODEL, ModelConfig, load_model_config
+from .model import build_model, load_checkpoint, weights_licence
 from .model.head import Candidates
 from .ops import Pillars, decorate, pillarize
 from .ops.nms import nms_grouped
@@ -92,7 +92,8 @@ class Detector:
         device: "cpu", "cuda" or "auto" (cuda when available).
         precision: "fp32" or "fp16" (fp16 needs a GPU).
         score_threshold: minimum published score, one float or ``{class_name: threshold}`` (classes not in
-            the dict use the config's ``decode.score_threshold``); None = the config's value for all.
+            the dict use the config's default); None = the config's defaults
+            (:meth:`~fastpillars_ros.config.ModelConfig.default_score_thresholds`).
         nms_kind, nms_iou_threshold, nms_pre_max, nms_post_max: override the config's NMS (per task).
         max_points: points beyond this are dropped deterministically (an even subsample), counted in
             ``stats["dropped_points"]`` and logged.
@@ -103,7 +104,7 @@ class Detector:
         warmup: run two frames of synthetic points at construction so the first real frame is not slow.
     """
 
-    def __init__(self, config: str | Path | ModelConfig = "tiny", checkpoint: str | Path | None = None, *,
+    def __init__(self, config: str | Path | ModelConfig = DEFAULT_MODEL, checkpoint: str | Path | None = None, *,
                  backend: str = "auto", device: str = "auto", precision: str = "fp32",
                  score_threshold: float | Mapping[str, float] | None = None, nms_kind: str | None = None,
                  nms_iou_threshold: float | None = None, nms_pre_max: int | None = None,
@@ -140,8 +141,11 @@ class Detector:
         self.checkpoint = self._resolve_checkpoint(checkpoint)
 
         model = build_model(cfg)
+        #: Terms the loaded weights are under (stated in the checkpoint; None: not stated or random weights).
+        self.weights_licence: str | None = None
         if self.checkpoint is not None:
             load_checkpoint(model, self.checkpoint, strict=True)
+            self.weights_licence = weights_licence(self.checkpoint)
         model.eval().fuse("full")
         self.model = model.to(self.device)
         self._dense, self.backend = self._make_dense(self.backend, backend != "auto", engine_cache_dir)
@@ -266,8 +270,8 @@ class Detector:
     # ---- runtime settings -----------------------------------------------------------------------
     def set_score_threshold(self, value: float | Mapping[str, float] | None) -> None:
         """Minimum published score: one float, or per class name (others keep the config default)."""
-        default = self.config.decode.score_threshold
-        per_class = np.full(len(self.class_names), default, dtype=np.float32)
+        defaults = self.config.default_score_thresholds()
+        per_class = np.array([defaults[c] for c in self.class_names], dtype=np.float32)
         if isinstance(value, Mapping):
             unknown = sorted(set(value) - set(self.class_names))
             if unknown:
@@ -385,8 +389,10 @@ class Detector:
         return cand.select(torch.as_tensor(keep, device=cand.scores.device))
 
     def describe(self) -> str:
-        """One line: model, backend, device, precision, classes, checkpoint."""
+        """One line: model, backend, device, precision, classes, checkpoint and its licence."""
         ckpt = self.checkpoint.name if self.checkpoint else "RANDOM WEIGHTS"
+        if self.checkpoint:
+            ckpt += f", weights licence: {self.weights_licence or 'not stated'}"
         return (f"model {self.config.name} ({ckpt}), backend {self.backend}, device {self.device}, "
                 f"precision {self.precision}, classes {self.class_names}, features {self.point_features}")
 

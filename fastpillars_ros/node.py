@@ -136,7 +136,7 @@ class DetectorNode(Node):
             raise StartupError(f"cannot start the detector: {type(exc).__name__}: {exc}", 1) from None
         det = self.detector
         self.class_names = list(det.class_names)
-        self.default_score_threshold = float(cfg.decode.score_threshold)
+        self.default_score_threshold = cfg.default_score_thresholds()
 
         # Declare everything with descriptors (values already validated; overrides applied by us).
         for spec in node_params.all_specs():
@@ -179,8 +179,11 @@ class DetectorNode(Node):
             describe = getattr(self.sweeps.pose_source, "describe", None)
             sweeps_text = (f"{self.sweeps.buffer.num_sweeps} sweeps (poses: "
                            f"{describe() if describe else type(self.sweeps.pose_source).__name__})")
+        weights = ckpt or "RANDOM WEIGHTS"
+        if ckpt:
+            weights += f", weights licence: {getattr(det, 'weights_licence', None) or 'not stated'}"
         log.info(
-            f"ready: model {cfg.name} ({ckpt or 'RANDOM WEIGHTS'}), backend {det.backend}, device {det.device}, "
+            f"ready: model {cfg.name} ({weights}), backend {det.backend}, device {det.device}, "
             f"precision {det.precision}, classes {self.class_names}, input {self.sub.topic_name} "
             f"fields [{fields}], intensity_scale {params.intensity_scale} (model 0..{det.intensity_scale:g}), "
             f"{sweeps_text}, warm-up {warm_text}, start-up {time.perf_counter() - t_start:.1f} s")
@@ -435,7 +438,7 @@ def _build_detector(params: NodeParams, cfg: Any) -> Any:
 
         torch.set_num_threads(params.cpu_threads)
 
-    return Detector(cfg, **params.detector_kwargs(cfg.class_names, cfg.decode.score_threshold))
+    return Detector(cfg, **params.detector_kwargs(cfg.class_names, cfg.default_score_thresholds()))
 
 
 def main(args: Sequence[str] | None = None) -> int:

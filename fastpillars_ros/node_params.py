@@ -23,6 +23,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .config import DEFAULT_MODEL
+
 #: Node name; the key under which parameter files list the node's parameters.
 NODE_NAME = "fastpillars_detector"
 
@@ -98,7 +100,7 @@ _FIELD_NOTE = _XYZ_NOTE + "; empty = always use the fill value"
 
 SPECS: tuple[ParamSpec, ...] = (
     # --- model and runtime --------------------------------------------------------------------------
-    ParamSpec("model", "tiny", "string",
+    ParamSpec("model", DEFAULT_MODEL, "string",
               "Model config: a bundled name (tiny, kitti, nuscenes_official) or a path to a model .yaml."),
     ParamSpec("checkpoint", "", "string",
               "Weights file (.pt/.pth) matching the model; empty = the weights shipped for the model "
@@ -211,7 +213,7 @@ def _field_default(feature: str) -> str:
 class NodeParams:
     """Validated node parameters (attribute per :data:`SPECS` entry; dotted names become dicts)."""
 
-    model: str = "tiny"
+    model: str = DEFAULT_MODEL
     checkpoint: str = ""
     backend: str = "auto"
     device: str = "auto"
@@ -297,16 +299,17 @@ class NodeParams:
     def checkpoint_or_none(self) -> str | None:
         return self.checkpoint or None
 
-    def effective_score_threshold(self, class_names: Iterable[str], default: float) -> float | dict[str, float]:
-        """What ``Detector.set_score_threshold`` gets: one float, or a class -> threshold dict when any class
-        has its own threshold (classes without one use the global value, or ``default`` when unset)."""
-        glob = self.score_threshold if self.score_threshold >= 0 else default
+    def effective_score_threshold(self, class_names: Iterable[str], default: Mapping[str, float]
+                                  ) -> float | dict[str, float]:
+        """What ``Detector.set_score_threshold`` gets: one float when only the global value is set, else a
+        class -> threshold dict (a class's own value, else the global value, else the model's ``default``)."""
         own = {c: v for c, v in self.score_thresholds.items() if v >= 0}
-        if not own:
-            return float(glob)
-        return {c: float(own.get(c, glob)) for c in class_names}
+        if self.score_threshold >= 0 and not own:
+            return float(self.score_threshold)
+        glob = self.score_threshold if self.score_threshold >= 0 else None
+        return {c: float(own.get(c, default[c] if glob is None else glob)) for c in class_names}
 
-    def detector_kwargs(self, class_names: Iterable[str], default_threshold: float) -> dict[str, Any]:
+    def detector_kwargs(self, class_names: Iterable[str], default_threshold: Mapping[str, float]) -> dict[str, Any]:
         """Keyword arguments for :class:`~fastpillars_ros.detector.Detector` (0 / "" mean "config default")."""
         return dict(
             checkpoint=self.checkpoint_or_none, backend=self.backend, device=self.device, precision=self.precision,

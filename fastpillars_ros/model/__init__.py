@@ -4,7 +4,7 @@ Public API: :func:`build_model`, :func:`load_checkpoint`, :func:`save_checkpoint
 :func:`check_onnx`, :class:`FastPillars`, :class:`Candidates`.
 """
 
-from .checkpoint import load_checkpoint, read_state_dict, save_checkpoint
+from .checkpoint import load_checkpoint, read_state_dict, save_checkpoint, weights_licence
 from .export import check_onnx, export_onnx, output_names
 from .fastpillars import FUSION_LEVELS, FastPillars, build_model
 from .head import Candidates, decode_head_outputs
@@ -21,4 +21,5 @@ __all__ = [
     "output_names",
     "read_state_dict",
     "save_checkpoint",
+    "weights_licence",
 ]

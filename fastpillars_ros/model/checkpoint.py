@@ -137,7 +137,21 @@ def load_checkpoint(model: FastPillars, path: str | Path, strict: bool = True) -
     return model
 
 
-def save_checkpoint(model: FastPillars, path: str | Path) -> None:
-    """Write ``{"state_dict", "config", "fusion_level"}`` (plain types only: safe-loadable)."""
-    torch.save({"state_dict": model.state_dict(), "config": model.config.to_dict(),
-                "fusion_level": model.fusion_level}, Path(path))
+def save_checkpoint(model: FastPillars, path: str | Path, licence: str | None = None) -> None:
+    """Write ``{"state_dict", "config", "fusion_level"[, "licence"]}`` (plain types only: safe-loadable).
+
+    ``licence``: the terms the weights are under (they inherit those of their training data), shown to users by
+    :func:`weights_licence` and the node's ready line.
+    """
+    obj: dict[str, Any] = {"state_dict": model.state_dict(), "config": model.config.to_dict(),
+                           "fusion_level": model.fusion_level}
+    if licence:
+        obj["licence"] = str(licence)
+    torch.save(obj, Path(path))
+
+
+def weights_licence(path: str | Path) -> str | None:
+    """The ``licence`` entry of one of our checkpoints (None when the file states none)."""
+    obj = torch.load(Path(path), map_location="cpu", weights_only=True)
+    value = obj.get("licence") if isinstance(obj, dict) else None
+    return value if isinstance(value, str) else None

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from ..config import ModelConfig, load_model_config
+from ..config import DEFAULT_MODEL, ModelConfig, load_model_config
 
 MIB = 1024 * 1024
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
@@ -286,7 +286,8 @@ def insufficient_message(estimate: MemoryEstimate, device: DeviceMemory) -> str:
 # ------------------------------------------------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default="tiny", help="model config name or YAML path (default: tiny)")
+    parser.add_argument("--config", default=DEFAULT_MODEL,
+                        help=f"model config name or YAML path (default: {DEFAULT_MODEL})")
     parser.add_argument("--precision", default="all", choices=[*BYTES_PER_ELEMENT, "all"])
     parser.add_argument("--backend", default="tensorrt", choices=sorted(DEFAULT_WORKSPACE_MIB))
     parser.add_argument("--max-points", type=int, default=300_000)

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..config import DEFAULT_MODEL
+
 
 def layer_table(samples: dict[str, list[float]], runs: int) -> list[dict[str, Any]]:
     """trtexec-style profile from per-run layer times in ms (``samples[name]`` has one value per run)."""
@@ -132,7 +134,7 @@ def format_top(profile_rows: list[dict[str, Any]], top: int = 15) -> str:
 # ------------------------------------------------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default="tiny", help="model config name or YAML path")
+    parser.add_argument("--config", default=DEFAULT_MODEL, help="model config name or YAML path")
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--backend", default="torch", choices=["torch", "tensorrt"])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

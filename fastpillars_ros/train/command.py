@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="times each --camera-view-data frame is used per epoch (default 1)")
     parser.add_argument("--init", default=None, metavar="CHECKPOINT",
                         help="start from these weights (fine-tuning; the config must match their layers)")
+    parser.add_argument("--weights-licence", default=None, metavar="TEXT",
+                        help="licence of the trained weights (that of the training data, e.g. 'CC BY-NC-SA 3.0' for "
+                        "KITTI), stored in every checkpoint and shown in the node's ready line")
     parser.add_argument("--val", default=None, help="validation data folder: val loss per epoch in log.jsonl")
     parser.add_argument("--val-camera-view", action="store_true",
                         help="the --val folder is labelled in the camera's view only (mask as for training)")
@@ -70,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
                         max_frames=args.max_frames, max_val_frames=args.max_val_frames, device=args.device,
                         threads=args.threads, gt_sampling=args.gt_sampling, min_points=args.min_points,
                         progress=not args.no_progress, max_steps=args.max_steps, init=args.init,
-                        camera_view_repeat=args.camera_view_repeat)
+                        camera_view_repeat=args.camera_view_repeat, licence=args.weights_licence)
     try:
         summary = train(opts, data=args.data, val=args.val, camera_view=args.camera_view_data,
                         camera_view_val=args.val_camera_view)
