@@ -87,9 +87,6 @@ class DecodeConfig:
     """Turning head maps into scored candidate boxes (and NMS settings used by the caller)."""
 
     score_threshold: float = 0.1
-    # Default published score per class name (classes not named: score_threshold). score_threshold stays the
-    # candidate floor of decoding (what evaluation sees); these are what a user sees by default.
-    class_score_thresholds: dict[str, float] | None = None
     post_center_range: tuple[float, ...] = (-61.2, -61.2, -10.0, 61.2, 61.2, 10.0)
     rectifier: float = 0.5
     pre_max: int = 1000
@@ -123,12 +120,6 @@ class ModelConfig:
     def class_names(self) -> tuple[str, ...]:
         """All classes in global label order (task by task)."""
         return tuple(c for task in self.tasks for c in task)
-
-    def default_score_thresholds(self) -> dict[str, float]:
-        """The published score threshold per class when the user sets none (``decode.class_score_thresholds``,
-        else ``decode.score_threshold``)."""
-        own = self.decode.class_score_thresholds or {}
-        return {c: float(own.get(c, self.decode.score_threshold)) for c in self.class_names}
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -393,17 +384,6 @@ def validate(cfg: ModelConfig, source: str = "<config>") -> None:
         fail("'decode.rectifier' > 0 needs the IoU branch ('head.iou: true'); set it to 0 otherwise")
     if not 0.0 <= d.score_threshold < 1.0:
         fail("'decode.score_threshold' must be in [0, 1)")
-    if d.class_score_thresholds is not None:
-        if not isinstance(d.class_score_thresholds, dict):
-            fail("'decode.class_score_thresholds' must be a mapping {class name: score}")
-        unknown = sorted(set(d.class_score_thresholds) - set(cfg.class_names))
-        if unknown:
-            fail(f"'decode.class_score_thresholds' names unknown classes {unknown}; classes: {list(cfg.class_names)}")
-        for name, value in d.class_score_thresholds.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-                    not d.score_threshold <= value < 1.0:
-                fail(f"'decode.class_score_thresholds.{name}' must be a number in [score_threshold, 1), "
-                     f"got {value!r}")
     if d.pre_max < 1 or d.post_max < 1:
         fail("'decode.pre_max' and 'decode.post_max' must be >= 1")
     if d.nms_kind not in NMS_KINDS:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .config import DEFAULT_MODEL, ModelConfig, load_model_config
-from .model import build_model, load_checkpoint, weights_licence
+from .model import build_model, checkpoint_meta, load_checkpoint
 from .model.head import Candidates
 from .ops import Pillars, decorate, pillarize
 from .ops.nms import nms_grouped
@@ -92,8 +92,8 @@ class Detector:
         device: "cpu", "cuda" or "auto" (cuda when available).
         precision: "fp32" or "fp16" (fp16 needs a GPU).
         score_threshold: minimum published score, one float or ``{class_name: threshold}`` (classes not in
-            the dict use the config's default); None = the config's defaults
-            (:meth:`~fastpillars_ros.config.ModelConfig.default_score_thresholds`).
+            the dict use the default); None = the defaults (:attr:`default_score_thresholds`: calibrated
+            thresholds stored in the checkpoint, else the config's ``decode.score_threshold``).
         nms_kind, nms_iou_threshold, nms_pre_max, nms_post_max: override the config's NMS (per task).
         max_points: points beyond this are dropped deterministically (an even subsample), counted in
             ``stats["dropped_points"]`` and logged.
@@ -143,9 +143,15 @@ class Detector:
         model = build_model(cfg)
         #: Terms the loaded weights are under (stated in the checkpoint; None: not stated or random weights).
         self.weights_licence: str | None = None
+        #: Published score per class when the user sets none: calibrated thresholds stored with the weights,
+        #: else the config's decode floor.
+        self.default_score_thresholds = {c: float(self.config.decode.score_threshold) for c in self.class_names}
         if self.checkpoint is not None:
             load_checkpoint(model, self.checkpoint, strict=True)
-            self.weights_licence = weights_licence(self.checkpoint)
+            meta = checkpoint_meta(self.checkpoint)
+            self.weights_licence = meta.licence
+            self.default_score_thresholds.update({c: t for c, t in meta.score_thresholds.items()
+                                                  if c in self.default_score_thresholds})
         model.eval().fuse("full")
         self.model = model.to(self.device)
         self._dense, self.backend = self._make_dense(self.backend, backend != "auto", engine_cache_dir)
@@ -270,8 +276,7 @@ class Detector:
     # ---- runtime settings -----------------------------------------------------------------------
     def set_score_threshold(self, value: float | Mapping[str, float] | None) -> None:
         """Minimum published score: one float, or per class name (others keep the config default)."""
-        defaults = self.config.default_score_thresholds()
-        per_class = np.array([defaults[c] for c in self.class_names], dtype=np.float32)
+        per_class = np.array([self.default_score_thresholds[c] for c in self.class_names], dtype=np.float32)
         if isinstance(value, Mapping):
             unknown = sorted(set(value) - set(self.class_names))
             if unknown:

@@ -34,8 +34,8 @@ import numpy as np
 from .eval_command import ground_truth, in_camera_fov, model_points
 from .evaluation import FrameBoxes, evaluate
 
-__all__ = ["DEV_SETS", "LOOSE_IOU", "MAX_RANGE", "RealSet", "SetReport", "add_arguments", "evaluate_set",
-           "false_objects", "run"]
+__all__ = ["DEV_SETS", "LOOSE_IOU", "MAX_RANGE", "Calibrate", "RealSet", "SetReport", "add_arguments",
+           "calibrate_thresholds", "evaluate_set", "false_objects", "run"]
 
 MAX_RANGE = 50.0
 #: BEV IoU at which a detection "finds" an object of its class (and is not a false object).
@@ -159,7 +159,7 @@ def evaluate_set(detector: Any, real: RealSet, root: Path, *, progress: bool = F
     from .datasets.kitti import KittiDataset
 
     class_names = list(detector.class_names)
-    thresholds = np.array([detector.config.default_score_thresholds()[c] for c in class_names])
+    thresholds = np.array([detector.default_score_thresholds[c] for c in class_names])
     dataset = KittiDataset(root / real.folder, classes=class_names)
     gain = detector.intensity_scale / real.intensity_max
     preds, truths, turned, frames_out, mounts = [], [], [], [], []
@@ -269,7 +269,8 @@ def default_real_data() -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .detector import DEFAULT_CONFIG, Detector
+    from .config import DEFAULT_MODEL
+    from .detector import Detector
     from .mounting import estimate_mounting
 
     root = Path(args.real_data) if args.real_data else default_real_data()
@@ -284,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from .config import load_model_config
 
-    config = load_model_config(args.config or DEFAULT_CONFIG)
+    config = load_model_config(args.config or DEFAULT_MODEL)
     detector = Detector(config, args.checkpoint, score_threshold=config.decode.score_threshold)
     reports = []
     for real in sets:
@@ -293,7 +294,7 @@ def run(args: argparse.Namespace) -> int:
         reports.append(report)
         if args.pictures:
             _pictures(frames, real.name, Path(args.pictures) / f"real_{real.name}.png")
-    defaults = config.default_score_thresholds()
+    defaults = detector.default_score_thresholds
     print(detector.describe())
     print(format_reports(reports, defaults))
     if args.out:
@@ -301,3 +302,74 @@ def run(args: argparse.Namespace) -> int:
                                               "thresholds": defaults,
                                               "sets": [r.to_dict() for r in reports]}, indent=1))
     return 0
+
+
+def calibrate_thresholds(scores: dict[str, list[float]], num_frames: int, budget: dict[str, float],
+                         floor: float) -> dict[str, float]:
+    """Per class, the lowest score threshold (>= ``floor``) at which the false objects of that class number at most
+    ``budget[class]`` per frame: just above the score of the ``floor(budget * num_frames) + 1``-th highest false
+    object (``scores[class]``: the scores of a class's false objects over ``num_frames`` frames)."""
+    out = {}
+    for name, allowed in budget.items():
+        ranked = sorted(scores.get(name, []), reverse=True)
+        k = math.floor(allowed * num_frames + 1e-9)
+        out[name] = float(floor) if k >= len(ranked) else float(np.nextafter(np.float32(ranked[k]), np.float32(1)))
+    return out
+
+
+class Calibrate:
+    """``fastpillars-ros calibrate``: default score thresholds per class from the false objects on held-out real
+    scans (KITTI layout, labelled in the camera's view), stored in the checkpoint with ``--write``."""
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--config", default=None, help="model config (default: the embedded default)")
+        parser.add_argument("--checkpoint", required=True, help="weights to calibrate")
+        parser.add_argument("--data", action="append", required=True,
+                            help="held-out real KITTI-layout folder (camera-view labels); repeatable; never the "
+                                 "development or evaluation frames")
+        parser.add_argument("--false-per-frame", default="car=0.5,pedestrian=0.4,cyclist=0.2",
+                            help="allowed false objects per frame and class (default car=0.5,pedestrian=0.4,"
+                                 "cyclist=0.2)")
+        parser.add_argument("--write", action="store_true", help="store the thresholds in the checkpoint")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        from .config import DEFAULT_MODEL, load_model_config
+        from .detector import Detector
+        from .model import update_checkpoint_meta
+
+        config = load_model_config(args.config or DEFAULT_MODEL)
+        try:
+            budget = {k.strip(): float(v) for k, _, v in (item.partition("=") for item in
+                                                         args.false_per_frame.split(",") if item.strip())}
+        except ValueError:
+            print(f"calibrate: --false-per-frame {args.false_per_frame!r}: expected CLASS=N[,CLASS=N]",
+                  file=sys.stderr)
+            return 2
+        unknown = sorted(set(budget) - set(config.class_names))
+        if unknown:
+            print(f"calibrate: unknown classes {unknown}; classes: {list(config.class_names)}", file=sys.stderr)
+            return 2
+        floor = config.decode.score_threshold
+        detector = Detector(config, args.checkpoint, score_threshold=floor)
+        scores: dict[str, list[float]] = {}
+        frames = 0
+        for folder in args.data:
+            real = RealSet(Path(folder).name, str(Path(folder).resolve()), 1.0, (1242, 375), False, False, 2)
+            # Every candidate is "published" at the floor, so that each false object's score is seen.
+            detector.default_score_thresholds = {c: floor for c in detector.class_names}
+            _, per_frame = evaluate_set(detector, real, Path("/"))
+            frames += len(per_frame)
+            for f in per_frame:
+                for name, score, false in zip(f["det_names"], f["det_scores"], f["false"], strict=True):
+                    if false:
+                        scores.setdefault(name, []).append(float(score))
+        chosen = calibrate_thresholds(scores, frames, budget, floor)
+        print(f"{frames} frames; false objects at the floor {floor:g}: "
+              + ", ".join(f"{c} {len(scores.get(c, []))}" for c in budget))
+        print("thresholds: " + ", ".join(f"{c} {t:.3f}" for c, t in chosen.items()))
+        if args.write:
+            update_checkpoint_meta(args.checkpoint, score_thresholds=chosen)
+            print(f"written to {args.checkpoint}")
+        return 0

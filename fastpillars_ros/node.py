@@ -136,7 +136,6 @@ class DetectorNode(Node):
             raise StartupError(f"cannot start the detector: {type(exc).__name__}: {exc}", 1) from None
         det = self.detector
         self.class_names = list(det.class_names)
-        self.default_score_threshold = cfg.default_score_thresholds()
 
         # Declare everything with descriptors (values already validated; overrides applied by us).
         for spec in node_params.all_specs():
@@ -233,8 +232,7 @@ class DetectorNode(Node):
                 new.set(p.name, node_params.coerce(p.name, p.value))
         names = {p.name for p in changes}
         if any(n == "score_threshold" or n.startswith(CLASS_THRESHOLD_PREFIX) for n in names):
-            self.detector.set_score_threshold(new.effective_score_threshold(self.class_names,
-                                                                            self.default_score_threshold))
+            self.detector.set_score_threshold(new.effective_score_threshold(self.class_names))
         if names & set(_INPUT_PARAMS):
             self.frame_input.update_params(new)
         else:
@@ -412,7 +410,9 @@ def _thresholds(det: Any, p: NodeParams, node: DetectorNode) -> dict[str, float]
     current = getattr(det, "score_thresholds", None)
     if isinstance(current, dict):
         return current
-    eff = p.effective_score_threshold(node.class_names, node.default_score_threshold)
+    eff = p.effective_score_threshold(node.class_names)
+    if eff is None:
+        return dict(getattr(det, "default_score_thresholds", {}))
     return eff if isinstance(eff, dict) else {c: eff for c in node.class_names}
 
 
@@ -438,7 +438,7 @@ def _build_detector(params: NodeParams, cfg: Any) -> Any:
 
         torch.set_num_threads(params.cpu_threads)
 
-    return Detector(cfg, **params.detector_kwargs(cfg.class_names, cfg.default_score_thresholds()))
+    return Detector(cfg, **params.detector_kwargs(cfg.class_names))
 
 
 def main(args: Sequence[str] | None = None) -> int:

@@ -299,21 +299,21 @@ class NodeParams:
     def checkpoint_or_none(self) -> str | None:
         return self.checkpoint or None
 
-    def effective_score_threshold(self, class_names: Iterable[str], default: Mapping[str, float]
-                                  ) -> float | dict[str, float]:
-        """What ``Detector.set_score_threshold`` gets: one float when only the global value is set, else a
-        class -> threshold dict (a class's own value, else the global value, else the model's ``default``)."""
+    def effective_score_threshold(self, class_names: Iterable[str]) -> float | dict[str, float] | None:
+        """What ``Detector.set_score_threshold`` gets: None when nothing is set (the model's defaults), one float
+        when only the global value is set, else a class -> threshold dict of the classes that have a value (their
+        own, else the global one); classes left out keep the model's default."""
         own = {c: v for c, v in self.score_thresholds.items() if v >= 0}
-        if self.score_threshold >= 0 and not own:
-            return float(self.score_threshold)
         glob = self.score_threshold if self.score_threshold >= 0 else None
-        return {c: float(own.get(c, default[c] if glob is None else glob)) for c in class_names}
+        if not own:
+            return glob
+        return {c: float(own.get(c, glob)) for c in class_names if c in own or glob is not None}
 
-    def detector_kwargs(self, class_names: Iterable[str], default_threshold: Mapping[str, float]) -> dict[str, Any]:
+    def detector_kwargs(self, class_names: Iterable[str]) -> dict[str, Any]:
         """Keyword arguments for :class:`~fastpillars_ros.detector.Detector` (0 / "" mean "config default")."""
         return dict(
             checkpoint=self.checkpoint_or_none, backend=self.backend, device=self.device, precision=self.precision,
-            score_threshold=self.effective_score_threshold(class_names, default_threshold),
+            score_threshold=self.effective_score_threshold(class_names),
             nms_kind=self.nms_kind or None,
             nms_iou_threshold=self.nms_iou_threshold if self.nms_iou_threshold > 0 else None,
             nms_pre_max=self.nms_pre_max or None, nms_post_max=self.nms_post_max or None,

@@ -146,7 +146,7 @@ def golden_from_bag(bag: str | os.PathLike, *, topic: str | None = None, params_
         from fastpillars_ros.detector import Detector
 
         cfg = load_model_config(params.model)
-        kwargs = params.detector_kwargs(cfg.class_names, cfg.default_score_thresholds())
+        kwargs = params.detector_kwargs(cfg.class_names)
         detector = Detector(cfg, **{**kwargs, "warmup": False})
     names = list(detector.class_names)
     converter = FrameInput(detector.point_features, detector.intensity_scale, params)

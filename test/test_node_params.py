@@ -148,14 +148,13 @@ def test_point_features_must_be_mappable():
 
 def test_effective_score_threshold_combines_global_class_and_model_default():
     p = NodeParams()
-    model = {"car": 0.4, "ped": 0.2}
-    assert p.effective_score_threshold(["car", "ped"], model) == model
+    assert p.effective_score_threshold(["car", "ped"]) is None  # the model's own defaults
     p.score_threshold = 0.3
-    assert p.effective_score_threshold(["car", "ped"], model) == 0.3
+    assert p.effective_score_threshold(["car", "ped"]) == 0.3
     p.score_thresholds = {"car": 0.5, "ped": -1.0}
-    assert p.effective_score_threshold(["car", "ped"], model) == {"car": 0.5, "ped": 0.3}
+    assert p.effective_score_threshold(["car", "ped"]) == {"car": 0.5, "ped": 0.3}
     p.score_threshold = -1.0
-    assert p.effective_score_threshold(["car", "ped"], model) == {"car": 0.5, "ped": 0.2}
+    assert p.effective_score_threshold(["car", "ped"]) == {"car": 0.5}  # ped keeps the model's default
 
 
 def test_flatten_nested_parameter_files():
