@@ -123,29 +123,43 @@ def points_to_model(points: np.ndarray | torch.Tensor, mounting: Mounting, model
 
 def boxes_to_cloud(boxes: np.ndarray, mounting: Mounting, model_height: float,
                    velocities: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Boxes (and velocities) found in the model's frame, moved back into the cloud's frame.
+    """Boxes (and velocities) found in the model's frame, moved back into the cloud's frame
+    (:func:`transform_boxes` with the inverse of :func:`points_to_model`'s transform).
 
     Args:
         boxes: (K, 7) ``[x, y, z_center, length, width, height, yaw]`` in the model's frame (m, rad).
         mounting, model_height: as for :func:`points_to_model`.
         velocities: (K, 2) (vx, vy) [m/s] in the model's frame, or None.
-    Returns:
-        ``(boxes, velocities)`` in the cloud's frame, same dtypes. The centre is moved exactly; a box stays
-        upright about the cloud's z axis (the 7-value box cannot tilt), its yaw is the heading direction's
-        projection onto the cloud's x-y plane, its size is unchanged. Velocities are rotated the same way
-        (their z component dropped).
     """
     rot, t = mounting.to_model(model_height)
+    return transform_boxes(boxes, rot.T, -rot.T @ t, velocities)
+
+
+def transform_boxes(boxes: np.ndarray, rotation: np.ndarray, translation: np.ndarray,
+                    velocities: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Boxes (and velocities) moved by the rigid transform ``p' = rotation @ p + translation``.
+
+    Args:
+        boxes: (K, 7) ``[x, y, z_center, length, width, height, yaw]`` (m, rad).
+        rotation: (3, 3); translation: (3,) [m].
+        velocities: (K, 2) (vx, vy) [m/s], or None.
+    Returns:
+        ``(boxes, velocities)`` in the target frame, same dtypes. The centre is moved exactly; a box stays
+        upright about the target's z axis (the 7-value box cannot tilt), its yaw is the heading direction's
+        projection onto the target's x-y plane, its size is unchanged. Velocities are rotated the same way
+        (their z component dropped).
+    """
+    rot = np.asarray(rotation, dtype=np.float64)
     out = np.array(boxes, copy=True)
+    vel = None if velocities is None else np.array(velocities, copy=True)
     if len(out) == 0:
-        return out, None if velocities is None else np.array(velocities, copy=True)
-    centres = (boxes[:, :3].astype(np.float64) - t) @ rot  # R^T (c - t), row-vector form
-    heading = np.stack([np.cos(boxes[:, 6]), np.sin(boxes[:, 6]), np.zeros(len(boxes))], axis=1) @ rot
-    out[:, :3] = centres
+        return out, vel
+    out[:, :3] = boxes[:, :3].astype(np.float64) @ rot.T + np.asarray(translation, dtype=np.float64)
+    yaw = boxes[:, 6].astype(np.float64)
+    heading = np.stack([np.cos(yaw), np.sin(yaw), np.zeros(len(boxes))], axis=1) @ rot.T
     out[:, 6] = np.arctan2(heading[:, 1], heading[:, 0])
-    vel = None
-    if velocities is not None:
-        v3 = np.concatenate([velocities.astype(np.float64), np.zeros((len(velocities), 1))], axis=1) @ rot
+    if vel is not None:
+        v3 = np.concatenate([vel.astype(np.float64), np.zeros((len(vel), 1))], axis=1) @ rot.T
         vel = v3[:, :2].astype(velocities.dtype)
     return out, vel
 
