@@ -31,10 +31,12 @@ Exit codes: 0 after a normal shutdown, 2 for invalid parameters, 1 when the dete
 from __future__ import annotations
 
 import copy
+import logging
 import signal
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -70,6 +72,8 @@ INPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=Rel
 _INPUT_PARAMS = ("intensity_scale", "clip_intensity", "expected_frame_id")
 _NO_TF2 = ("parameter '{name}' needs tf2 (the tf2_ros Python package), which is not installed here; fix: install "
            "ros-$ROS_DISTRO-tf2-ros, or leave {name} empty")
+#: A cloud stamped further ahead of the node's clock than this is reported (the sensor's clock runs ahead).
+_FUTURE_TOLERANCE_NS = 50_000_000
 #: Parameters rclpy declares itself on every node (not the user's, not ours).
 _RCLPY_OWN = ("use_sim_time", "start_type_description_service")
 _TYPES = {"string": ParameterType.PARAMETER_STRING, "double": ParameterType.PARAMETER_DOUBLE,
@@ -133,6 +137,8 @@ class DetectorNode(Node):
             raise StartupError(str(exc), 2) from None
         for text in unknown:
             log.warning(text)
+        self.throttle = Throttle(params.warning_period)
+        self._log_bridge = LogBridge(self)
 
         from fastpillars_ros.config import ConfigError, load_model_config
 
@@ -168,13 +174,19 @@ class DetectorNode(Node):
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self.stats = NodeStats()
-        self.throttle = Throttle(params.warning_period)
         self.frame_input = FrameInput(det.point_features, det.intensity_scale, params)
         self._cv = threading.Condition()
         self._pending: tuple[PointCloud2, float] | None = None
         self._stopping = False
 
         self.sweeps = self._make_sweeps(sweep_settings, cfg)
+        from fastpillars_ros.sweep_params import startup_notes
+
+        for note in startup_notes(sweep_settings, cfg.num_sweeps, f"model {cfg.name!r}"):
+            log.warning(note)
+        # Frames the worker will not run on (superseded while it was busy): still past sweeps for the next one.
+        self._superseded: deque[PointCloud2] = deque(maxlen=max(self.sweeps.buffer.num_sweeps - 1, 1)
+                                                     if self.sweeps is not None else 1)
         self._tf_buffer: Any = None
         self._mounting_frames: dict[str, Mounting] = {}  # cloud frame -> mounting from tf (mounting.frame)
         if params.output_frame or params.mounting["frame"]:
@@ -278,6 +290,8 @@ class DetectorNode(Node):
         with self._cv:
             if self._pending is not None:
                 self.stats.count("dropped_superseded")
+                if self.sweeps is not None:
+                    self._superseded.append(self._pending[0])
             self._pending = (msg, time.monotonic())
             self._cv.notify()
 
@@ -290,12 +304,25 @@ class DetectorNode(Node):
                     return
                 msg, t_received = self._pending
                 self._pending = None
+                history = list(self._superseded)
+                self._superseded.clear()
             try:
+                for old in history:
+                    self._add_to_history(old)
                 self._process(msg, t_received)
             except Exception as exc:  # the worker must survive anything a frame does
                 self.stats.error(f"{type(exc).__name__}: {exc}")
                 self._warn("internal", f"unexpected error while processing a frame: {type(exc).__name__}: {exc}",
                            error=True)
+
+    def _add_to_history(self, msg: PointCloud2) -> None:
+        """Keep a cloud the detector does not run on as a past sweep (training had no holes in the history)."""
+        if self.sweeps is None:
+            return
+        try:
+            self.sweeps.add(self.frame_input.convert(msg).points, msg.header)
+        except FrameRejected:
+            pass  # a cloud that cannot be read is not history either; the frames that run report the layout
 
     def _warn(self, key: str, text: str, *, error: bool = False) -> None:
         ok, held = self.throttle.ready(key)
@@ -319,6 +346,7 @@ class DetectorNode(Node):
         t0 = time.perf_counter()
         if p.skip_when_unsubscribed and self._listeners(p) == 0:
             self.stats.count("skipped_unsubscribed")
+            self._add_to_history(msg)
             return
         stamp_ns = _stamp_ns(msg.header)
         now_ns = self.get_clock().now().nanoseconds
@@ -333,6 +361,12 @@ class DetectorNode(Node):
                 return
         elif stamp_ns == 0:
             self.stats.note("unstamped", "cloud has a zero header stamp: its age cannot be checked")
+        if stamp_ns > now_ns + _FUTURE_TOLERANCE_NS:
+            ahead_ms = (stamp_ns - now_ns) / 1e6
+            text = (f"cloud stamped {ahead_ms:.0f} ms in the future: the sensor's clock is ahead of this node's "
+                    f"(check time sync: PTP/chrony, and use_sim_time)")
+            self.stats.note("future_stamp", text)
+            self._warn("future_stamp", text)
 
         header = Header(stamp=msg.header.stamp, frame_id=p.output_frame or msg.header.frame_id)
         queue_ms = (time.monotonic() - t_received) * 1e3
@@ -403,7 +437,7 @@ class DetectorNode(Node):
         self.stats.frame(
             frame_id=msg.header.frame_id, mapping=frame.mapping,
             points={"input": frame.num_input, "valid": frame.num_valid, "used": int(frame.points.shape[0]),
-                    "accumulated": int(points.shape[0]),
+                    "accumulated": int(points.shape[0]), "dropped_cap": int(st.get("dropped_points", 0)),
                     "in_range": int(st.get("num_points_in_range", -1)), "detections": len(result.scores)},
             intensity=frame.intensity.summary() if frame.intensity else "",
             intensity_warning=(frame.intensity.warning or "") if frame.intensity else "",
@@ -519,11 +553,49 @@ class DetectorNode(Node):
         return out
 
     def close(self) -> None:
-        """Stop the worker thread (waits for the frame in progress)."""
+        """Stop the worker thread (waits for the frame in progress); library records go back to ``logging``."""
         with self._cv:
             self._stopping = True
             self._cv.notify_all()
         self._worker.join(timeout=10.0)
+        self._log_bridge.remove()
+
+
+class LogBridge(logging.Handler):
+    """Library records (``fastpillars_ros.*`` loggers: caps exceeded, CPU fall-back, engine builds) into the node's
+    logger, so they reach /rosout; throttled per message kind like the node's own warnings (same
+    ``warning_period``). INFO and up are forwarded (Python's default would drop INFO)."""
+
+    def __init__(self, node: DetectorNode) -> None:
+        super().__init__(logging.INFO)
+        self.node = node
+        self.library = logging.getLogger("fastpillars_ros")
+        self._saved = (self.library.level, self.library.propagate)
+        self.library.setLevel(logging.INFO)
+        self.library.propagate = False  # else Python's last-resort handler prints the warnings a second time
+        self.library.addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            ok, held = self.node.throttle.ready(f"lib:{record.name}:{record.msg}")
+            if not ok:
+                return
+            text = record.getMessage() + (f" ({held} similar message(s) suppressed)" if held else "")
+            log = self.node.get_logger()
+            # One call site per severity: rclpy refuses one site logging at two severities.
+            if record.levelno >= logging.ERROR:
+                log.error(text)
+            elif record.levelno >= logging.WARNING:
+                log.warning(text)
+            else:
+                log.info(text)
+        except Exception:  # logging must never break the caller
+            self.handleError(record)
+
+    def remove(self) -> None:
+        self.library.removeHandler(self)
+        self.library.setLevel(self._saved[0])
+        self.library.propagate = self._saved[1]
 
 
 def _describe_mounting(m: Mounting) -> str:
@@ -563,7 +635,13 @@ def _build_detector(params: NodeParams, cfg: Any) -> Any:
 
         torch.set_num_threads(params.cpu_threads)
 
-    return Detector(cfg, **params.detector_kwargs(cfg.class_names, cfg.decode.score_threshold))
+    kwargs = params.detector_kwargs(cfg.class_names, cfg.decode.score_threshold)
+    sweeps = params.sweep_params()
+    if sweeps.resolve(cfg.num_sweeps, cfg.point_features)[0] and sweeps.max_points:
+        # The accumulated cloud is already capped, oldest sweeps first; a second, even subsample by the
+        # Detector would undo that order.
+        kwargs["max_points"] = max(kwargs["max_points"], sweeps.max_points)
+    return Detector(cfg, **kwargs)
 
 
 def main(args: Sequence[str] | None = None) -> int:

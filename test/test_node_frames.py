@@ -83,8 +83,8 @@ def make_node(monkeypatch):
     made = []
 
     def make(transforms=None, **params):
-        overrides = [Parameter("skip_when_unsubscribed", value=False), Parameter("max_input_age_ms", value=0.0),
-                     *(Parameter(k.replace("__", "."), value=v) for k, v in params.items())]
+        values = {"skip_when_unsubscribed": False, "max_input_age_ms": 0.0} | params
+        overrides = [Parameter(k.replace("__", "."), value=v) for k, v in values.items()]
         monkeypatch.setattr(node_module.DetectorNode, "_tf", lambda self: StandInTf(transforms or {}))
         node = node_module.DetectorNode(detector_factory=StandInDetector, parameter_overrides=overrides)
         node.published = []
@@ -167,3 +167,98 @@ def test_diagnostics_report_the_auto_mounting_estimate(make_node):
     node = make_node(mounting__auto=True)
     status = node._mounting_status(node.params)
     assert status["mounting.source"] == "auto" and status["mounting.auto.last_fit"] == "no fit yet"
+
+
+# --- logging bridge, clock skew, sweep history -------------------------------------------------------------
+
+class Recorder:
+    """Stands in for the node's rclpy logger."""
+
+    def __init__(self):
+        self.lines = []
+
+    def info(self, text):
+        self.lines.append(("info", text))
+
+    def warning(self, text):
+        self.lines.append(("warning", text))
+
+    def error(self, text):
+        self.lines.append(("error", text))
+
+
+def test_library_records_reach_the_node_logger_throttled_by_kind(make_node, monkeypatch):
+    import logging
+
+    node = make_node(warning_period=60.0)
+    recorder = Recorder()
+    monkeypatch.setattr(node, "get_logger", lambda: recorder)
+    lib = logging.getLogger("fastpillars_ros.detector")
+    for n in (400_000, 500_000):
+        lib.warning("frame has %d points, more than max_points=%d", n, 300_000)
+    lib.info("TensorRT engine built in %.1f s", 12.0)
+    assert recorder.lines == [("warning", "frame has 400000 points, more than max_points=300000"),
+                              ("info", "TensorRT engine built in 12.0 s")]
+
+
+def test_closing_the_node_gives_library_records_back_to_logging(make_node):
+    import logging
+
+    node = make_node()
+    lib = logging.getLogger("fastpillars_ros")
+    assert any(h is node._log_bridge for h in lib.handlers)
+    node.close()
+    assert not any(h is node._log_bridge for h in lib.handlers) and lib.propagate
+
+
+def test_a_cloud_stamped_in_the_future_is_processed_and_reported(make_node):
+    node = make_node()
+    msg = _cloud()
+    future = node.get_clock().now().nanoseconds + 5_000_000_000
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(future, 1_000_000_000)
+    node._process(msg, time.monotonic())
+    assert len(node.published[0].detections) == 1
+    assert node.stats.notes["future_stamp"] == 1
+
+
+class SweepRecorder:
+    """Stands in for the node's SweepInput: records what enters the history and what is run."""
+
+    def __init__(self):
+        self.added, self.processed = [], []
+        self.buffer = SimpleNamespace(num_sweeps=3, last_info=SimpleNamespace(skipped=""))
+
+    def add(self, points, header):
+        self.added.append(header.stamp.sec)
+        return True
+
+    def process(self, points, header):
+        self.processed.append(header.stamp.sec)
+        return points
+
+    def status(self):
+        return {}
+
+
+def test_superseded_and_unlistened_clouds_still_enter_the_sweep_history(make_node):
+    node = make_node()
+    node.sweeps = SweepRecorder()
+    with node._cv:  # hold the worker: three clouds arrive while it is busy
+        for sec in (1, 2, 3):
+            msg = _cloud()
+            msg.header.stamp.sec = sec
+            node._on_cloud(msg)
+    deadline = time.time() + 30
+    while node.sweeps.processed != [3] and time.time() < deadline:
+        time.sleep(0.05)
+    # Cloud 1 falls out of the waiting list (as long as the history; one here: the node was built without sweeps).
+    assert node.sweeps.added == [2]
+    assert node.sweeps.processed == [3]
+
+
+def test_clouds_skipped_while_nobody_listens_still_enter_the_sweep_history(make_node):
+    node = make_node(skip_when_unsubscribed=True)
+    node.sweeps = SweepRecorder()
+    node.det_pub.get_subscription_count = lambda: 0
+    node._process(_cloud(), time.monotonic())
+    assert node.sweeps.added == [100] and node.sweeps.processed == [] and node.published == []
