@@ -22,6 +22,7 @@ import torch
 from .config import DEFAULT_MODEL, ModelConfig, load_model_config
 from .model import build_model, checkpoint_meta, load_checkpoint
 from .model.head import Candidates
+from .mounting import AutoMounting, Mounting, boxes_to_cloud, points_to_model
 from .ops import Pillars, decorate, pillarize
 from .ops.nms import nms_grouped
 from .runtime.malloc import keep_freed_memory
@@ -102,6 +103,11 @@ class Detector:
             :class:`InsufficientMemoryError`), "fp16" (retry at fp16) or "cpu" (run on the CPU).
         engine_cache_dir: where TensorRT engines are cached (default ``~/.cache/fastpillars_ros/engines``).
         warmup: run two frames of synthetic points at construction so the first real frame is not slow.
+        mounting: the sensor's pose relative to the ground (:class:`~fastpillars_ros.mounting.Mounting`), or
+            an :class:`~fastpillars_ros.mounting.AutoMounting` that estimates it from the clouds; None = the
+            clouds come from a level sensor at the model's training height. Each cloud is moved into the
+            model's frame before pillarization and the boxes are moved back: inputs and outputs stay in
+            the cloud's frame.
     """
 
     def __init__(self, config: str | Path | ModelConfig = DEFAULT_MODEL, checkpoint: str | Path | None = None, *,
@@ -110,7 +116,7 @@ class Detector:
                  nms_iou_threshold: float | None = None, nms_pre_max: int | None = None,
                  nms_post_max: int | None = None, max_points: int = 300_000, max_pillars: int | None = None,
                  on_insufficient_memory: str = "error", engine_cache_dir: str | Path | None = None,
-                 warmup: bool = True) -> None:
+                 warmup: bool = True, mounting: Mounting | AutoMounting | None = None) -> None:
         self.config = load_model_config(config)
         cfg = self.config
         _check_choice("backend", backend, BACKENDS)
@@ -135,6 +141,10 @@ class Detector:
         self.nms_pre_max = d.pre_max if nms_pre_max is None else int(nms_pre_max)
         self.nms_post_max = d.post_max if nms_post_max is None else int(nms_post_max)
         self.set_score_threshold(score_threshold)
+        if mounting is not None and not isinstance(mounting, (Mounting, AutoMounting)):
+            raise TypeError(f"mounting must be a Mounting, an AutoMounting or None, got {type(mounting).__name__}")
+        # Set after the warm-up: synthetic points must not feed an AutoMounting's ground estimate.
+        self.mounting_source: Mounting | AutoMounting | None = None
 
         self.device, self.precision = self._resolve_device(device, precision, backend, on_insufficient_memory)
         self.backend = self._resolve_backend(backend)
@@ -162,6 +172,7 @@ class Detector:
             for _ in range(2):
                 self.detect(cloud)
             self.warmup_ms = (time.perf_counter() - t0) * 1e3
+        self.mounting_source = mounting
 
     # ---- set-up helpers ------------------------------------------------------------------------
     def _resolve_device(self, device: str, precision: str, backend: str, on_insufficient: str) -> tuple[str, str]:
@@ -292,6 +303,12 @@ class Detector:
         """The threshold in force per class."""
         return {n: float(t) for n, t in zip(self.class_names, self._score_thresholds, strict=True)}
 
+    @property
+    def mounting(self) -> Mounting | None:
+        """The mounting in force for the next frame (an :class:`AutoMounting`'s current estimate); None = none."""
+        src = self.mounting_source
+        return src.current if isinstance(src, AutoMounting) else src
+
     # ---- inference ------------------------------------------------------------------------------
     @torch.no_grad()
     def detect(self, points: np.ndarray | torch.Tensor) -> Detections:
@@ -317,6 +334,14 @@ class Detector:
             t = now
 
         pts = self._as_tensor(points)
+        if isinstance(self.mounting_source, AutoMounting):
+            self.mounting_source.update(points if isinstance(points, np.ndarray) else pts[:, :3].cpu().numpy())
+        mounting = self.mounting
+        model_height = self.config.sensor_height
+        if mounting is not None and mounting.is_identity(model_height):
+            mounting = None
+        if mounting is not None:
+            pts = points_to_model(pts, mounting, model_height)
         n_in = int(pts.shape[0])
         stats = {"num_points": n_in, "dropped_points": 0, "dropped_pillars": 0}
         if n_in > self.max_points:
@@ -350,10 +375,13 @@ class Detector:
         keep = cand.scores >= torch.from_numpy(self._score_thresholds).to(cand.scores.device)[cand.labels]
         cand = cand.select(keep)
         lap("nms")
-        timings["total"] = (time.perf_counter() - t_start) * 1e3
         vel = None if cand.velocities is None else cand.velocities.float().cpu().numpy()
-        return Detections(cand.boxes.float().cpu().numpy(), cand.scores.float().cpu().numpy(),
-                          cand.labels.cpu().numpy().astype(np.int64), vel, timings, stats)
+        boxes = cand.boxes.float().cpu().numpy()
+        if mounting is not None:
+            boxes, vel = boxes_to_cloud(boxes, mounting, model_height, vel)
+        timings["total"] = (time.perf_counter() - t_start) * 1e3
+        return Detections(boxes, cand.scores.float().cpu().numpy(), cand.labels.cpu().numpy().astype(np.int64),
+                          vel, timings, stats)
 
     def _as_tensor(self, points: np.ndarray | torch.Tensor) -> torch.Tensor:
         if isinstance(points, torch.Tensor):

@@ -23,9 +23,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import DEFAULT_MODEL
+from fastpillars_ros.config import DEFAULT_MODEL
+from fastpillars_ros.mounting import AutoMounting, Mounting
 
-#: Node name; the key under which parameter files list the node's parameters.
+#: Node name (parameter files may also key the node's parameters by it; the shipped one uses ``/**``).
 NODE_NAME = "fastpillars_detector"
 
 BACKENDS = ("auto", "torch", "tensorrt", "onnxruntime")
@@ -166,9 +167,32 @@ SPECS: tuple[ParamSpec, ...] = (
               "Drop (and count) a frame whose header stamp is older than this when its turn comes; uses the "
               "ROS clock (sim time with use_sim_time).", range=(0.0, 600000.0), runtime=True,
               note="0 = never drop for age"),
+    # --- mounting -------------------------------------------------------------------------------------
+    ParamSpec("mounting.height", 0.0, "double",
+              "Height of the lidar's origin above the ground below it (metres); the cloud is moved to the "
+              "model's training height before detection and the boxes are moved back.", range=(0.0, 100.0),
+              note="0 = the model's own training height, no change"),
+    ParamSpec("mounting.roll", 0.0, "double",
+              "Roll of the lidar relative to level ground (radians, REP 103: about x, left side up positive).",
+              range=(-1.5, 1.5)),
+    ParamSpec("mounting.pitch", 0.0, "double",
+              "Pitch of the lidar relative to level ground (radians, about y, positive = nose down).",
+              range=(-1.5, 1.5)),
+    ParamSpec("mounting.frame", "", "string",
+              "A tf frame whose z = 0 is the ground (e.g. base_footprint): height, roll and pitch come from "
+              "the transform cloud frame -> this frame, looked up once per cloud frame.",
+              note="empty = use mounting.height/roll/pitch"),
+    ParamSpec("mounting.auto", False, "bool",
+              "Estimate height, roll and pitch from the ground plane of the clouds (robust plane fit of the first "
+              "clouds, refined slowly; estimate and quality in /diagnostics)."),
     # --- output ---------------------------------------------------------------------------------------
-    ParamSpec("frame_id", "", "string", "frame_id written into the outputs.", runtime=True,
-              note="empty = the input cloud's frame_id"),
+    ParamSpec("output_frame", "", "string",
+              "Frame of the published detections and markers: boxes are transformed into it with tf2 at the "
+              "cloud's stamp (a frame without a transform gets an empty answer).", runtime=True,
+              note="empty = the input cloud's frame"),
+    ParamSpec("transform_timeout_s", 0.05, "double",
+              "How long a tf2 lookup (output_frame, mounting.frame) may wait for the transform.", range=(0.0, 1.0),
+              runtime=True),
     ParamSpec("publish_markers", True, "bool", "Publish RViz markers on detection_markers.", runtime=True),
     ParamSpec("marker_lifetime", 0.0, "double", "Lifetime of published markers in seconds.",
               range=(0.0, 3600.0), runtime=True, note="0 = until replaced"),
@@ -183,6 +207,9 @@ SPECS: tuple[ParamSpec, ...] = (
 )
 
 SPEC_BY_NAME: dict[str, ParamSpec] = {s.name: s for s in SPECS}
+#: Parameters that no longer exist, with what replaces them: giving one is an error, not a silent change.
+REMOVED = {"frame_id": "it relabelled the output header without moving the boxes; set output_frame instead "
+                       "(the boxes are transformed into it with tf2)"}
 #: Prefix of the multi-sweep parameters (schema in fastpillars_ros.sweep_params).
 SWEEPS_PREFIX = "sweeps."
 
@@ -236,7 +263,10 @@ class NodeParams:
     max_pillars: int = 0
     expected_frame_id: str = ""
     max_input_age_ms: float = 500.0
-    frame_id: str = ""
+    mounting: dict[str, Any] = field(default_factory=lambda: {"height": 0.0, "roll": 0.0, "pitch": 0.0,
+                                                              "frame": "", "auto": False})
+    output_frame: str = ""
+    transform_timeout_s: float = 0.05
     publish_markers: bool = True
     marker_lifetime: float = 0.0
     skip_when_unsubscribed: bool = True
@@ -318,7 +348,19 @@ class NodeParams:
             nms_iou_threshold=self.nms_iou_threshold if self.nms_iou_threshold > 0 else None,
             nms_pre_max=self.nms_pre_max or None, nms_post_max=self.nms_post_max or None,
             max_points=self.max_points, max_pillars=self.max_pillars or None,
-            on_insufficient_memory=self.on_insufficient_memory, warmup=self.warmup)
+            on_insufficient_memory=self.on_insufficient_memory, warmup=self.warmup,
+            mounting=self.mounting_source())
+
+    def mounting_source(self) -> Mounting | AutoMounting | None:
+        """What the Detector's ``mounting`` gets: an AutoMounting for ``mounting.auto``, the stated
+        :class:`Mounting`, or None (level at the model's height; also for ``mounting.frame``, which the node
+        resolves from tf once it knows the cloud's frame)."""
+        m = self.mounting
+        if m["auto"]:
+            return AutoMounting()
+        if m["frame"] or (m["height"], m["roll"], m["pitch"]) == (0.0, 0.0, 0.0):
+            return None
+        return Mounting(m["height"], m["roll"], m["pitch"])
 
     def field_candidates(self, feature: str) -> list[str]:
         """Field names to try, in order, for a model feature (empty list = always fill)."""
@@ -362,8 +404,7 @@ def coerce(name: str, value: Any) -> Any:
             raise _bad(name, value, spec.allowed())
         return value
     if spec.kind == "string":
-        if not isinstance(value, str):
-            raise _bad(name, value, spec.allowed())
+        value = string_value(name, value, spec)
         if spec.choices is not None and value not in spec.choices:
             raise _bad(name, value, spec.allowed())
         if name.startswith("fields."):
@@ -394,6 +435,29 @@ def coerce(name: str, value: Any) -> Any:
             raise _bad(name, value, spec.allowed())
         return value
     raise AssertionError(f"unknown kind {spec.kind}")
+
+
+#: Plain scalars that YAML 1.1 (and ROS 2's parameter parser: files, ``-p name:=value``) reads as booleans.
+YAML_BOOLEANS = {True: ("y", "yes", "true", "on"), False: ("n", "no", "false", "off")}
+
+
+def string_value(name: str, value: Any, spec: ParamSpec) -> str:
+    """A string parameter's value as a string, undoing YAML's typing of unquoted scalars.
+
+    ``ros2 param dump`` writes ``fields.y: y`` unquoted, and YAML reads ``y`` as true and ``1`` as an integer.
+    A number becomes its text; a boolean becomes the spec's default when the default is one of the words
+    YAML reads as that boolean (``fields.y``'s ``y``), else it is refused with the fix (quote the value).
+    """
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        if isinstance(spec.default, str) and spec.default.lower() in YAML_BOOLEANS[value]:
+            return spec.default
+        raise _bad(name, value, spec.allowed() + "; YAML read an unquoted y/yes/on/true (or n/no/off/false) as "
+                   "a boolean: quote the string, e.g. '\"yes\"'")
+    if isinstance(value, int | float) and math.isfinite(value):
+        return str(value)
+    raise _bad(name, value, spec.allowed())
 
 
 def _check_range(name: str, value: float, spec: ParamSpec) -> None:
@@ -434,6 +498,9 @@ def parse(values: Mapping[str, Any]) -> tuple[NodeParams, list[str]]:
     sweep_names = {s.name for s in sweep_specs()}
     for name, value in values.items():
         known = name in SPEC_BY_NAME or name in sweep_names or name.startswith(CLASS_THRESHOLD_PREFIX)
+        if name in REMOVED:
+            errors.append(f"parameter '{name}' was removed: {REMOVED[name]}")
+            continue
         if not known:
             if not name.startswith(FOREIGN_OK_PREFIXES):
                 warnings.append(unknown_message(name))
@@ -442,9 +509,22 @@ def parse(values: Mapping[str, Any]) -> tuple[NodeParams, list[str]]:
             params.set(name, coerce(name, value))
         except ValueError as exc:
             errors.append(str(exc))
+    errors += mounting_conflicts(params)
     if errors:
         raise ParamError(errors)
     return params, warnings
+
+
+def mounting_conflicts(params: NodeParams) -> list[str]:
+    """One sentence per contradiction between the three ways of stating the mounting."""
+    m = params.mounting
+    stated = [n for n in ("height", "roll", "pitch") if m[n] != 0.0]
+    ways = ([f"mounting.{n}" for n in stated][:1] + (["mounting.frame"] if m["frame"] else [])
+            + (["mounting.auto"] if m["auto"] else []))
+    if len(ways) < 2:
+        return []
+    return [f"parameters {' and '.join(repr(w) for w in ways)} both state the sensor mounting; fix: use one of "
+            f"mounting.height/roll/pitch, mounting.frame or mounting.auto"]
 
 
 def check_class_thresholds(params: NodeParams, class_names: Iterable[str], model: str) -> None:
@@ -500,7 +580,8 @@ def default_yaml() -> str:
         "# Parameters of the fastpillars_ros detector node, every one with its default value.",
         "# Generated from fastpillars_ros/node_params.py (python -m fastpillars_ros.node_params);",
         "# a test keeps this file and the code's defaults equal. (runtime) = may be changed while running.",
-        f"{NODE_NAME}:",
+        "# Keyed '/**' (any node name, any namespace): it applies under PushRosNamespace, __ns:= and renames.",
+        "/**:",
         "  ros__parameters:",
     ]
     groups: dict[str, list[ParamSpec]] = {}
