@@ -40,6 +40,7 @@ __all__ = [
     "detections_from_bag",
     "golden_from_bag",
     "load_detections",
+    "offline_path",
     "save_detections",
 ]
 
@@ -126,19 +127,17 @@ def _node_params(params_file: str | os.PathLike | None, overrides: Mapping[str, 
     return params
 
 
-def golden_from_bag(bag: str | os.PathLike, *, topic: str | None = None, params_file: str | os.PathLike | None = None,
-                    overrides: Mapping[str, Any] | None = None, detector: Any = None,
-                    max_frames: int | None = None) -> tuple[list[FrameDetections], list[str]]:
-    """Run the offline detector over every cloud of a bag, as the node would; returns (frames, class names).
+def offline_path(*, params_file: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None,
+                 detector: Any = None) -> tuple[Any, Any, Any]:
+    """What the node does with a cloud, without ROS: returns (detector, frame input, node parameters).
 
     The node parameters come from ``params_file`` (default: the package's ``config/fastpillars.yaml``)
-    plus ``overrides`` (flat ROS names, e.g. ``{"model": "tiny", "device": "cpu"}``). ``detector`` replaces
-    the Detector built from them (it needs ``detect``, ``class_names``, ``point_features`` and
-    ``intensity_scale``). One :class:`FrameInput` sees all frames in order, like the node with
-    ``replay --max-rate`` (the automatic intensity scale carries over between frames).
+    plus ``overrides`` (flat ROS names, e.g. ``{"device": "cpu"}``). ``detector`` replaces the Detector
+    built from them (it needs ``detect``, ``class_names``, ``point_features`` and ``intensity_scale``).
+    The :class:`~fastpillars_ros.frame_input.FrameInput` carries state between frames like the node's (the
+    automatic intensity scale only widens), so feed it the frames the node saw, in the same order.
     """
-    from fastpillars_ros import bagtools
-    from fastpillars_ros.frame_input import FrameInput, FrameRejected
+    from fastpillars_ros.frame_input import FrameInput
 
     params = _node_params(params_file, overrides)
     if detector is None:
@@ -148,8 +147,22 @@ def golden_from_bag(bag: str | os.PathLike, *, topic: str | None = None, params_
         cfg = load_model_config(params.model)
         kwargs = params.detector_kwargs(cfg.class_names, cfg.decode.score_threshold)
         detector = Detector(cfg, **{**kwargs, "warmup": False})
+    return detector, FrameInput(detector.point_features, detector.intensity_scale, params), params
+
+
+def golden_from_bag(bag: str | os.PathLike, *, topic: str | None = None, params_file: str | os.PathLike | None = None,
+                    overrides: Mapping[str, Any] | None = None, detector: Any = None,
+                    max_frames: int | None = None) -> tuple[list[FrameDetections], list[str]]:
+    """Run the offline detector over every cloud of a bag, as the node would; returns (frames, class names).
+
+    ``params_file``, ``overrides`` and ``detector`` as for :func:`offline_path`. One frame input sees all
+    frames in order, like the node with ``replay --max-rate``.
+    """
+    from fastpillars_ros import bagtools
+    from fastpillars_ros.frame_input import FrameRejected
+
+    detector, converter, params = offline_path(params_file=params_file, overrides=overrides, detector=detector)
     names = list(detector.class_names)
-    converter = FrameInput(detector.point_features, detector.intensity_scale, params)
     frames: list[FrameDetections] = []
     for i, (_topic, _t, raw) in enumerate(bagtools.iter_raw(bag, topic, bagtools.POINTCLOUD2)):
         if max_frames is not None and i >= max_frames:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cuda_harness import build, c_arg, compiler
+from cuda_harness import build, c_arg
 from pillar_bounds import BOUNDS_PILLAR, BOUNDS_RANGE, bound_points, cells_of, expected_cells
 
 from fastpillars_ros.ops import decorate, pillarize
@@ -23,7 +23,7 @@ from fastpillars_ros.ops.pillarize_cuda import (
     run_pillarize,
 )
 
-pytestmark = pytest.mark.skipif(compiler() is None, reason="no C++ compiler for the CUDA-on-CPU harness")
+pytestmark = pytest.mark.needs_tool("cxx")
 
 ROOT = Path(__file__).resolve().parents[1]
 PILLARIZE_CU = ROOT / "fastpillars_ros" / "cuda" / "pillarize.cu"
