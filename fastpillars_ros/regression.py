@@ -14,16 +14,11 @@ own input conversion, :class:`~fastpillars_ros.frame_input.FrameInput`, and a
 The result (:class:`RegressionReport`) is truthy when everything passed and prints as a readable report
 naming frame, class, box and score of every problem.
 
-JSON format (``format: fastpillars_ros.detections/1``)::
-
-    {"format": ..., "class_names": [...], "meta": {...},
-     "frames": [{"index": 0, "stamp_ns": 1700000000000000000, "frame_id": "velodyne",
-                 "boxes": [[x, y, z, l, w, h, yaw], ...], "scores": [...], "names": [...]}, ...]}
+Files: the detections format of :mod:`fastpillars_ros.detections_file` (its names are re-exported here).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from fastpillars_ros.detections_file import FORMAT, FrameDetections, load_detections, save_detections
 
 __all__ = [
     "FORMAT",
@@ -43,58 +40,6 @@ __all__ = [
     "offline_path",
     "save_detections",
 ]
-
-FORMAT = "fastpillars_ros.detections/1"
-
-
-@dataclass
-class FrameDetections:
-    """Detections of one frame: boxes (K, 7) ``[x, y, z, l, w, h, yaw]``, scores (K,), class names."""
-
-    index: int
-    stamp_ns: int
-    boxes: np.ndarray
-    scores: np.ndarray
-    names: list[str]
-    frame_id: str = ""
-
-    def __post_init__(self) -> None:
-        self.boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 7)
-        self.scores = np.asarray(self.scores, dtype=np.float64).reshape(-1)
-        self.names = [str(n) for n in self.names]
-        if not (len(self.boxes) == len(self.scores) == len(self.names)):
-            raise ValueError(f"frame {self.index}: {len(self.boxes)} boxes, {len(self.scores)} scores and "
-                             f"{len(self.names)} names differ in length")
-
-
-# ---- files -----------------------------------------------------------------------------------------------
-
-def save_detections(frames: Sequence[FrameDetections], path: str | os.PathLike, *,
-                    class_names: Sequence[str] = (), meta: Mapping[str, Any] | None = None) -> Path:
-    """Write detections as JSON (see the module docstring); floats keep full precision."""
-    doc = {
-        "format": FORMAT,
-        "class_names": list(class_names),
-        "meta": dict(meta or {}),
-        "frames": [{"index": int(f.index), "stamp_ns": int(f.stamp_ns), "frame_id": f.frame_id,
-                    "boxes": f.boxes.tolist(), "scores": f.scores.tolist(), "names": list(f.names)}
-                   for f in frames],
-    }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=1) + "\n")
-    return path
-
-
-def load_detections(path: str | os.PathLike) -> list[FrameDetections]:
-    """Read a JSON detections file written by :func:`save_detections`."""
-    doc = json.loads(Path(path).read_text())
-    if doc.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a {FORMAT} file (format {doc.get('format')!r})")
-    return [FrameDetections(int(f["index"]), int(f["stamp_ns"]), np.asarray(f["boxes"], dtype=np.float64),
-                            np.asarray(f["scores"], dtype=np.float64), list(f["names"]), f.get("frame_id", ""))
-            for f in doc["frames"]]
-
 
 def detections_from_bag(path: str | os.PathLike, topic: str | None = None) -> list[FrameDetections]:
     """The Detection3DArray messages of a bag (e.g. one recorded by ``replay --record``) as frames, in
@@ -234,22 +179,22 @@ def _box_text(box: np.ndarray) -> str:
 
 def compare(received: Sequence[FrameDetections], golden: Sequence[FrameDetections], *,
             iou_threshold: float = 0.9, score_threshold: float = 0.0) -> RegressionReport:
-    """Compare received detections with golden ones (see the module docstring); frames match by stamp."""
+    """Compare received detections with golden ones (see the module docstring); frames match by
+    :attr:`FrameDetections.key` (header stamp, or dataset sample name)."""
     from fastpillars_ros.ops.iou import rotated_iou_bev
 
     report = RegressionReport(iou_threshold=iou_threshold, score_threshold=score_threshold)
-    by_stamp: dict[int, FrameDetections] = {}
+    by_key: dict[tuple[str, int], FrameDetections] = {}
     for f in received:
-        by_stamp.setdefault(int(f.stamp_ns), f)
-    golden_stamps = {int(g.stamp_ns) for g in golden}
-    report.extra_frames = [f"frame {f.index} (stamp {f.stamp_ns})" for f in received
-                           if int(f.stamp_ns) not in golden_stamps]
+        by_key.setdefault(f.key, f)
+    golden_keys = {g.key for g in golden}
+    report.extra_frames = [f.describe() for f in received if f.key not in golden_keys]
     for g in golden:
-        where = f"frame {g.index} (stamp {g.stamp_ns})"
+        where = g.describe()
         gk = np.flatnonzero(g.scores >= score_threshold)
         gk = gk[np.argsort(-g.scores[gk], kind="stable")]
         report.golden_boxes += len(gk)
-        r = by_stamp.get(int(g.stamp_ns))
+        r = by_key.get(g.key)
         if r is None:
             report.missing_frames.append(f"{where}: no detections received ({len(gk)} golden boxes)")
             continue
