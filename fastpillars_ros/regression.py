@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from fastpillars_ros.detections_file import FORMAT, FrameDetections, load_detections, save_detections
+from fastpillars_ros.message_codec import stamp_to_ns
 
 __all__ = [
     "FORMAT",
@@ -113,7 +114,7 @@ def golden_from_bag(bag: str | os.PathLike, *, topic: str | None = None, params_
         if max_frames is not None and i >= max_frames:
             break
         msg = bagtools.typestore().deserialize_cdr(raw, bagtools.POINTCLOUD2)
-        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        stamp = stamp_to_ns(msg.header.stamp)
         frame_id = params.frame_id or msg.header.frame_id
         try:
             points = converter.convert(msg).points

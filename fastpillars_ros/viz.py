@@ -34,8 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fastpillars_ros.colors import class_color
+
 __all__ = [
-    "CLASS_COLORS",
     "SceneView",
     "add_arguments",
     "draw_bev",
@@ -45,27 +46,8 @@ __all__ = [
     "run",
 ]
 
-#: Detection colours per class (matplotlib colours); other classes cycle through ``_OTHER``.
-CLASS_COLORS: dict[str, str] = {
-    "car": "#3399ff",
-    "truck": "#1f4fe0",
-    "bus": "#8033e6",
-    "pedestrian": "#ff4d33",
-    "cyclist": "#1ae64d",
-    "bicycle": "#1ae64d",
-    "motorcycle": "#ffcc00",
-    "traffic_cone": "#ff8c00",
-    "barrier": "#b3b3b3",
-}
-_OTHER = ("#e377c2", "#bcbd22", "#17becf", "#ff9896", "#c5b0d5", "#dbdb8d")
 GT_COLOR = "#ffffff"
 BACKGROUND = "#101014"
-
-
-def class_color(name: str) -> str:
-    if name in CLASS_COLORS:
-        return CLASS_COLORS[name]
-    return _OTHER[sum(ord(c) for c in name) % len(_OTHER)]
 
 
 @dataclass
