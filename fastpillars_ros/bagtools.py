@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import math
 import shutil
 import struct
 import sys
@@ -39,6 +38,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from fastpillars_ros.message_codec import (
+    NS_PER_S,
+    DetectionTypes,
+    decode_detections,
+    encode_detections,
+    ns_to_stamp,
+    stamp_to_ns,
+)
 
 __all__ = [
     "CLOUD_FIELDS",
@@ -118,13 +126,7 @@ def header_from_cdr(raw: bytes | memoryview) -> tuple[int, str]:
     if 16 + length > len(buf):
         raise ValueError("CDR header frame_id runs past the end of the message")
     frame_id = bytes(buf[16:16 + max(length - 1, 0)]).decode("utf-8", errors="replace")
-    return sec * 1_000_000_000 + nanosec, frame_id
-
-
-def stamp_parts(stamp_ns: int) -> tuple[int, int]:
-    """``(sec, nanosec)`` of a time in ns (nanosec in [0, 1e9))."""
-    sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
-    return sec, nanosec
+    return sec * NS_PER_S + nanosec, frame_id
 
 
 # ---- messages (rosbags dataclasses) --------------------------------------------------------------------
@@ -132,7 +134,7 @@ def stamp_parts(stamp_ns: int) -> tuple[int, int]:
 def _header(stamp_ns: int, frame_id: str) -> Any:
     ts = typestore()
     Header, Time = ts.types["std_msgs/msg/Header"], ts.types["builtin_interfaces/msg/Time"]
-    sec, nanosec = stamp_parts(stamp_ns)
+    sec, nanosec = ns_to_stamp(stamp_ns)
     return Header(stamp=Time(sec=sec, nanosec=nanosec), frame_id=frame_id)
 
 
@@ -151,63 +153,12 @@ def cloud_message(points: np.ndarray, stamp_ns: int, frame_id: str, fields: Sequ
         data=pts.view(np.uint8).reshape(-1), is_dense=bool(np.isfinite(pts).all()))
 
 
-def _quaternion_z(yaw: float) -> tuple[float, float]:
-    half = 0.5 * float(yaw)
-    return math.sin(half), math.cos(half)
-
-
-def _yaw(q: Any) -> float:
-    yaw = math.atan2(2.0 * (q.w * q.z + q.x * q.y), 1.0 - 2.0 * (q.y * q.y + q.z * q.z))
-    return (yaw + math.pi) % (2.0 * math.pi) - math.pi
-
-
 def detections_message(boxes: np.ndarray, scores: Sequence[float], names: Sequence[str], stamp_ns: int,
                        frame_id: str) -> Any:
-    """A rosbags ``vision_msgs/Detection3DArray`` with the same layout as
-    :func:`fastpillars_ros.messages.detections_to_msg` (one hypothesis per box, pose = box centre, size =
-    (length, width, height)); ``id`` is the box's index."""
-    ts = typestore()
-    T = ts.types
-    Pose, Point, Quat, Vec = (T["geometry_msgs/msg/Pose"], T["geometry_msgs/msg/Point"],
-                              T["geometry_msgs/msg/Quaternion"], T["geometry_msgs/msg/Vector3"])
-    PoseCov = T["geometry_msgs/msg/PoseWithCovariance"]
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 7)
-    if not (len(boxes) == len(scores) == len(names)):
-        raise ValueError(f"boxes ({len(boxes)}), scores ({len(scores)}) and names ({len(names)}) differ in length")
-    header = _header(stamp_ns, frame_id)
-    dets = []
-    for i, box in enumerate(boxes):
-        qz, qw = _quaternion_z(box[6])
-        pose = Pose(position=Point(x=float(box[0]), y=float(box[1]), z=float(box[2])),
-                    orientation=Quat(x=0.0, y=0.0, z=qz, w=qw))
-        hyp = T["vision_msgs/msg/ObjectHypothesisWithPose"](
-            hypothesis=T["vision_msgs/msg/ObjectHypothesis"](class_id=str(names[i]), score=float(scores[i])),
-            pose=PoseCov(pose=pose, covariance=np.zeros(36)))
-        dets.append(T["vision_msgs/msg/Detection3D"](
-            header=header, results=[hyp],
-            bbox=T["vision_msgs/msg/BoundingBox3D"](center=pose, size=Vec(x=float(box[3]), y=float(box[4]),
-                                                                           z=float(box[5]))),
-            id=str(i)))
-    return T[DETECTION3DARRAY](header=header, detections=dets)
-
-
-def detections_from_message(msg: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """``(boxes (K, 7) float64, scores (K,), class names)`` of a Detection3DArray (rosbags or rclpy object);
-    each detection's best hypothesis (an empty ``results`` gives score 0 and name "")."""
-    k = len(msg.detections)
-    boxes = np.zeros((k, 7))
-    scores = np.zeros(k)
-    names: list[str] = []
-    for i, det in enumerate(msg.detections):
-        c, s = det.bbox.center, det.bbox.size
-        boxes[i] = (c.position.x, c.position.y, c.position.z, s.x, s.y, s.z, _yaw(c.orientation))
-        if det.results:
-            best = max(det.results, key=lambda r: r.hypothesis.score)
-            scores[i] = best.hypothesis.score
-            names.append(str(best.hypothesis.class_id))
-        else:
-            names.append("")
-    return boxes, scores, names
+    """A rosbags ``vision_msgs/Detection3DArray`` in the layout of :mod:`fastpillars_ros.message_codec` (the
+    node's, too)."""
+    types = DetectionTypes.from_lookup(typestore().types.__getitem__)
+    return encode_detections(types, boxes, scores, names, _header(stamp_ns, frame_id))
 
 
 # ---- reading -------------------------------------------------------------------------------------------
@@ -290,7 +241,7 @@ def decode_cloud(raw: bytes, fields: Sequence[str] = CLOUD_FIELDS) -> tuple[int,
     from fastpillars_ros.pointcloud import cloud_to_array
 
     msg = typestore().deserialize_cdr(raw, POINTCLOUD2)
-    stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+    stamp = stamp_to_ns(msg.header.stamp)
     return stamp, msg.header.frame_id, cloud_to_array(msg, fields)
 
 
@@ -315,8 +266,8 @@ def read_detections(path: str | Path, topic: str | None = GROUND_TRUTH_TOPIC) ->
     out = []
     for _topic, t, raw in iter_raw(path, topic, DETECTION3DARRAY):
         msg = typestore().deserialize_cdr(raw, DETECTION3DARRAY)
-        boxes, scores, names = detections_from_message(msg)
-        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        boxes, scores, names = decode_detections(msg)
+        stamp = stamp_to_ns(msg.header.stamp)
         out.append(DetectionRecord(t, stamp, msg.header.frame_id, boxes, scores, names))
     return out
 

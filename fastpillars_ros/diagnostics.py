@@ -54,6 +54,7 @@ class Throttle:
 
 
 def percentile(values: Iterable[float], q: float) -> float:
+    """The ``q``-th percentile (linear interpolation) of ``values``, NaN for no values."""
     arr = np.fromiter(values, dtype=np.float64)
     return float(np.percentile(arr, q)) if arr.size else float("nan")
 

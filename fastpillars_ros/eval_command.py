@@ -4,10 +4,10 @@ KITTI-format folder (``velodyne/``, ``label_2/``, ``calib/``; real KITTI or the 
 Detections come from one of:
 
 * the detector (``--config``/``--checkpoint``), run over every frame's points;
-* ``--detections FILE.json``: our boxes per frame,
-  ``{"<frame_id>": {"boxes": [[x, y, z, l, w, h, yaw], ...], "scores": [...], "labels": [...]}, ...}``
-  (LiDAR frame, see :mod:`fastpillars_ros.boxes`; labels are class indices into the evaluated classes or
-  class names). ``--save-detections`` writes the detector's output in this form (labels as names);
+* ``--detections FILE.json``: a detections file (:mod:`fastpillars_ros.detections_file`; LiDAR frame, class
+  names), its frames matched to the KITTI frames by ``sample`` (the KITTI frame id), else by ``index`` in the
+  evaluated frame order. ``--save-detections`` writes the detector's output in this format (``viz
+  --detections`` and ``regression-check`` read it too);
 * ``--detections DIR``: KITTI result files ``DIR/<frame_id>.txt`` (label_2 lines with a 16th score column,
   camera frame), converted to the LiDAR frame with each frame's calibration.
 
@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from .detections_file import FrameDetections, load_detections, save_detections
 from .evaluation import FrameBoxes, evaluate, plot_pr_curves
 from .node_params import BACKENDS, DEVICES
 
@@ -124,44 +125,32 @@ def ground_truth(frame: Any, class_names: Sequence[str], max_difficulty: int | N
     return FrameBoxes(boxes=np.concatenate(boxes), labels=np.concatenate(labels).astype(np.int64), ignore=ignore)
 
 
-def _labels_from(values: Sequence[Any], class_names: Sequence[str], where: str) -> np.ndarray:
-    out = []
-    for v in values:
-        if isinstance(v, str):
-            if v not in class_names:
-                raise ValueError(f"{where}: unknown class {v!r}; classes: {list(class_names)}")
-            out.append(class_names.index(v))
-        else:
-            out.append(int(v))
-    return np.array(out, dtype=np.int64)
+def _labels_from(names: Sequence[str], class_names: Sequence[str], where: str) -> np.ndarray:
+    unknown = sorted(set(names) - set(class_names))
+    if unknown:
+        raise ValueError(f"{where}: unknown class {unknown[0]!r}; classes: {list(class_names)}")
+    return np.array([class_names.index(n) for n in names], dtype=np.int64)
 
 
-def load_json_detections(path: str | Path, class_names: Sequence[str]) -> dict[str, FrameBoxes]:
-    """Read the JSON detections form (see the module docstring) -> ``{frame_id: FrameBoxes}``."""
-    data = json.loads(Path(path).read_text())
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected an object {{frame_id: {{boxes, scores, labels}}}}")
+def load_json_detections(path: str | Path, class_names: Sequence[str], frame_ids: Sequence[str]
+                         ) -> dict[str, FrameBoxes]:
+    """A detections file -> ``{KITTI frame id: FrameBoxes}`` (by ``sample``, else ``frame_ids[index]``)."""
     out: dict[str, FrameBoxes] = {}
-    for fid, rec in data.items():
-        where = f"{path} frame {fid!r}"
-        if not isinstance(rec, dict) or not {"boxes", "scores", "labels"} <= set(rec):
-            raise ValueError(f"{where}: needs 'boxes', 'scores' and 'labels'")
-        boxes = np.asarray(rec["boxes"], dtype=np.float64)
-        if boxes.size == 0:
-            boxes = np.zeros((0, 7))
-        elif boxes.ndim != 2 or boxes.shape[1] < 7:
-            raise ValueError(f"{where}: 'boxes' must be a list of [x, y, z, l, w, h, yaw] rows")
-        out[str(fid)] = FrameBoxes(boxes=boxes[:, :7], scores=np.asarray(rec["scores"], dtype=np.float64).reshape(-1),
-                                   labels=_labels_from(rec["labels"], class_names, where))
+    for f in load_detections(path):
+        fid = f.sample or (frame_ids[f.index] if 0 <= f.index < len(frame_ids) else str(f.index))
+        out[fid] = FrameBoxes(boxes=f.boxes, scores=f.scores,
+                              labels=_labels_from(f.names, class_names, f"{path} {f.describe()}"))
     return out
 
 
-def save_json_detections(path: str | Path, detections: dict[str, FrameBoxes], class_names: Sequence[str]) -> None:
-    """Write ``{frame_id: FrameBoxes}`` in the JSON detections form (labels as class names)."""
-    data = {fid: {"boxes": [[round(float(v), 5) for v in b[:7]] for b in d.boxes],
-                  "scores": [round(float(s), 6) for s in d.scores],
-                  "labels": [class_names[int(label)] for label in d.labels]} for fid, d in detections.items()}
-    Path(path).write_text(json.dumps(data))
+def save_json_detections(path: str | Path, detections: dict[str, FrameBoxes], class_names: Sequence[str],
+                         frame_ids: Sequence[str]) -> None:
+    """Write ``{KITTI frame id: FrameBoxes}`` as a detections file (``sample`` = frame id, ``index`` = its
+    position in ``frame_ids``, the evaluated frame order)."""
+    position = {fid: i for i, fid in enumerate(frame_ids)}
+    frames = [FrameDetections(position[fid], 0, d.boxes, d.scores, [class_names[int(k)] for k in d.labels],
+                              sample=fid) for fid, d in detections.items()]
+    save_detections(frames, path, class_names=class_names, meta={"source": "eval"})
 
 
 def load_kitti_detections(folder: str | Path, frame_id: str, calib: Any, class_names: Sequence[str],
@@ -244,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
             if path.is_dir():
                 kitti_dir = path / "data" if (path / "data").is_dir() else path
             else:
-                stored = load_json_detections(path, class_names)
+                stored = load_json_detections(path, class_names, dataset.frame_ids[:n])
         except (OSError, ValueError) as exc:
             print(f"eval: {exc}", file=sys.stderr)
             return 2
@@ -297,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
         truths.append(gt)
 
     if args.save_detections and saved:
-        save_json_detections(args.save_detections, saved, class_names)
+        save_json_detections(args.save_detections, saved, class_names, frame_ids)
     try:
         result = evaluate(predictions, truths, class_names, iou_thresholds=iou, max_range=args.max_range)
     except ValueError as exc:

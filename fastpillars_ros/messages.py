@@ -3,42 +3,28 @@
 Boxes use the package-wide convention ``[x, y, z_center, length, width, height, yaw]`` (REP 103: metres in
 the frame of the input cloud, yaw in radians counter-clockwise from +x about +z, length along the heading).
 Output messages copy the input header, and ``class_id`` is the class *name* so that vision_msgs RViz
-plugins and downstream consumers see meaningful labels.
+plugins and downstream consumers see meaningful labels. The Detection3DArray layout itself (and the rosbags
+twin in ``bagtools``) is :mod:`fastpillars_ros.message_codec`; class colours are :mod:`fastpillars_ros.colors`.
 """
 
 from __future__ import annotations
 
-import math
+import importlib
 from collections.abc import Sequence
 
 import numpy as np
 from builtin_interfaces.msg import Duration
 from geometry_msgs.msg import Point, Pose, Quaternion, Vector3
 from std_msgs.msg import ColorRGBA, Header
-from vision_msgs.msg import (
-    BoundingBox3D,
-    Detection3D,
-    Detection3DArray,
-    ObjectHypothesis,
-    ObjectHypothesisWithPose,
-)
+from vision_msgs.msg import Detection3DArray
 from visualization_msgs.msg import Marker, MarkerArray
 
-# Colours that RViz users expect to tell the common classes apart; other classes get a stable colour
-# derived from their name.
-CLASS_COLORS: dict[str, tuple[float, float, float]] = {
-    "car": (0.20, 0.60, 1.00),
-    "truck": (0.10, 0.30, 0.90),
-    "construction_vehicle": (0.60, 0.40, 0.10),
-    "bus": (0.50, 0.20, 0.90),
-    "trailer": (0.40, 0.40, 0.70),
-    "barrier": (0.70, 0.70, 0.70),
-    "motorcycle": (1.00, 0.80, 0.00),
-    "bicycle": (0.10, 0.90, 0.30),
-    "cyclist": (0.10, 0.90, 0.30),
-    "pedestrian": (1.00, 0.30, 0.20),
-    "traffic_cone": (1.00, 0.55, 0.00),
-}
+from fastpillars_ros import message_codec as codec
+from fastpillars_ros.colors import class_color
+
+# rclpy's generated classes for the one Detection3DArray codec (message_codec), looked up by ROS type name.
+_TYPES = codec.DetectionTypes.from_lookup(
+    lambda ros_name: getattr(importlib.import_module(ros_name.split("/")[0] + ".msg"), ros_name.split("/")[-1]))
 
 # Corners of a unit box (centre at the origin, extents 1) and the 12 edges between them, in box axes.
 _UNIT_CORNERS = np.array(
@@ -48,28 +34,10 @@ _UNIT_CORNERS = np.array(
 _EDGES = ((0, 1), (1, 2), (2, 3), (3, 0), (4, 5), (5, 6), (6, 7), (7, 4), (0, 4), (1, 5), (2, 6), (3, 7))
 
 
-def class_color(name: str) -> tuple[float, float, float]:
-    """RGB in [0, 1] for a class name: a fixed table for common classes, else a stable hash colour."""
-    if name in CLASS_COLORS:
-        return CLASS_COLORS[name]
-    h = sum((i + 1) * ord(c) for i, c in enumerate(name)) % 360 / 360.0
-    # HSV (h, 0.8, 1.0) -> RGB, so that unknown classes are still saturated and readable on dark RViz.
-    i = int(h * 6) % 6
-    f = h * 6 - int(h * 6)
-    p, q, t = 0.2, 1.0 - 0.8 * f, 0.2 + 0.8 * f
-    return [(1.0, t, p), (q, 1.0, p), (p, 1.0, t), (p, q, 1.0), (t, p, 1.0), (1.0, p, q)][i]
-
-
 def yaw_to_quaternion(yaw: float) -> Quaternion:
-    """Rotation about +z by ``yaw`` radians as a unit quaternion."""
-    half = 0.5 * float(yaw)
-    return Quaternion(x=0.0, y=0.0, z=math.sin(half), w=math.cos(half))
-
-
-def quaternion_to_yaw(q: Quaternion) -> float:
-    """Yaw in [-pi, pi) of a quaternion (its rotation about +z; roll and pitch are ignored)."""
-    yaw = math.atan2(2.0 * (q.w * q.z + q.x * q.y), 1.0 - 2.0 * (q.y * q.y + q.z * q.z))
-    return (yaw + math.pi) % (2.0 * math.pi) - math.pi
+    """Rotation about +z by ``yaw`` radians as a ``geometry_msgs/Quaternion``."""
+    x, y, z, w = codec.yaw_to_quaternion(yaw)
+    return Quaternion(x=x, y=y, z=z, w=w)
 
 
 def _check_detections(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, class_names: Sequence[str]
@@ -108,20 +76,7 @@ def detections_to_msg(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
     and ``bbox.size`` is (length, width, height).
     """
     boxes, scores, labels = _check_detections(boxes, scores, labels, class_names)
-    out = Detection3DArray(header=header)
-    for i in range(boxes.shape[0]):
-        box = boxes[i]
-        pose = _box_pose(box)
-        hyp = ObjectHypothesisWithPose(
-            hypothesis=ObjectHypothesis(class_id=class_names[labels[i]], score=float(scores[i])))
-        hyp.pose.pose = pose
-        det = Detection3D(
-            header=header,
-            results=[hyp],
-            bbox=BoundingBox3D(center=pose, size=Vector3(x=float(box[3]), y=float(box[4]), z=float(box[5]))),
-        )
-        out.detections.append(det)
-    return out
+    return codec.encode_detections(_TYPES, boxes, scores, [class_names[k] for k in labels], header)
 
 
 def msg_to_detections(msg: Detection3DArray, class_names: Sequence[str]
@@ -131,19 +86,11 @@ def msg_to_detections(msg: Detection3DArray, class_names: Sequence[str]
     Uses each detection's best hypothesis. A class name not in ``class_names`` raises ``ValueError``.
     """
     index = {name: i for i, name in enumerate(class_names)}
-    boxes = np.zeros((len(msg.detections), 7))
-    scores = np.zeros(len(msg.detections))
-    labels = np.zeros(len(msg.detections), dtype=np.int64)
-    for i, det in enumerate(msg.detections):
-        c, s = det.bbox.center, det.bbox.size
-        boxes[i] = (c.position.x, c.position.y, c.position.z, s.x, s.y, s.z, quaternion_to_yaw(c.orientation))
-        if det.results:
-            best = max(det.results, key=lambda r: r.hypothesis.score)
-            if best.hypothesis.class_id not in index:
-                raise ValueError(f"class_id {best.hypothesis.class_id!r} is not one of {list(class_names)}")
-            scores[i] = best.hypothesis.score
-            labels[i] = index[best.hypothesis.class_id]
-    return boxes, scores, labels
+    boxes, scores, names = codec.decode_detections(msg)
+    unknown = [n for n in names if n not in index]
+    if unknown:
+        raise ValueError(f"class_id {unknown[0]!r} is not one of {list(class_names)}")
+    return boxes, scores, np.array([index[n] for n in names], dtype=np.int64)
 
 
 def detections_to_markers(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,

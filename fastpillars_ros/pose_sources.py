@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from fastpillars_ros.message_codec import stamp_to_seconds
+
 # --------------------------------------------------------------------------------------------------------
 # Quaternion and transform math (numpy, float64)
 # --------------------------------------------------------------------------------------------------------
@@ -150,10 +152,6 @@ def interpolate_pose(t0: float, p0: Sequence[float], q0: Sequence[float], t1: fl
     a = 0.0 if t1 == t0 else (t - t0) / (t1 - t0)
     p = np.asarray(p0, dtype=np.float64) + a * (np.asarray(p1, dtype=np.float64) - np.asarray(p0, dtype=np.float64))
     return p, quat_slerp(q0, q1, a)
-
-
-def stamp_to_seconds(stamp: Any) -> float:
-    return int(stamp.sec) + int(stamp.nanosec) * 1e-9
 
 
 def _frame(name: str) -> str:

@@ -14,16 +14,11 @@ own input conversion, :class:`~fastpillars_ros.frame_input.FrameInput`, and a
 The result (:class:`RegressionReport`) is truthy when everything passed and prints as a readable report
 naming frame, class, box and score of every problem.
 
-JSON format (``format: fastpillars_ros.detections/1``)::
-
-    {"format": ..., "class_names": [...], "meta": {...},
-     "frames": [{"index": 0, "stamp_ns": 1700000000000000000, "frame_id": "velodyne",
-                 "boxes": [[x, y, z, l, w, h, yaw], ...], "scores": [...], "names": [...]}, ...]}
+Files: the detections format of :mod:`fastpillars_ros.detections_file` (its names are re-exported here).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from fastpillars_ros.detections_file import FORMAT, FrameDetections, load_detections, save_detections
+from fastpillars_ros.message_codec import stamp_to_ns
 
 __all__ = [
     "FORMAT",
@@ -40,60 +38,9 @@ __all__ = [
     "detections_from_bag",
     "golden_from_bag",
     "load_detections",
+    "offline_path",
     "save_detections",
 ]
-
-FORMAT = "fastpillars_ros.detections/1"
-
-
-@dataclass
-class FrameDetections:
-    """Detections of one frame: boxes (K, 7) ``[x, y, z, l, w, h, yaw]``, scores (K,), class names."""
-
-    index: int
-    stamp_ns: int
-    boxes: np.ndarray
-    scores: np.ndarray
-    names: list[str]
-    frame_id: str = ""
-
-    def __post_init__(self) -> None:
-        self.boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 7)
-        self.scores = np.asarray(self.scores, dtype=np.float64).reshape(-1)
-        self.names = [str(n) for n in self.names]
-        if not (len(self.boxes) == len(self.scores) == len(self.names)):
-            raise ValueError(f"frame {self.index}: {len(self.boxes)} boxes, {len(self.scores)} scores and "
-                             f"{len(self.names)} names differ in length")
-
-
-# ---- files -----------------------------------------------------------------------------------------------
-
-def save_detections(frames: Sequence[FrameDetections], path: str | os.PathLike, *,
-                    class_names: Sequence[str] = (), meta: Mapping[str, Any] | None = None) -> Path:
-    """Write detections as JSON (see the module docstring); floats keep full precision."""
-    doc = {
-        "format": FORMAT,
-        "class_names": list(class_names),
-        "meta": dict(meta or {}),
-        "frames": [{"index": int(f.index), "stamp_ns": int(f.stamp_ns), "frame_id": f.frame_id,
-                    "boxes": f.boxes.tolist(), "scores": f.scores.tolist(), "names": list(f.names)}
-                   for f in frames],
-    }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=1) + "\n")
-    return path
-
-
-def load_detections(path: str | os.PathLike) -> list[FrameDetections]:
-    """Read a JSON detections file written by :func:`save_detections`."""
-    doc = json.loads(Path(path).read_text())
-    if doc.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a {FORMAT} file (format {doc.get('format')!r})")
-    return [FrameDetections(int(f["index"]), int(f["stamp_ns"]), np.asarray(f["boxes"], dtype=np.float64),
-                            np.asarray(f["scores"], dtype=np.float64), list(f["names"]), f.get("frame_id", ""))
-            for f in doc["frames"]]
-
 
 def detections_from_bag(path: str | os.PathLike, topic: str | None = None) -> list[FrameDetections]:
     """The Detection3DArray messages of a bag (e.g. one recorded by ``replay --record``) as frames, in
@@ -126,19 +73,17 @@ def _node_params(params_file: str | os.PathLike | None, overrides: Mapping[str, 
     return params
 
 
-def golden_from_bag(bag: str | os.PathLike, *, topic: str | None = None, params_file: str | os.PathLike | None = None,
-                    overrides: Mapping[str, Any] | None = None, detector: Any = None,
-                    max_frames: int | None = None) -> tuple[list[FrameDetections], list[str]]:
-    """Run the offline detector over every cloud of a bag, as the node would; returns (frames, class names).
+def offline_path(*, params_file: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None,
+                 detector: Any = None) -> tuple[Any, Any, Any]:
+    """What the node does with a cloud, without ROS: returns (detector, frame input, node parameters).
 
     The node parameters come from ``params_file`` (default: the package's ``config/fastpillars.yaml``)
-    plus ``overrides`` (flat ROS names, e.g. ``{"model": "tiny", "device": "cpu"}``). ``detector`` replaces
-    the Detector built from them (it needs ``detect``, ``class_names``, ``point_features`` and
-    ``intensity_scale``). One :class:`FrameInput` sees all frames in order, like the node with
-    ``replay --max-rate`` (the automatic intensity scale carries over between frames).
+    plus ``overrides`` (flat ROS names, e.g. ``{"device": "cpu"}``). ``detector`` replaces the Detector
+    built from them (it needs ``detect``, ``class_names``, ``point_features`` and ``intensity_scale``).
+    The :class:`~fastpillars_ros.frame_input.FrameInput` carries state between frames like the node's (the
+    automatic intensity scale only widens), so feed it the frames the node saw, in the same order.
     """
-    from fastpillars_ros import bagtools
-    from fastpillars_ros.frame_input import FrameInput, FrameRejected
+    from fastpillars_ros.frame_input import FrameInput
 
     params = _node_params(params_file, overrides)
     if detector is None:
@@ -148,14 +93,28 @@ def golden_from_bag(bag: str | os.PathLike, *, topic: str | None = None, params_
         cfg = load_model_config(params.model)
         kwargs = params.detector_kwargs(cfg.class_names)
         detector = Detector(cfg, **{**kwargs, "warmup": False})
+    return detector, FrameInput(detector.point_features, detector.intensity_scale, params), params
+
+
+def golden_from_bag(bag: str | os.PathLike, *, topic: str | None = None, params_file: str | os.PathLike | None = None,
+                    overrides: Mapping[str, Any] | None = None, detector: Any = None,
+                    max_frames: int | None = None) -> tuple[list[FrameDetections], list[str]]:
+    """Run the offline detector over every cloud of a bag, as the node would; returns (frames, class names).
+
+    ``params_file``, ``overrides`` and ``detector`` as for :func:`offline_path`. One frame input sees all
+    frames in order, like the node with ``replay --max-rate``.
+    """
+    from fastpillars_ros import bagtools
+    from fastpillars_ros.frame_input import FrameRejected
+
+    detector, converter, params = offline_path(params_file=params_file, overrides=overrides, detector=detector)
     names = list(detector.class_names)
-    converter = FrameInput(detector.point_features, detector.intensity_scale, params)
     frames: list[FrameDetections] = []
     for i, (_topic, _t, raw) in enumerate(bagtools.iter_raw(bag, topic, bagtools.POINTCLOUD2)):
         if max_frames is not None and i >= max_frames:
             break
         msg = bagtools.typestore().deserialize_cdr(raw, bagtools.POINTCLOUD2)
-        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        stamp = stamp_to_ns(msg.header.stamp)
         frame_id = params.frame_id or msg.header.frame_id
         try:
             points = converter.convert(msg).points
@@ -221,22 +180,22 @@ def _box_text(box: np.ndarray) -> str:
 
 def compare(received: Sequence[FrameDetections], golden: Sequence[FrameDetections], *,
             iou_threshold: float = 0.9, score_threshold: float = 0.0) -> RegressionReport:
-    """Compare received detections with golden ones (see the module docstring); frames match by stamp."""
+    """Compare received detections with golden ones (see the module docstring); frames match by
+    :attr:`FrameDetections.key` (header stamp, or dataset sample name)."""
     from fastpillars_ros.ops.iou import rotated_iou_bev
 
     report = RegressionReport(iou_threshold=iou_threshold, score_threshold=score_threshold)
-    by_stamp: dict[int, FrameDetections] = {}
+    by_key: dict[tuple[str, int], FrameDetections] = {}
     for f in received:
-        by_stamp.setdefault(int(f.stamp_ns), f)
-    golden_stamps = {int(g.stamp_ns) for g in golden}
-    report.extra_frames = [f"frame {f.index} (stamp {f.stamp_ns})" for f in received
-                           if int(f.stamp_ns) not in golden_stamps]
+        by_key.setdefault(f.key, f)
+    golden_keys = {g.key for g in golden}
+    report.extra_frames = [f.describe() for f in received if f.key not in golden_keys]
     for g in golden:
-        where = f"frame {g.index} (stamp {g.stamp_ns})"
+        where = g.describe()
         gk = np.flatnonzero(g.scores >= score_threshold)
         gk = gk[np.argsort(-g.scores[gk], kind="stable")]
         report.golden_boxes += len(gk)
-        r = by_stamp.get(int(g.stamp_ns))
+        r = by_key.get(g.key)
         if r is None:
             report.missing_frames.append(f"{where}: no detections received ({len(gk)} golden boxes)")
             continue

@@ -53,6 +53,9 @@ from fastpillars_ros.bagtools import (
     iter_raw,
     open_writer,
 )
+from fastpillars_ros.diagnostics import percentile
+from fastpillars_ros.message_codec import NS_PER_S as NS
+from fastpillars_ros.message_codec import decode_detections, ns_to_stamp
 
 __all__ = [
     "AnswerTracker",
@@ -68,7 +71,6 @@ __all__ = [
     "schedule",
 ]
 
-NS = 1_000_000_000
 # Wait after both directions matched, before the first cloud (see replay(): discovery is not symmetric).
 MATCH_SETTLE_S = 0.3
 
@@ -159,11 +161,6 @@ def schedule(bag_times_ns: Sequence[int], rate: float | None = 1.0, loops: int =
     """``(loop, index, due seconds)`` of every message of one played window, ``loops`` times (see :class:`Pacer`)."""
     pacer = Pacer(rate)
     return [(loop, i, pacer.due_s(loop, t)) for loop in range(loops) for i, t in enumerate(bag_times_ns)]
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (linear interpolation) or NaN for no values."""
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else float("nan")
 
 
 @dataclass
@@ -392,11 +389,11 @@ def evaluate_answers(truth: Sequence[Any], answers: dict[int, bytes], class_name
     """AP of the answers (CDR Detection3DArray by header stamp) against ground-truth records
     (:class:`~fastpillars_ros.bagtools.DetectionRecord`, one per played frame); a frame without an answer
     has no detections. Class names default to car, pedestrian, cyclist plus any other name seen."""
-    from fastpillars_ros.bagtools import detections_from_message, typestore
+    from fastpillars_ros.bagtools import typestore
     from fastpillars_ros.datasets.kitti import DEFAULT_CLASSES
     from fastpillars_ros.evaluation import FrameBoxes, evaluate
 
-    decoded = {stamp: detections_from_message(typestore().deserialize_cdr(raw, DETECTION3DARRAY))
+    decoded = {stamp: decode_detections(typestore().deserialize_cdr(raw, DETECTION3DARRAY))
                for stamp, raw in answers.items()}
     names = list(class_names) if class_names is not None else list(DEFAULT_CLASSES)
     if class_names is None:
@@ -616,7 +613,7 @@ def _play(opts: ReplayOptions, first: BagFrame, frames: Iterator[BagFrame], pub:
 
     def publish_clock(bag_ns: int) -> None:
         nonlocal last_clock
-        sec, nanosec = divmod(int(bag_ns), NS)
+        sec, nanosec = ns_to_stamp(bag_ns)
         clock_pub.publish(Clock(clock=Time(sec=sec, nanosec=nanosec)))
         stats.clock_published += 1
         last_clock = time.monotonic()

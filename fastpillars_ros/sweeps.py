@@ -55,6 +55,8 @@ from typing import Any
 
 import numpy as np
 
+from fastpillars_ros.message_codec import stamp_to_ns, stamp_to_seconds
+
 log = logging.getLogger(__name__)
 
 #: Why the history was cleared (counter names in :meth:`SweepBuffer.status`).
@@ -487,11 +489,6 @@ def _assemble_torch(cur: Any, past: list, counts: list[int], kept: list[int], wi
 # Glue for the node: header -> stamp, pose lookup, push
 # --------------------------------------------------------------------------------------------------------
 
-def stamp_seconds(header: Any) -> float:
-    """``header.stamp`` (sec, nanosec) in seconds as a float."""
-    return int(header.stamp.sec) + int(header.stamp.nanosec) * 1e-9
-
-
 class SweepInput:
     """Per-frame glue the node calls: look the cloud's pose up, push, return the model input.
 
@@ -519,8 +516,8 @@ class SweepInput:
         if self._frame_id is not None and frame_id != self._frame_id:
             self.buffer.reset(f"cloud frame changed from {self._frame_id!r} to {frame_id!r}", "input_changed")
         self._frame_id = frame_id
-        stamp_s = stamp_seconds(header)
-        stamp_ns = int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+        stamp_s = stamp_to_seconds(header.stamp)
+        stamp_ns = stamp_to_ns(header.stamp)
         pose, reason = self.pose_source.query(stamp_s, frame_id, stamp_ns)
         return stamp_s, pose, reason
 

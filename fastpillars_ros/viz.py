@@ -11,9 +11,10 @@ INPUT is one of
 * a rosbag2 bag (directory, ``.mcap``, ``.db3``): cloud number ``--frame K``, ground truth from its
   ``/ground_truth`` topic when present (same header stamp).
 
-``--detections`` adds detections from a bag (a Detection3DArray topic; the one with the cloud's stamp, else
-number K) or a JSON detections file (:mod:`fastpillars_ros.regression` format). ``--labels`` names a label
-file or KITTI folder explicitly.
+``--detections`` adds detections from a bag (a Detection3DArray topic) or a detections file
+(:mod:`fastpillars_ros.detections_file`, e.g. from ``eval --save-detections``): the frame with the cloud's
+stamp, else the one named by the KITTI frame id, else number K. ``--labels`` names a label file or KITTI
+folder explicitly.
 
 The picture: x (forward) points up and y (left) to the left, as seen from above; points are coloured by
 height; ground truth is drawn as dashed white boxes; detections as solid boxes coloured by class with
@@ -33,8 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fastpillars_ros.colors import class_color
+
 __all__ = [
-    "CLASS_COLORS",
     "SceneView",
     "add_arguments",
     "draw_bev",
@@ -44,27 +46,8 @@ __all__ = [
     "run",
 ]
 
-#: Detection colours per class (matplotlib colours); other classes cycle through ``_OTHER``.
-CLASS_COLORS: dict[str, str] = {
-    "car": "#3399ff",
-    "truck": "#1f4fe0",
-    "bus": "#8033e6",
-    "pedestrian": "#ff4d33",
-    "cyclist": "#1ae64d",
-    "bicycle": "#1ae64d",
-    "motorcycle": "#ffcc00",
-    "traffic_cone": "#ff8c00",
-    "barrier": "#b3b3b3",
-}
-_OTHER = ("#e377c2", "#bcbd22", "#17becf", "#ff9896", "#c5b0d5", "#dbdb8d")
 GT_COLOR = "#ffffff"
 BACKGROUND = "#101014"
-
-
-def class_color(name: str) -> str:
-    if name in CLASS_COLORS:
-        return CLASS_COLORS[name]
-    return _OTHER[sum(ord(c) for c in name) % len(_OTHER)]
 
 
 @dataclass
@@ -278,25 +261,19 @@ def _labels(labels: Path, stem: str, frame: int | str) -> tuple[np.ndarray, list
     return _labels_from_file(labels, labels.parent.parent / "calib" / f"{labels.stem}.txt")
 
 
-def _detections(source: Path, stamp: int | None, frame: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _detections(source: Path, stamp: int | None, sample: str, frame: int
+                ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Detections of the viewed frame from a bag or a detections file: by header stamp, else by dataset
+    sample name (KITTI frame id), else the ``frame``-th."""
+    from fastpillars_ros.detections_file import find_frame, load_detections
+
     if _is_bag(source):
-        from fastpillars_ros import bagtools
+        from fastpillars_ros.regression import detections_from_bag
 
-        types = bagtools.topic_types(source)
-        topics = [t for t, m in types.items() if m == bagtools.DETECTION3DARRAY and t != bagtools.GROUND_TRUTH_TOPIC]
-        if len(topics) != 1:
-            raise ValueError(f"{source}: expected one Detection3DArray topic besides /ground_truth, found {topics}")
-        records = bagtools.read_detections(source, topics[0])
-        match = [r for r in records if stamp is not None and r.stamp_ns == stamp]
-        rec = match[0] if match else (records[frame] if frame < len(records) else None)
-        if rec is None:
-            return np.zeros((0, 7)), np.zeros(0), []
-        return rec.boxes, rec.scores, rec.names
-    from fastpillars_ros.regression import load_detections
-
-    frames = load_detections(source)
-    match = [f for f in frames if stamp is not None and f.stamp_ns == stamp]
-    f = match[0] if match else (frames[frame] if frame < len(frames) else None)
+        frames = detections_from_bag(source)
+    else:
+        frames = load_detections(source)
+    f = find_frame(frames, stamp_ns=stamp, sample=sample, index=frame)
     if f is None:
         return np.zeros((0, 7)), np.zeros(0), []
     return f.boxes, f.scores, list(f.names)
@@ -347,7 +324,7 @@ def load_view(source: str | os.PathLike, frame: int | str = 0, *, detections: st
     view = SceneView(points=np.asarray(points), gt_boxes=np.asarray(gt_boxes).reshape(-1, 7), gt_names=list(gt_names),
                      title=title, stamp_ns=stamp)
     if detections is not None:
-        view.det_boxes, view.det_scores, view.det_names = _detections(Path(detections), stamp, int(
+        view.det_boxes, view.det_scores, view.det_names = _detections(Path(detections), stamp, stem, int(
             frame if str(frame).lstrip("-").isdigit() else 0))
         view.det_boxes = np.asarray(view.det_boxes).reshape(-1, 7)
     return view

@@ -22,7 +22,7 @@ ARCHS = ("sm_87", "sm_86", "sm_89", "sm_90")
 NVCC = shutil.which("nvcc")
 
 
-@pytest.mark.skipif(NVCC is None, reason="nvcc (CUDA toolkit) is not installed; CI has it")
+@pytest.mark.needs_tool("nvcc")
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("cu_file", CU_FILES, ids=[p.name for p in CU_FILES])
 def test_cuda_source_compiles_without_warnings(cu_file: Path, arch: str, tmp_path: Path) -> None:

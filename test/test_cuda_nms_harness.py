@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 from pathlib import Path
 
+import cuda_harness
 import numpy as np
 import pytest
 from test_ops_iou import adversarial_pairs, random_boxes
@@ -19,9 +20,7 @@ from test_ops_nms import detector_like
 from fastpillars_ros.ops import circle_nms, iou_3d, nms_3d, nms_bev, nms_grouped, rotated_iou_bev
 from fastpillars_ros.ops.iou import iou_3d_pairs, rotated_iou_bev_pairs
 
-cuda_harness = pytest.importorskip("cuda_harness")
-if cuda_harness.compiler() is None:
-    pytest.skip("no C++ compiler for the CUDA-on-CPU harness", allow_module_level=True)
+pytestmark = pytest.mark.needs_tool("cxx")
 
 CU_FILE = Path(__file__).resolve().parents[1] / "fastpillars_ros" / "cuda" / "nms.cu"
 MODES = {"bev": 0, "3d": 1, "circle": 2}

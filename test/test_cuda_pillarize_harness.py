@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cuda_harness import build, c_arg, compiler
+from cuda_harness import build, c_arg
+from pillar_bounds import BOUNDS_PILLAR, BOUNDS_RANGE, bound_points, cells_of, expected_cells
 
 from fastpillars_ros.ops import decorate, pillarize
 from fastpillars_ros.ops.pillarize import grid_constants
@@ -22,7 +23,7 @@ from fastpillars_ros.ops.pillarize_cuda import (
     run_pillarize,
 )
 
-pytestmark = pytest.mark.skipif(compiler() is None, reason="no C++ compiler for the CUDA-on-CPU harness")
+pytestmark = pytest.mark.needs_tool("cxx")
 
 ROOT = Path(__file__).resolve().parents[1]
 PILLARIZE_CU = ROOT / "fastpillars_ros" / "cuda" / "pillarize.cu"
@@ -133,7 +134,8 @@ def random_points(n: int, seed: int, n_cols: int = 4) -> np.ndarray:
 
 
 def adversarial_points(seed: int) -> np.ndarray:
-    """Boundary values, the truncation sliver, float32 rounding at cell edges, non-finite coordinates."""
+    """Boundary values, points up to one pillar outside the lower bounds, float32 rounding at cell edges,
+    non-finite coordinates."""
     rng = np.random.default_rng(seed)
     edges_x = np.float32(0.16) * np.arange(-2, 434, dtype=np.float32)
     edges_y = np.float32(-39.68) + np.float32(0.16) * np.arange(-2, 498, dtype=np.float32)
@@ -156,6 +158,12 @@ def test_random_points_equal_cpu_reference(backend: HarnessBackend, seed: int) -
 
 def test_adversarial_boundary_points_equal_cpu_reference(backend: HarnessBackend) -> None:
     assert_equal_to_reference(backend, adversarial_points(2))
+
+
+def test_each_bound_keeps_points_on_and_inside_it_and_drops_points_outside(backend: HarnessBackend) -> None:
+    p, _ = run_pillarize(backend, bound_points(), None, grid_constants(BOUNDS_RANGE, BOUNDS_PILLAR),
+                         with_features=False)
+    assert cells_of(p.point_index, p.point_pillar, p.coords) == expected_cells()
 
 
 def test_three_and_five_column_points_equal_cpu_reference(backend: HarnessBackend) -> None:

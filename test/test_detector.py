@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from real_data import real_file
+from real_data import real_data_dir, real_file
 
+from fastpillars_ros.datasets.kitti import KittiDataset
 from fastpillars_ros.detector import STAGES, Detector
+from fastpillars_ros.ops.iou import rotated_iou_bev
 from fastpillars_ros.pointcloud import read_points
 
 
@@ -36,9 +38,17 @@ def _assert_valid(det, result, n_points):
     assert 0 < result.stats["num_pillars"] <= result.stats["num_points_in_range"]
 
 
-def test_detects_on_a_real_kitti_scan(detector, kitti_points):
-    result = detector.detect(kitti_points)
-    _assert_valid(detector, result, len(kitti_points))
+def test_finds_the_labelled_pedestrian_on_a_real_kitti_scan(detector):
+    # KITTI frame 000000 has one labelled object, a pedestrian 8.7 m ahead. A BEV IoU of 0.25 is the
+    # loose KITTI threshold for pedestrians; a score of 0.3 is well above the config's publishing threshold.
+    frame = KittiDataset(real_data_dir() / "kitti", classes=detector.class_names)[0]
+    assert frame.frame_id == "000000" and frame.names == ["pedestrian"]
+    result = detector.detect(frame.points)
+    _assert_valid(detector, result, len(frame.points))
+    pedestrian = detector.class_names.index("pedestrian")
+    confident = (result.labels == pedestrian) & (result.scores >= 0.3)
+    iou = rotated_iou_bev(result.boxes[confident].astype(np.float64), frame.boxes)
+    assert iou.size and iou.max() >= 0.25, f"labelled pedestrian {frame.boxes[0]} not found"
 
 
 @pytest.mark.parametrize("name,fields_scale", [

@@ -13,6 +13,7 @@ import pytest
 from fastpillars_ros import eval_command
 from fastpillars_ros.boxes import KittiCalib
 from fastpillars_ros.datasets.kitti import format_label_line, labels_from_lidar_boxes
+from fastpillars_ros.detections_file import FrameDetections, load_detections, save_detections
 from fastpillars_ros.evaluation import FrameBoxes, evaluate, plot_pr_curves
 from fastpillars_ros.ops.iou import iou_3d, rotated_iou_bev
 
@@ -199,8 +200,8 @@ def _run(argv: list[str]) -> int:
 def test_command_evaluates_json_detections(tmp_path, capsys):
     _write_kitti(tmp_path / "kitti")
     # Frame 0 detected perfectly, frame 1 absent from the file (no detections): recall 1/2, AP 50.
-    dets = {"000000": {"boxes": FRAMES["000000"], "scores": [0.9, 0.8], "labels": ["car", 0]}}
-    (tmp_path / "dets.json").write_text(json.dumps(dets))
+    save_detections([FrameDetections(0, 0, FRAMES["000000"], [0.9, 0.8], ["car", "car"], sample="000000")],
+                    tmp_path / "dets.json")
     rc = _run(["--data", str(tmp_path / "kitti"), "--detections", str(tmp_path / "dets.json"), "--no-progress",
                "--out", str(tmp_path / "report.json")])
     assert rc == 0
@@ -255,17 +256,52 @@ def test_command_runs_the_detector_and_saves_its_detections(tmp_path, monkeypatc
                "--whole-scene", "--save-detections", str(tmp_path / "dets.json"),
                "--out", str(tmp_path / "report.json")])
     assert rc == 0 and seen == [(10, 4), (10, 4)]
-    saved = json.loads((tmp_path / "dets.json").read_text())
-    assert saved["000001"]["labels"] == ["car", "car"]
+    saved = {f.sample: f for f in load_detections(tmp_path / "dets.json")}
+    assert saved["000001"].names == ["car", "car"] and saved["000001"].index == 1
     report = json.loads((tmp_path / "report.json").read_text())
     # Score 0.9: a TP (frame 0) and an FP (frame 1) tie -> (recall .25, precision .5); 0.8 likewise -> (.5, .5).
     assert report["results"][0]["ap"] == pytest.approx(25.0)
 
 
+def test_saved_detections_are_read_back_by_eval_and_viz(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from fastpillars_ros import viz
+
+    class FakeDetector:
+        class_names, point_features, intensity_scale = ("car",), ("x", "y", "z", "intensity"), 1.0
+        config = types.SimpleNamespace(pc_range=(-80, -80, -3, 80, 80, 1))
+
+        def __init__(self, *args, **kwargs):
+            self.calls = 0
+
+        def detect(self, points):
+            self.calls += 1
+            boxes = np.array(FRAMES[f"{self.calls - 1:06d}"], dtype=np.float32)
+            return types.SimpleNamespace(boxes=boxes, scores=np.full(len(boxes), 0.9, np.float32),
+                                         labels=np.zeros(len(boxes), np.int64))
+
+    monkeypatch.setitem(sys.modules, "fastpillars_ros.detector", types.SimpleNamespace(Detector=FakeDetector))
+    _write_kitti(tmp_path / "kitti")
+    saved = tmp_path / "d.json"
+    assert _run(["--data", str(tmp_path / "kitti"), "--config", "any", "--no-progress", "--classes", "car",
+                 "--save-detections", str(saved), "--out", str(tmp_path / "a.json")]) == 0
+    # eval reads its own file back with the same result ...
+    assert _run(["--data", str(tmp_path / "kitti"), "--detections", str(saved), "--no-progress", "--classes", "car",
+                 "--out", str(tmp_path / "b.json")]) == 0
+    first, second = (json.loads((tmp_path / n).read_text())["results"] for n in ("a.json", "b.json"))
+    assert first[0]["ap"] == second[0]["ap"] == pytest.approx(100.0)
+    # ... and viz draws the boxes of the frame it shows (by KITTI frame id).
+    view = viz.load_view(tmp_path / "kitti", "000001", detections=saved)
+    np.testing.assert_allclose(view.det_boxes, FRAMES["000001"], atol=1e-5)
+    assert view.det_names == ["car"] * len(FRAMES["000001"])
+
+
 def test_command_camera_fov_drops_detections_behind_the_camera(tmp_path):
     _write_kitti(tmp_path / "kitti")
-    dets = {"000000": {"boxes": [FRAMES["000000"][0], car(-10, 0)], "scores": [0.9, 0.95], "labels": [0, 0]}}
-    (tmp_path / "dets.json").write_text(json.dumps(dets))
+    save_detections([FrameDetections(0, 0, [FRAMES["000000"][0], car(-10, 0)], [0.9, 0.95], ["car", "car"],
+                                     sample="000000")], tmp_path / "dets.json")
     fps = []
     for extra in ([], ["--camera-fov"]):
         assert _run(["--data", str(tmp_path / "kitti"), "--detections", str(tmp_path / "dets.json"), "--no-progress",

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from pillar_bounds import BOUNDS_PILLAR, BOUNDS_RANGE, bound_points, cells_of, expected_cells
 from test_cuda_pillarize_harness import (
     _CODES,
     KITTI_BINS,
@@ -88,6 +89,15 @@ def test_pure_torch_functions_on_cuda_equal_cpu_reference() -> None:
     assert_same(got, ref)
     np.testing.assert_array_equal(_host(_decorate_torch(torch.from_numpy(pts).cuda(), got, g)),
                                   decorate(pts, ref, KITTI_RANGE, KITTI_PILLAR))
+
+
+@needs_torch_cuda
+@pytest.mark.parametrize("backend", ["torch", "cupy"])
+def test_each_bound_keeps_points_on_and_inside_it_and_drops_points_outside(backend: str) -> None:
+    if backend == "cupy" and not cuda_available():
+        pytest.skip("CuPy is not installed or sees no CUDA GPU")
+    p = pillarize(torch.from_numpy(bound_points()).cuda(), BOUNDS_RANGE, BOUNDS_PILLAR, gpu_backend=backend)
+    assert cells_of(_host(p.point_index), _host(p.point_pillar), _host(p.coords)) == expected_cells()
 
 
 @needs_cupy

@@ -13,12 +13,12 @@ from builtin_interfaces.msg import Time
 from std_msgs.msg import Header
 from visualization_msgs.msg import Marker
 
+from fastpillars_ros.colors import class_color
+from fastpillars_ros.message_codec import quaternion_to_yaw
 from fastpillars_ros.messages import (
-    class_color,
     detections_to_markers,
     detections_to_msg,
     msg_to_detections,
-    quaternion_to_yaw,
     yaw_to_quaternion,
 )
 
@@ -136,3 +136,28 @@ def test_markers_are_coloured_by_class(header, detections):
     assert len(set(colours)) == 3
     assert all(m.color.a == 1.0 for m in body)
     assert class_color("forklift") == class_color("forklift") != class_color("car")
+
+
+def test_node_and_bag_detection_messages_have_one_layout(header, detections):
+    from fastpillars_ros import bagtools
+
+    boxes, scores, labels = detections
+    names = [CLASSES[k] for k in labels]
+    node = detections_to_msg(boxes, scores, labels, CLASSES, header)
+    bag = bagtools.detections_message(boxes, scores, names, 1700000000123456789, "velodyne")
+    assert [d.id for d in node.detections] == [d.id for d in bag.detections] == ["0", "1", "2"]
+    for a, b in zip(node.detections, bag.detections, strict=True):
+        assert (a.bbox.center.orientation.z, a.bbox.center.orientation.w) == (
+            b.bbox.center.orientation.z, b.bbox.center.orientation.w)
+        assert a.results[0].pose.pose == a.bbox.center and list(b.results[0].pose.covariance) == [0.0] * 36
+        assert (a.results[0].hypothesis.class_id, a.results[0].hypothesis.score) == (
+            b.results[0].hypothesis.class_id, b.results[0].hypothesis.score)
+
+
+def test_rviz_markers_and_pictures_colour_every_class_alike(header):
+    from fastpillars_ros import viz
+
+    names = ("car", "pedestrian", "forklift")
+    markers = detections_to_markers(np.tile([0.0, 0, 0, 1, 1, 1, 0], (3, 1)), np.ones(3), np.arange(3), names,
+                                    header).markers[1::3]
+    assert [(m.color.r, m.color.g, m.color.b) for m in markers] == [viz.class_color(n) for n in names]

@@ -18,14 +18,23 @@ import pytest
 from real_data import real_file
 from ros_processes import spawn_python, stop
 
+from fastpillars_ros.messages import msg_to_detections
 from fastpillars_ros.pointcloud import DRIVER_LAYOUTS, FLOAT32, FLOAT64, INT16, UINT8, make_cloud, read_points
+from fastpillars_ros.regression import FrameDetections, compare, offline_path
 
 pytestmark = pytest.mark.ros
 
 TOPIC = "/e2e/lidar/points"
 FRAME = "velodyne"
+MODEL = "tiny"
+# The node's parameters besides the package's config/fastpillars.yaml (the offline twin uses the same).
+NODE_OVERRIDES = {"model": MODEL, "expected_frame_id": FRAME, "diagnostics_period": 0.5, "max_input_age_ms": 3000.0,
+                  "cpu_threads": 1}
 START_TIMEOUT = 90.0
 ANSWER_TIMEOUT = 30.0
+# Node and offline twin run in different processes: comparing from a score above the publishing threshold
+# (0.1) keeps a borderline box's score noise from counting as missing or extra (as test_regression_replay).
+COMPARE_FROM_SCORE = 0.15
 
 
 # --- helpers -------------------------------------------------------------------------------------------
@@ -163,9 +172,9 @@ def kitti() -> np.ndarray:
 @pytest.fixture(scope="module")
 def detector_node():
     """The node process (via the launcher) and this process's probe, ready when /detections is offered."""
+    overrides = [arg for name, value in NODE_OVERRIDES.items() if name != "model" for arg in ("-p", f"{name}:={value}")]
     proc = spawn_python(["-m", "fastpillars_ros.launcher", "--loopback", "--input-topic", TOPIC,
-                         "--model", "tiny", "-p", "expected_frame_id:=velodyne", "-p", "diagnostics_period:=0.5",
-                         "-p", "max_input_age_ms:=3000.0", "-p", "cpu_threads:=1"])
+                         "--model", MODEL, *overrides])
     probe = Probe()
     try:
         deadline = time.time() + START_TIMEOUT
@@ -185,6 +194,17 @@ def detector_node():
         print(err[-6000:])
     # Ctrl-C ends node and launcher cleanly.
     assert proc.returncode == 0 and "Traceback" not in err, err[-4000:]
+
+
+@pytest.fixture(scope="module")
+def offline_twin():
+    """The node's work on a cloud without ROS (regression.offline_path with the node's parameters).
+
+    Its frame input keeps state like the node's (the automatic intensity range only widens), so it must see
+    the frames the node saw, in order: only the first tests of the module (before any other cloud) use it.
+    """
+    detector, frame_input, _params = offline_path(overrides=NODE_OVERRIDES)
+    return detector, frame_input
 
 
 @pytest.fixture
@@ -209,11 +229,21 @@ def _real_scan(name: str) -> np.ndarray:
     ("hesai", "pcd_sensorscalibration/p64.pcd", 1.0),
     ("nebula", "pcd_nebula/velodyne_vlp16_1673400472138016708.pcd", 1.0),
 ])
-def test_driver_layouts_give_detections_with_the_input_header(probe, layout, scan, scale):
+def test_driver_layouts_give_the_offline_detections_with_the_input_header(probe, offline_twin, layout, scan, scale):
     points = _real_scan(scan)
     msg = layout_cloud(points, layout, intensity_scale=scale)
     det, markers, _seconds = probe.send(msg)
     assert det.header.stamp == msg.header.stamp and det.header.frame_id == FRAME
+    # The node answers what the offline Detector finds on the same cloud (and that is not nothing).
+    detector, frame_input = offline_twin
+    expected = detector.detect(frame_input.convert(msg).points)
+    names = list(detector.class_names)
+    boxes, scores, labels = msg_to_detections(det, names)
+    report = compare([FrameDetections(0, 0, boxes, scores, [names[k] for k in labels])],
+                     [FrameDetections(0, 0, expected.boxes, expected.scores, [names[k] for k in expected.labels])],
+                     iou_threshold=0.9, score_threshold=COMPARE_FROM_SCORE)
+    assert report.golden_boxes > 0, "the offline detector finds nothing on this scan"
+    assert report.ok, report.format()
     assert markers.markers[0].action == markers.markers[0].DELETEALL
     for d in det.detections:
         assert d.header == det.header and d.results[0].hypothesis.class_id in ("car", "pedestrian", "cyclist")

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from pillar_bounds import BOUNDS_PILLAR, BOUNDS_RANGE, bound_points, cells_of, expected_cells
 
 from fastpillars_ros.ops import Pillars, decorate, pillarize
 from fastpillars_ros.ops.pillarize import _decorate_torch, _pillarize_torch, grid_constants
@@ -24,9 +25,9 @@ def reference_cell(x: float, y: float, z: float, g) -> tuple[int, int] | None:
         return None
     qx = (f32(x) - g.x_min) / g.px
     qy = (f32(y) - g.y_min) / g.py
-    if not (-1 < qx < g.nx and -1 < qy < g.ny):
+    if not (0 <= qx < g.nx and 0 <= qy < g.ny):
         return None
-    return int(qy), int(qx)  # int() truncates toward zero
+    return int(np.floor(qy)), int(np.floor(qx))
 
 
 def assert_same_pillars(a: Pillars, b: Pillars) -> None:
@@ -52,7 +53,7 @@ def test_kitti_grid_is_432_columns_by_496_rows() -> None:
     assert p.grid_shape == (496, 432)
 
 
-def test_every_kept_point_lands_in_the_pillar_given_by_float32_truncation() -> None:
+def test_every_kept_point_lands_in_the_pillar_given_by_float32_floor() -> None:
     pts = random_points(5000, seed=0)
     g = grid_constants(KITTI_RANGE, KITTI_PILLAR)
     p = pillarize(pts, KITTI_RANGE, KITTI_PILLAR)
@@ -89,16 +90,24 @@ def test_pillar_ids_do_not_depend_on_point_order() -> None:
     assert cell_a == cell_b
 
 
+BELOW, ABOVE = -np.inf, np.inf
+
+
+def just(value: float, direction: float) -> float:
+    """The float32 neighbour of ``value`` towards ``direction`` (one ulp inside or outside a bound)."""
+    return float(np.nextafter(f32(value), f32(direction)))
+
+
 @pytest.mark.parametrize(("x", "col"), [
-    (0.0, 0),                        # x_min itself
+    (0.0, 0),                        # x_min itself: inside ([x_min, x_max))
+    (just(0.0, ABOVE), 0),           # just inside x_min
+    (just(0.0, BELOW), None),        # just outside x_min: dropped, not put into column 0
+    (-0.08, None),                   # half a pillar below x_min: dropped
     (0.08, 0),
     (0.16, 1),                       # exactly one pillar in
-    (69.12 - 1e-4, 431),             # just below x_max: last column
-    (69.12, None),                   # x_max is outside ([x_min, x_max))
-    (-0.08, 0),                      # truncation sliver: up to one pillar below x_min goes to column 0
-    (-0.1599, 0),
-    (-0.16, None),                   # qx == -1 exactly: dropped
-    (-0.5, None),
+    (just(69.12, BELOW), 431),       # just inside x_max: last column
+    (69.12, None),                   # x_max itself is outside
+    (just(69.12, ABOVE), None),      # just outside x_max
     (1e30, None), (-1e30, None),
     (np.inf, None), (-np.inf, None), (np.nan, None),
 ])
@@ -111,11 +120,31 @@ def test_boundary_columns(x: float, col: int | None) -> None:
         assert p.num_points == 1 and p.coords.tolist() == [[248, col]]
 
 
-@pytest.mark.parametrize(("y", "row"), [(-39.68, 0), (-39.70, 0), (-39.85, None), (39.68, None),
-                                        (39.67, 495), (np.nan, None), (-np.inf, None)])
+@pytest.mark.parametrize(("y", "row"), [
+    (-39.68, 0),                     # y_min itself
+    (just(-39.68, ABOVE), 0),        # just inside y_min
+    (just(-39.68, BELOW), None),     # just outside y_min
+    (-39.70, None), (-39.85, None),
+    (39.67, 495),
+    (39.68 - 1e-4, 495),             # inside y_max (one ulp below rounds to qy == 496 in float32: the rule
+                                     # is float32 maths; test/pillar_bounds.py checks one ulp exactly)
+    (39.68, None),                   # y_max itself
+    (just(39.68, ABOVE), None),      # just outside y_max
+    (np.nan, None), (-np.inf, None)])
 def test_boundary_rows(y: float, row: int | None) -> None:
     p = pillarize(np.array([[1.0, y, 0.0]], np.float32), KITTI_RANGE, KITTI_PILLAR)
-    assert (p.coords[:, 0].tolist() == [row]) if row is not None else p.num_points == 0
+    if row is None:
+        assert p.num_points == 0
+    else:
+        assert p.coords[:, 0].tolist() == [row]
+
+
+@pytest.mark.parametrize("path", ["numpy", "torch"])
+def test_each_bound_keeps_points_on_and_inside_it_and_drops_points_outside(path: str) -> None:
+    pts = bound_points()
+    p = (pillarize(pts, BOUNDS_RANGE, BOUNDS_PILLAR) if path == "numpy"
+         else _pillarize_torch(torch.from_numpy(pts), grid_constants(BOUNDS_RANGE, BOUNDS_PILLAR)))
+    assert cells_of(p.point_index, p.point_pillar, p.coords) == expected_cells()
 
 
 def test_z_is_not_cropped_but_non_finite_z_is_dropped() -> None:
@@ -211,11 +240,10 @@ def test_real_kitti_scan_points_lie_in_their_pillars(path: Path) -> None:
     p = pillarize(pts, KITTI_RANGE, KITTI_PILLAR)
     assert 5_000 < p.num_pillars < p.num_points < len(pts)
     feats = decorate(pts, p, KITTI_RANGE, KITTI_PILLAR)
-    # Inside the range, a point is within half a pillar of its centre (float32 rounding aside);
-    # only the sliver below x_min / y_min may be further away (up to 1.5 pillars).
-    inside = (pts[p.point_index, 0] >= 0) & (pts[p.point_index, 1] >= -39.68)
-    assert np.abs(feats[inside, 4:6]).max() <= 0.08 + 1e-5
-    assert np.abs(feats[:, 4:6]).max() <= 0.24 + 1e-5
+    # Every kept point lies in the range and within half a pillar of its centre (float32 rounding aside).
+    kept = pts[p.point_index]
+    assert (kept[:, 0] >= f32(0)).all() and (kept[:, 1] >= f32(-39.68)).all()
+    assert np.abs(feats[:, 4:6]).max() <= 0.08 + 1e-5
 
 
 def test_real_kitti_scans_exist() -> None:

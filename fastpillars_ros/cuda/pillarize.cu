@@ -89,7 +89,8 @@ extern "C" __global__ void extract_fields(const unsigned char* __restrict__ buff
     }
 }
 
-// 2. Pillar cell of every point (float32: q = (x - x_min) / px, kept iff -1 < q < n, index = trunc(q)).
+// 2. Pillar cell of every point (float32: q = (x - x_min) / px, kept iff 0 <= q < n, index = floor(q) = trunc(q)),
+//    i.e. the x_min <= x < x_max rule.
 //    cell[i] = row * nx + col or -1; keep[i] = 0/1; occupancy[cell] = 1 (must be zeroed by the host).
 //    `valid` is only read when use_valid != 0 (plain float arrays have none); non-finite z is dropped
 //    either way.
@@ -104,7 +105,7 @@ extern "C" __global__ void pillar_cells(const float* __restrict__ points, int n_
         const float qx = __fdiv_rn(__fsub_rn(p[0], x_min), px);
         const float qy = __fdiv_rn(__fsub_rn(p[1], y_min), py);
         // Comparisons are false for NaN, so non-finite x/y are dropped here.
-        const bool inside = qx > -1.0f && qx < static_cast<float>(nx) && qy > -1.0f && qy < static_cast<float>(ny)
+        const bool inside = qx >= 0.0f && qx < static_cast<float>(nx) && qy >= 0.0f && qy < static_cast<float>(ny)
                             && is_finite(p[2]) && (use_valid == 0 || valid[i] != 0);
         long long c = -1;
         if (inside) {

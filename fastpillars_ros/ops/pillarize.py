@@ -2,19 +2,21 @@
 
 This is the reference semantics for the CUDA kernels in ``fastpillars_ros/cuda/pillarize.cu``: both
 must give identical results, element for element. The rules (FastPillars ``points_cuda``, see
-``fastpillars-model.md`` §1.4-1.5):
+``fastpillars-model.md`` §1.4-1.5, except for the range rule below):
 
 * Grid: ``nx = round((x_max - x_min) / px)``, ``ny = round((y_max - y_min) / py)`` (double precision, on
   the host). Pillar ``(row, col) = (iy, ix)``; flat cell ``iy * nx + ix``.
 * Column of a point, computed in **float32** exactly like the kernel::
 
       qx = (x - x_min) / px        # two IEEE float32 operations, round to nearest, x_min and px as float32
-      keep iff -1 < qx < nx        # (NaN fails, so non-finite x is dropped)
-      ix = trunc(qx)               # C truncation toward zero: qx in (-1, 0) gives column 0
+      keep iff 0 <= qx < nx        # (NaN fails, so non-finite x is dropped)
+      ix = floor(qx)               # == truncation, qx >= 0 here
 
-  and the same for rows. The (-1, 0) case is the official "sliver": points up to one pillar below
-  ``x_min`` land in column 0. ``z`` is not cropped (it is a feature), but points whose ``z`` is not finite
-  are dropped, so that no NaN/Inf reaches the pillar encoder.
+  and the same for rows: the ``x_min <= x < x_max`` rule, ``floor((x - x_min) / px)`` in ``[0, nx)``, of
+  spconv, mmdetection3d and CUDA-PointPillars. (The official FastPillars ``points_cuda`` keeps ``-1 < qx``
+  and truncates, which puts points up to one pillar below ``x_min`` into column 0; this project does not.)
+  ``z`` is not cropped (it is a feature), but points whose ``z`` is not finite are dropped, so that no
+  NaN/Inf reaches the pillar encoder.
 * Pillar ids: occupancy over the grid, compact ids in row-major order of the occupied cells (what an
   inclusive prefix sum over the occupancy gives); deterministic.
 * Kept points are listed in ascending order of their index in the input.
@@ -199,15 +201,16 @@ def _pillarize_numpy(points: np.ndarray, g: GridConstants) -> Pillars:
     qx /= g.px
     np.subtract(pts[:, 1], g.y_min, out=qy)
     qy /= g.py
-    np.greater(qx, -1, out=keep)
+    np.greater_equal(qx, 0, out=keep)
     keep &= np.less(qx, nx, out=mask)
-    keep &= np.greater(qy, -1, out=mask)
+    keep &= np.greater_equal(qy, 0, out=mask)
     keep &= np.less(qy, ny, out=mask)
     keep &= np.isfinite(pts[:, 2], out=mask)
     point_index = np.flatnonzero(keep)
     n_kept = point_index.shape[0]
     # Assigning float32 to int64 truncates toward zero (C conversion), like __float2int_rz; the values
-    # are in (-1, n) here. int64 (intp) cell indices: numpy's fancy indexing is ~2x faster than with int32.
+    # are in [0, n) here, so that is the floor. int64 (intp) cell indices: numpy's fancy indexing is ~2x
+    # faster than with int32.
     # mode="clip" (indices are in range, so it changes nothing): with the default mode="raise", np.take
     # copies into a fresh temporary before writing `out`, and that megabyte allocation page-faults per call.
     flat, tmp, g_kept = flat_all[:n_kept], tmp_all[:n_kept], gathered[:n_kept]
@@ -241,9 +244,9 @@ def _pillarize_torch(points: torch.Tensor, g: GridConstants) -> Pillars:
     consts = torch.tensor([g.x_min, g.y_min, g.px, g.py], dtype=torch.float32, device=dev)
     qx = (pts[:, 0] - consts[0:1]) / consts[2:3]
     qy = (pts[:, 1] - consts[1:2]) / consts[3:4]
-    keep = (qx > -1) & (qx < nx) & (qy > -1) & (qy < ny) & torch.isfinite(pts[:, 2])
+    keep = (qx >= 0) & (qx < nx) & (qy >= 0) & (qy < ny) & torch.isfinite(pts[:, 2])
     point_index = torch.nonzero(keep).squeeze(1)  # ascending (row-major order of nonzero)
-    flat = qy[point_index].to(torch.int64) * nx + qx[point_index].to(torch.int64)  # .to truncates
+    flat = qy[point_index].to(torch.int64) * nx + qx[point_index].to(torch.int64)  # .to truncates (== floor, q >= 0)
     occ = torch.zeros(nx * ny, dtype=torch.bool, device=dev)
     occ[flat] = True
     cells = torch.nonzero(occ).squeeze(1)

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from . import HarnessBuildError, build, compiler, ptr
+from . import HarnessBuildError, build, ptr
 
-pytestmark = pytest.mark.skipif(compiler() is None, reason="no C++ compiler for the CUDA-on-CPU harness")
+pytestmark = pytest.mark.needs_tool("cxx")
 
 SELFTEST_CU = Path(__file__).with_name("selftest.cu")
 P = ctypes.c_void_p
