@@ -31,6 +31,7 @@ from .runtime.memory import (
     fits,
     insufficient_message,
     query_device_memory,
+    resolve_backend,
 )
 
 if TYPE_CHECKING:
@@ -165,7 +166,8 @@ class Detector:
                 raise ValueError("precision 'fp16' needs a GPU: use precision 'fp32' on the CPU")
             return device, precision
         dev = query_device_memory()
-        engine_backend = "tensorrt" if backend == "tensorrt" else "torch"
+        # Budget the back end that will run: with "auto" that is TensorRT where it is installed.
+        engine_backend = resolve_backend(backend, device)
         est = estimate_memory(self.config, precision, backend=engine_backend, max_points=self.max_points,
                               max_pillars=self.max_pillars)
         if dev is None or fits(est, dev.free):
