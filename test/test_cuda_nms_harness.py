@@ -60,6 +60,13 @@ extern "C" int launch_nms_reduce(unsigned bx, const unsigned long long* mask, in
     return 0;
 }
 
+extern "C" int launch_nms_groups(unsigned gx, unsigned bx, const float* boxes, const int* count, int p,
+                                 double threshold, int mode, int max_keep, unsigned long long* mask,
+                                 unsigned long long* removed, unsigned char* keep) {
+    launch(nms_groups_kernel, dim3(gx), dim3(bx), boxes, count, p, threshold, mode, max_keep, mask, removed, keep);
+    return 0;
+}
+
 extern "C" int nms_sorted(const float* boxes, int n, double threshold, int mode, int max_keep,
                           unsigned long long* mask, unsigned long long* removed, long long* keep,
                           int* num_keep) {
@@ -84,6 +91,7 @@ def lib() -> ctypes.CDLL:
     lib.launch_iou_matrix.argtypes = [u, u, u, u, P, INT, P, INT, INT, P]
     lib.launch_nms_mask.argtypes = [u, u, u, P, INT, ctypes.c_double, INT, P]
     lib.launch_nms_reduce.argtypes = [u, P, INT, P, P, P, INT]
+    lib.launch_nms_groups.argtypes = [u, u, P, P, INT, ctypes.c_double, INT, INT, P, P, P]
     return lib
 
 
@@ -188,6 +196,8 @@ class _FakeKernel:
             rc = self.lib.launch_iou_matrix(grid[0], grid[1], block[0], block[1], *conv)
         elif self.name == "nms_mask_kernel":
             rc = self.lib.launch_nms_mask(grid[0], grid[1], block[0], *conv)
+        elif self.name == "nms_groups_kernel":
+            rc = self.lib.launch_nms_groups(grid[0], block[0], *conv)
         else:
             assert grid == (1,)
             rc = self.lib.launch_nms_reduce(block[0], *conv)
@@ -204,7 +214,7 @@ def fake_cupy(lib: ctypes.CDLL, monkeypatch: pytest.MonkeyPatch):
 
     fake = types.SimpleNamespace(**{k: getattr(np, k) for k in (
         "float32", "float64", "int32", "int64", "uint64", "empty", "zeros", "ascontiguousarray", "asarray",
-        "isnan", "flatnonzero", "lexsort", "stack", "concatenate", "unique", "ndarray")})
+        "isnan", "flatnonzero", "lexsort", "stack", "concatenate", "unique", "ndarray", "uint8", "minimum")})
     fake.asnumpy = np.asarray
     module = types.SimpleNamespace(get_function=lambda name: _FakeKernel(lib, name))
     monkeypatch.setattr(nms_cuda, "_module", lambda: (fake, module))
@@ -233,3 +243,76 @@ def test_gpu_host_code_with_harness_kernels_matches_cpu_reference(fake_cupy) -> 
     finite = np.flatnonzero(~np.isnan(scores))
     np.testing.assert_array_equal(keep, finite[nms_bev(b64[finite], scores[finite], 0.2)])
     assert fake_cupy.nms_cuda(boxes[:0], scores[:0], 0.2).shape == (0,)
+
+
+def sorted_groups(rng: np.random.Generator, counts: list[int], p: int, extent: float = 15.0
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The decoder's candidate block: (G, P, 7) boxes, (G, P) scores and valid flags; row g holds counts[g]
+    detector-like boxes by descending score (ties kept in place), then garbage padding."""
+    boxes = rng.uniform(-50, 50, (len(counts), p, 7)).astype(np.float32)  # padding: must never matter
+    scores = np.full((len(counts), p), -np.inf, dtype=np.float32)
+    valid = np.zeros((len(counts), p), dtype=bool)
+    for g, n in enumerate(counts):
+        b, s = detector_like(rng, n, max(n // 3, 1), extent=extent)
+        s = np.round(s, 1)  # ties
+        order = np.argsort(-s, kind="stable")
+        boxes[g, :n], scores[g, :n], valid[g, :n] = f32(b[order]), s[order], True
+    return boxes, scores, valid
+
+
+def reference_groups(boxes: np.ndarray, scores: np.ndarray, valid: np.ndarray, threshold: float, kind: str,
+                     pre_max: int | None = None, post_max: int | None = None) -> np.ndarray:
+    """Keep flags from the CPU path the Detector uses: nms_grouped over the valid rows, tasks as groups."""
+    g, r = np.nonzero(valid)
+    flat = valid.reshape(-1).nonzero()[0]
+    keep = nms_grouped(boxes[g, r].astype(np.float64), scores[g, r].astype(np.float64), g, threshold, kind=kind,
+                       pre_max=pre_max, post_max=post_max, min_radius=threshold if kind == "circle" else None)
+    flags = np.zeros(valid.size, dtype=bool)
+    flags[flat[keep]] = True
+    return flags.reshape(valid.shape)
+
+
+def kernel_groups(lib: ctypes.CDLL, boxes: np.ndarray, valid: np.ndarray, threshold: float, mode: str,
+                  max_keep: int, threads: int = 64) -> np.ndarray:
+    groups, p = valid.shape
+    stride = (p + 63) // 64
+    count = valid.sum(axis=1, dtype=np.int32)
+    mask = np.full(groups * p * stride, 0xDEADBEEF, dtype=np.uint64)  # stale contents must not matter
+    removed = np.full(groups * stride, 0xFFFF, dtype=np.uint64)
+    keep = np.full((groups, p), 7, dtype=np.uint8)
+    assert lib.launch_nms_groups(groups, threads, cuda_harness.ptr(np.ascontiguousarray(boxes)),
+                                 cuda_harness.ptr(count), p, threshold, MODES[mode], max_keep,
+                                 cuda_harness.ptr(mask), cuda_harness.ptr(removed), cuda_harness.ptr(keep)) == 0
+    return keep.astype(bool)
+
+
+@pytest.mark.parametrize("mode", ["bev", "3d", "circle"])
+def test_groups_kernel_keeps_what_cpu_grouped_nms_keeps_in_one_launch(lib: ctypes.CDLL, mode: str) -> None:
+    # Row lengths across the 64-box word boundaries, an empty task and a full row (no padding).
+    rng = np.random.default_rng(11)
+    boxes, scores, valid = sorted_groups(rng, [1, 0, 63, 65, 130, 200], p=200)
+    if mode == "3d":
+        boxes[..., 2] += rng.choice([0.0, 1.0, 4.0], boxes.shape[:2]).astype(np.float32)
+    threshold = 1.5 if mode == "circle" else 0.2
+    got = kernel_groups(lib, boxes, valid, threshold, mode, max_keep=200)
+    np.testing.assert_array_equal(got, reference_groups(boxes, scores, valid, threshold, mode))
+    assert got.sum() > len(valid) and not (got & ~valid).any()  # some suppression happened, none on padding
+
+
+def test_groups_kernel_stops_at_post_max_per_group(lib: ctypes.CDLL) -> None:
+    boxes, scores, valid = sorted_groups(np.random.default_rng(12), [90, 150], p=160)
+    got = kernel_groups(lib, boxes, valid, 0.1, "bev", max_keep=7, threads=32)
+    np.testing.assert_array_equal(got, reference_groups(boxes, scores, valid, 0.1, "bev", post_max=7))
+    assert got.sum(axis=1).tolist() == [7, 7]
+
+
+def test_groups_host_code_with_harness_kernel_matches_cpu_reference(fake_cupy) -> None:
+    boxes, scores, valid = sorted_groups(np.random.default_rng(13), [40, 0, 120], p=128)
+    got = fake_cupy.nms_groups_cuda(boxes, valid, 0.2, pre_max=100, post_max=30)
+    assert got.dtype == bool and got.shape == valid.shape
+    np.testing.assert_array_equal(got, reference_groups(boxes, scores, valid, 0.2, "bev", pre_max=100,
+                                                        post_max=30))
+    circle = fake_cupy.nms_groups_cuda(boxes, valid, 0.0, kind="circle", min_radius=1.0)
+    np.testing.assert_array_equal(circle, reference_groups(boxes, scores, valid, 1.0, "circle"))
+    with pytest.raises(ValueError, match="G, P"):
+        fake_cupy.nms_groups_cuda(boxes[0], valid, 0.2)
