@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_ops_iou import adversarial_pairs, random_boxes
-from test_ops_nms import detector_like
+from test_ops_nms import detector_like, reference_groups, sorted_groups
 
 from fastpillars_ros.ops import circle_nms, iou_3d, nms_3d, nms_bev, nms_grouped, rotated_iou_bev
 from fastpillars_ros.ops.iou import iou_3d_pairs, rotated_iou_bev_pairs
@@ -245,33 +245,6 @@ def test_gpu_host_code_with_harness_kernels_matches_cpu_reference(fake_cupy) -> 
     assert fake_cupy.nms_cuda(boxes[:0], scores[:0], 0.2).shape == (0,)
 
 
-def sorted_groups(rng: np.random.Generator, counts: list[int], p: int, extent: float = 15.0
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The decoder's candidate block: (G, P, 7) boxes, (G, P) scores and valid flags; row g holds counts[g]
-    detector-like boxes by descending score (ties kept in place), then garbage padding."""
-    boxes = rng.uniform(-50, 50, (len(counts), p, 7)).astype(np.float32)  # padding: must never matter
-    scores = np.full((len(counts), p), -np.inf, dtype=np.float32)
-    valid = np.zeros((len(counts), p), dtype=bool)
-    for g, n in enumerate(counts):
-        b, s = detector_like(rng, n, max(n // 3, 1), extent=extent)
-        s = np.round(s, 1)  # ties
-        order = np.argsort(-s, kind="stable")
-        boxes[g, :n], scores[g, :n], valid[g, :n] = f32(b[order]), s[order], True
-    return boxes, scores, valid
-
-
-def reference_groups(boxes: np.ndarray, scores: np.ndarray, valid: np.ndarray, threshold: float, kind: str,
-                     pre_max: int | None = None, post_max: int | None = None) -> np.ndarray:
-    """Keep flags from the CPU path the Detector uses: nms_grouped over the valid rows, tasks as groups."""
-    g, r = np.nonzero(valid)
-    flat = valid.reshape(-1).nonzero()[0]
-    keep = nms_grouped(boxes[g, r].astype(np.float64), scores[g, r].astype(np.float64), g, threshold, kind=kind,
-                       pre_max=pre_max, post_max=post_max, min_radius=threshold if kind == "circle" else None)
-    flags = np.zeros(valid.size, dtype=bool)
-    flags[flat[keep]] = True
-    return flags.reshape(valid.shape)
-
-
 def kernel_groups(lib: ctypes.CDLL, boxes: np.ndarray, valid: np.ndarray, threshold: float, mode: str,
                   max_keep: int, threads: int = 64) -> np.ndarray:
     groups, p = valid.shape
@@ -316,3 +289,33 @@ def test_groups_host_code_with_harness_kernel_matches_cpu_reference(fake_cupy) -
     np.testing.assert_array_equal(circle, reference_groups(boxes, scores, valid, 1.0, "circle"))
     with pytest.raises(ValueError, match="G, P"):
         fake_cupy.nms_groups_cuda(boxes[0], valid, 0.2)
+
+
+def test_detector_device_selection_with_harness_kernel_equals_the_cpu_selection(fake_cupy, monkeypatch) -> None:
+    """Detector._select_on_device (the GPU frame's NMS, thresholds and ordering) with the kernel run by the
+    harness on CPU tensors, against Detector._select (the CPU path) on the same decoder output."""
+    import dataclasses
+
+    import torch
+
+    from fastpillars_ros.config import load_model_config
+    from fastpillars_ros.detector import Detector
+    from fastpillars_ros.model.head import decode_dense
+
+    monkeypatch.setattr(fake_cupy, "_to_cupy", lambda x, cupy, like=None: (
+        x.detach().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)))
+    monkeypatch.setattr(fake_cupy, "_back", lambda arr, like: (
+        torch.from_numpy(np.asarray(arr)) if isinstance(like, torch.Tensor) else arr))
+    # The small tiny360 network with its classes split into two tasks, as the official head splits its ten.
+    config = dataclasses.replace(load_model_config("tiny360"), tasks=(("car",), ("pedestrian", "cyclist")))
+    det = Detector(config, device="cpu", backend="torch", warmup=False, nms_pre_max=150)
+    det.set_score_threshold({"car": 0.5, "pedestrian": 0.2})
+    cfg, gen = det.config, torch.Generator().manual_seed(0)
+    h, w = cfg.head_shape
+    maps = [{**{n: 2 * torch.randn((1, c, h, w), generator=gen) for n, c in cfg.heads},
+             "hm": 2 * torch.randn((1, len(task), h, w), generator=gen) - 3} for task in cfg.tasks]
+    dense = decode_dense(maps, cfg)
+    device, cpu = det._select_on_device(dense), det._select(dense.compact()[0])
+    assert len(cpu) > 100 and len(set(cpu.task.tolist())) == len(cfg.tasks)
+    for name in ("boxes", "scores", "labels", "task"):
+        assert torch.equal(getattr(device, name), getattr(cpu, name)), name

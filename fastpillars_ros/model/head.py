@@ -176,16 +176,17 @@ class DenseCandidates:
     valid: Tensor
     velocities: Tensor | None = None
 
+    def select(self, b: int, mask: Tensor) -> Candidates:
+        """The rows of batch item ``b`` where ``mask`` ``[T, P]`` is true, tasks in order, each task's rows
+        by score (a boolean select: on a GPU it waits for the device)."""
+        num_tasks, p = mask.shape
+        task = torch.arange(num_tasks, device=mask.device).view(num_tasks, 1).expand(num_tasks, p)
+        return Candidates(self.boxes[b][mask], self.scores[b][mask], self.labels[b][mask], task[mask],
+                          None if self.velocities is None else self.velocities[b][mask])
+
     def compact(self) -> list[Candidates]:
-        """One :class:`Candidates` per batch item: the valid rows, tasks in order (boolean select: syncs)."""
-        num_tasks, p = self.scores.shape[1:]
-        task = torch.arange(num_tasks, device=self.scores.device).view(num_tasks, 1).expand(num_tasks, p)
-        out = []
-        for b in range(self.scores.shape[0]):
-            m = self.valid[b]
-            out.append(Candidates(self.boxes[b][m], self.scores[b][m], self.labels[b][m], task[m],
-                                  None if self.velocities is None else self.velocities[b][m]))
-        return out
+        """One :class:`Candidates` per batch item: its valid rows."""
+        return [self.select(b, self.valid[b]) for b in range(self.valid.shape[0])]
 
 
 @functools.cache
