@@ -3,7 +3,9 @@ demo share.
 
 Pipeline per frame (one stage each, timed): ``pillarize`` (range crop, pillar ids, decoration) ->
 ``encode`` (MAPE + scatter to the BEV canvas) -> ``dense`` (fused CRVNet, neck, head; torch or a
-TensorRT engine) -> ``decode`` (heat threshold, IoU-rectified scores, boxes) -> ``nms`` (per task).
+TensorRT engine) -> ``decode`` (heat threshold, IoU-rectified scores, boxes; all tasks at once) -> ``nms``
+(per task; on a GPU all tasks in one kernel launch). On a GPU with the torch back end, dense + decode replay
+as one CUDA graph (timed as ``dense``), and nothing waits for the device until the results are copied out.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ import torch
 
 from .config import DEFAULT_MODEL, ModelConfig, load_model_config
 from .model import build_model, checkpoint_meta, load_checkpoint
-from .model.head import Candidates
+from .model.head import Candidates, DenseCandidates, decode_dense
 from .mounting import AutoMounting, Mounting, boxes_to_cloud, points_to_model
 from .ops import Pillars, decorate, pillarize
 from .ops.nms import nms_grouped
+from .runtime.cuda_graphs import GraphRunner
 from .runtime.malloc import keep_freed_memory
 from .runtime.memory import (
     InsufficientMemoryError,
@@ -32,7 +35,9 @@ from .runtime.memory import (
     fits,
     insufficient_message,
     query_device_memory,
+    resolve_backend,
 )
+from .runtime.profiling import StageClock
 
 if TYPE_CHECKING:
     from .runtime.onnxruntime_backend import OnnxRuntimeDense
@@ -102,6 +107,8 @@ class Detector:
         on_insufficient_memory: what to do when the start-up GPU memory check fails: "error" (raise
             :class:`InsufficientMemoryError`), "fp16" (retry at fp16) or "cpu" (run on the CPU).
         engine_cache_dir: where TensorRT engines are cached (default ``~/.cache/fastpillars_ros/engines``).
+        cuda_graphs: on a GPU with the torch back end, replay dense + decode as a CUDA graph (captured on the
+            first frame; a failed capture falls back to eager execution with a warning).
         warmup: run two frames of synthetic points at construction so the first real frame is not slow.
         mounting: the sensor's pose relative to the ground (:class:`~fastpillars_ros.mounting.Mounting`), or
             an :class:`~fastpillars_ros.mounting.AutoMounting` that estimates it from the clouds; None = the
@@ -116,7 +123,8 @@ class Detector:
                  nms_iou_threshold: float | None = None, nms_pre_max: int | None = None,
                  nms_post_max: int | None = None, max_points: int = 300_000, max_pillars: int | None = None,
                  on_insufficient_memory: str = "error", engine_cache_dir: str | Path | None = None,
-                 warmup: bool = True, mounting: Mounting | AutoMounting | None = None) -> None:
+                 warmup: bool = True, cuda_graphs: bool = True,
+                 mounting: Mounting | AutoMounting | None = None) -> None:
         self.config = load_model_config(config)
         cfg = self.config
         _check_choice("backend", backend, BACKENDS)
@@ -165,6 +173,9 @@ class Detector:
         model.eval().fuse("full")
         self.model = model.to(self.device)
         self._dense, self.backend = self._make_dense(self.backend, backend != "auto", engine_cache_dir)
+        self._graphs = (GraphRunner(self._dense_and_decode)
+                        if cuda_graphs and self.device == "cuda" and self.backend == "torch" else None)
+        self._device_thresholds: tuple[np.ndarray, torch.Tensor] | None = None
         self.warmup_ms: float | None = None
         if warmup:
             t0 = time.perf_counter()
@@ -186,7 +197,8 @@ class Detector:
                 raise ValueError("precision 'fp16' needs a GPU: use precision 'fp32' on the CPU")
             return device, precision
         dev = query_device_memory()
-        engine_backend = "tensorrt" if backend == "tensorrt" else "torch"
+        # Budget the back end that will run: with "auto" that is TensorRT where it is installed.
+        engine_backend = resolve_backend(backend, device)
         est = estimate_memory(self.config, precision, backend=engine_backend, max_points=self.max_points,
                               max_pillars=self.max_pillars)
         if dev is None or fits(est, dev.free):
@@ -321,17 +333,8 @@ class Detector:
         Returns:
             :class:`Detections` (numpy arrays on the host).
         """
-        timings: dict[str, float] = {}
-        cuda = self.device == "cuda"
-        sync = torch.cuda.synchronize if cuda else (lambda: None)
-        t_start = t = time.perf_counter()
-
-        def lap(stage: str) -> None:
-            nonlocal t
-            sync()
-            now = time.perf_counter()
-            timings[stage] = (now - t) * 1e3
-            t = now
+        clock = StageClock(self.device == "cuda")
+        lap = clock.lap
 
         pts = self._as_tensor(points)
         if isinstance(self.mounting_source, AutoMounting):
@@ -361,27 +364,32 @@ class Detector:
         lap("pillarize")
         if stats["num_pillars"] == 0:
             # Nothing in range: no object can be there, and the network would only answer with its biases.
-            timings.update({s: 0.0 for s in STAGES[1:]}, total=(time.perf_counter() - t_start) * 1e3)
+            timings = {**clock.timings(), **{s: 0.0 for s in STAGES[1:]}}
             return Detections(np.zeros((0, 7), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64),
                               np.zeros((0, 2), np.float32) if cfg.vel else None, timings, stats)
 
         canvas = self.model.encode(features, pillars.point_pillar, pillars.coords)
         lap("encode")
-        outputs = self._dense.forward_dense(canvas)
-        lap("dense")
-        (cand,) = self.model.decode(outputs)
+        if self._graphs is not None:  # one replay: dense and decode
+            dense = self._graphs(canvas)
+            lap("dense")
+        else:
+            outputs = self._dense.forward_dense(canvas)
+            lap("dense")
+            dense = decode_dense(outputs, cfg)
         lap("decode")
-        cand = self._nms(cand)
-        keep = cand.scores >= torch.from_numpy(self._score_thresholds).to(cand.scores.device)[cand.labels]
-        cand = cand.select(keep)
+        cand = self._select_on_device(dense) if self.device == "cuda" else self._select(dense.compact()[0])
         lap("nms")
         vel = None if cand.velocities is None else cand.velocities.float().cpu().numpy()
-        boxes = cand.boxes.float().cpu().numpy()
+        boxes, scores = cand.boxes.float().cpu().numpy(), cand.scores.float().cpu().numpy()
+        labels = cand.labels.cpu().numpy().astype(np.int64)
         if mounting is not None:
             boxes, vel = boxes_to_cloud(boxes, mounting, model_height, vel)
-        timings["total"] = (time.perf_counter() - t_start) * 1e3
-        return Detections(boxes, cand.scores.float().cpu().numpy(), cand.labels.cpu().numpy().astype(np.int64),
-                          vel, timings, stats)
+        return Detections(boxes, scores, labels, vel, clock.timings(), stats)
+
+    def _dense_and_decode(self, canvas: torch.Tensor) -> DenseCandidates:
+        """The static part of a frame (fixed shapes, no host synchronisation): what a CUDA graph replays."""
+        return decode_dense(self._dense.forward_dense(canvas), self.config)
 
     def _as_tensor(self, points: np.ndarray | torch.Tensor) -> torch.Tensor:
         if isinstance(points, torch.Tensor):
@@ -411,6 +419,34 @@ class Detector:
                     m - self.max_pillars)
         capped = Pillars(pillars.coords[kept], point_new[on], pillars.point_index[on], pillars.grid_shape)
         return capped, m - self.max_pillars
+
+    def _thresholds_on(self, device: torch.device) -> torch.Tensor:
+        """The per-class score thresholds as a tensor on ``device``, copied once per change, not per frame."""
+        cached = self._device_thresholds
+        if cached is None or cached[0] is not self._score_thresholds or cached[1].device != torch.device(device):
+            self._device_thresholds = cached = (self._score_thresholds,
+                                                torch.from_numpy(self._score_thresholds).to(device))
+        return cached[1]
+
+    def _select(self, cand: Candidates) -> Candidates:
+        """CPU: NMS per task (the reference algorithm), then the per-class score thresholds."""
+        cand = self._nms(cand)
+        return cand.select(cand.scores >= self._thresholds_on(cand.scores.device)[cand.labels])
+
+    def _select_on_device(self, dense: DenseCandidates) -> Candidates:
+        """GPU: NMS of all tasks in one launch on the decoder's block, the score thresholds, then one select
+        (the frame's first wait for the device), ordered as :meth:`_select` orders: by descending score,
+        ties in task order."""
+        keep = dense.valid[0]
+        if self.nms_kind is not None:
+            from .ops.nms_cuda import nms_groups_cuda
+
+            keep = nms_groups_cuda(dense.boxes[0], keep, self.nms_iou_threshold, kind=self.nms_kind,
+                                   pre_max=self.nms_pre_max, post_max=self.nms_post_max,
+                                   min_radius=self.nms_iou_threshold if self.nms_kind == "circle" else None)
+        keep = keep & (dense.scores[0] >= self._thresholds_on(dense.scores.device)[dense.labels[0]])
+        cand = dense.select(0, keep)
+        return cand.select(torch.sort(cand.scores, descending=True, stable=True).indices)
 
     def _nms(self, cand: Candidates) -> Candidates:
         if self.nms_kind is None or len(cand) == 0:
