@@ -148,7 +148,6 @@ class Detector:
         self.nms_iou_threshold = d.nms_iou_threshold if nms_iou_threshold is None else float(nms_iou_threshold)
         self.nms_pre_max = d.pre_max if nms_pre_max is None else int(nms_pre_max)
         self.nms_post_max = d.post_max if nms_post_max is None else int(nms_post_max)
-        self.set_score_threshold(score_threshold)
         if mounting is not None and not isinstance(mounting, (Mounting, AutoMounting)):
             raise TypeError(f"mounting must be a Mounting, an AutoMounting or None, got {type(mounting).__name__}")
         # Set after the warm-up: synthetic points must not feed an AutoMounting's ground estimate.
@@ -170,6 +169,7 @@ class Detector:
             self.weights_licence = meta.licence
             self.default_score_thresholds.update({c: t for c, t in meta.score_thresholds.items()
                                                   if c in self.default_score_thresholds})
+        self.set_score_threshold(score_threshold)
         model.eval().fuse("full")
         self.model = model.to(self.device)
         self._dense, self.backend = self._make_dense(self.backend, backend != "auto", engine_cache_dir)

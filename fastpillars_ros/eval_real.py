@@ -146,17 +146,19 @@ def _published(pred: FrameBoxes, thresholds: np.ndarray) -> FrameBoxes:
     return _select(pred, pred.scores >= thresholds[pred.labels])  # type: ignore[operator]
 
 
-def evaluate_set(detector: Any, real: RealSet, root: Path, *, progress: bool = False,
-                 mounting_fn: Any = None) -> tuple[SetReport, list[dict[str, Any]]]:
+def evaluate_set(detector: Any, real: RealSet, root: Path, *, progress: bool = False
+                 ) -> tuple[SetReport, list[dict[str, Any]]]:
     """Run ``detector`` (built with the decode floor as its threshold) on one development set.
 
-    ``mounting_fn(points (N, 4)) -> Mounting | None``: how to move this set's scans into the model's mounting
-    (None: as recorded). Returns the report and, per frame, the material for pictures (points, ground truth,
-    published detections).
+    Scans of a set with ``estimate_mounting`` are moved into the model's mounting by a ground-plane fit of
+    each scan (:func:`fastpillars_ros.mounting.estimate_ground`, what ``mounting.auto`` does on the first
+    cloud). Returns the report and, per frame, the material for pictures (points, ground truth, published
+    detections, which of them are false).
     """
     from tqdm import tqdm
 
     from .datasets.kitti import KittiDataset
+    from .mounting import estimate_ground
 
     class_names = list(detector.class_names)
     thresholds = np.array([detector.default_score_thresholds[c] for c in class_names])
@@ -170,10 +172,16 @@ def evaluate_set(detector: Any, real: RealSet, root: Path, *, progress: bool = F
                   disable=not progress):
         frame = dataset[i]
         pts = model_points(frame.points, detector.point_features, gain)
-        mount = mounting_fn(frame.points) if (real.estimate_mounting and mounting_fn is not None) else None
-        if mount is not None:
-            mounts.append(str(mount))
-        out = detector.detect(pts) if mount is None else detector.detect(pts, mounting=mount)
+        if real.estimate_mounting:
+            est = estimate_ground(frame.points)
+            detector.mounting_source = None if est is None else est.mounting
+            m = detector.mounting_source
+            mounts.append("no ground found" if m is None else f"{m.height:.2f} m, roll {math.degrees(m.roll):.1f} "
+                          f"deg, pitch {math.degrees(m.pitch):.1f} deg")
+        try:
+            out = detector.detect(pts)
+        finally:
+            detector.mounting_source = None
         pred = FrameBoxes(out.boxes.astype(np.float64), out.labels.astype(np.int64), out.scores.astype(np.float64))
         gt = ground_truth(frame, class_names, real.max_difficulty)
         pred = _select(pred, _in_view(pred.boxes, frame.calib, real.image_size))
@@ -271,7 +279,6 @@ def default_real_data() -> Path:
 def run(args: argparse.Namespace) -> int:
     from .config import DEFAULT_MODEL
     from .detector import Detector
-    from .mounting import estimate_mounting
 
     root = Path(args.real_data) if args.real_data else default_real_data()
     wanted = [s.strip() for s in args.sets.split(",") if s.strip()]
@@ -289,8 +296,7 @@ def run(args: argparse.Namespace) -> int:
     detector = Detector(config, args.checkpoint, score_threshold=config.decode.score_threshold)
     reports = []
     for real in sets:
-        report, frames = evaluate_set(detector, real, root, progress=not args.no_progress,
-                                      mounting_fn=estimate_mounting)
+        report, frames = evaluate_set(detector, real, root, progress=not args.no_progress)
         reports.append(report)
         if args.pictures:
             _pictures(frames, real.name, Path(args.pictures) / f"real_{real.name}.png")
