@@ -68,7 +68,8 @@ class Detections:
         scores: (K,) float32 in [0, 1], descending within each task.
         labels: (K,) int64 index into :attr:`Detector.class_names`.
         velocities: (K, 2) float32 (vx, vy) m/s for models with a velocity head, else None.
-        timings: milliseconds per stage (:data:`STAGES`) and ``total``.
+        timings: milliseconds per stage (:data:`STAGES`) and ``total``; on a GPU read from CUDA events, and
+            with the CUDA graph ``dense`` includes decode (``decode`` ~0).
         stats: ``num_points`` (given), ``num_points_used`` (after the max_points cap),
             ``num_points_in_range``, ``num_pillars``, ``dropped_points`` (cap), ``dropped_pillars`` (cap).
     """

@@ -84,10 +84,13 @@ def same_boxes(row: dict, anchor: dict) -> str:
 
 
 def markdown_row(row: dict, anchor: dict | None) -> str:
+    """One row of the BENCHMARKS.md GPU table: stages, total and both anchors."""
     s = row["stages"]
-    before = "not measured" if anchor is None else (
-        f"before issue 18 {anchor['total_ms']:.1f} ms (dense {anchor['stages']['dense']:.2f}, decode "
-        f"{anchor['stages']['decode']:.2f}, nms {anchor['stages']['nms']:.2f}): x{anchor['total_ms'] / row['total_ms']:.1f}")
+    before = "not measured"
+    if anchor is not None:
+        a = anchor["stages"]
+        before = (f"before issue 18 {anchor['total_ms']:.1f} ms (dense {a['dense']:.2f}, decode {a['decode']:.2f}, "
+                  f"nms {a['nms']:.2f}): x{anchor['total_ms'] / row['total_ms']:.1f}")
     return (f"| {row['config']}, {row['input']} | torch {row['precision']}, GPU, CUDA graph | "
             + " | ".join(f"{s[k]:.2f}" for k in STAGES)
             + f" | {row['total_ms']:.1f} ms | {before}; without graph {row['no_graph_ms']:.1f} ms |")
