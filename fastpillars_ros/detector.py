@@ -69,7 +69,8 @@ class Detections:
         scores: (K,) float32 in [0, 1], descending within each task.
         labels: (K,) int64 index into :attr:`Detector.class_names`.
         velocities: (K, 2) float32 (vx, vy) m/s for models with a velocity head, else None.
-        timings: milliseconds per stage (:data:`STAGES`) and ``total``.
+        timings: milliseconds per stage (:data:`STAGES`) and ``total``; on a GPU read from CUDA events, and
+            with the CUDA graph ``dense`` includes decode (``decode`` ~0).
         stats: ``num_points`` (given), ``num_points_used`` (after the max_points cap),
             ``num_points_in_range``, ``num_pillars``, ``dropped_points`` (cap), ``dropped_pillars`` (cap).
     """
@@ -435,8 +436,8 @@ class Detector:
 
     def _select_on_device(self, dense: DenseCandidates) -> Candidates:
         """GPU: NMS of all tasks in one launch on the decoder's block, the score thresholds, then one select
-        (the frame's first wait for the device), ordered as :meth:`_select` orders: by descending score,
-        ties in task order."""
+        (the frame's first wait for the device), in :meth:`_select`'s order: with NMS by descending score,
+        ties in task order (as :func:`~fastpillars_ros.ops.nms_grouped` merges), without it task by task."""
         keep = dense.valid[0]
         if self.nms_kind is not None:
             from .ops.nms_cuda import nms_groups_cuda
@@ -446,6 +447,8 @@ class Detector:
                                    min_radius=self.nms_iou_threshold if self.nms_kind == "circle" else None)
         keep = keep & (dense.scores[0] >= self._thresholds_on(dense.scores.device)[dense.labels[0]])
         cand = dense.select(0, keep)
+        if self.nms_kind is None:
+            return cand
         return cand.select(torch.sort(cand.scores, descending=True, stable=True).indices)
 
     def _nms(self, cand: Candidates) -> Candidates:

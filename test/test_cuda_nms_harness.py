@@ -314,7 +314,9 @@ def test_detector_device_selection_with_harness_kernel_equals_the_cpu_selection(
     maps = [{**{n: 2 * torch.randn((1, c, h, w), generator=gen) for n, c in cfg.heads},
              "hm": 2 * torch.randn((1, len(task), h, w), generator=gen) - 3} for task in cfg.tasks]
     dense = decode_dense(maps, cfg)
-    device, cpu = det._select_on_device(dense), det._select(dense.compact()[0])
-    assert len(cpu) > 100 and len(set(cpu.task.tolist())) == len(cfg.tasks)
-    for name in ("boxes", "scores", "labels", "task"):
-        assert torch.equal(getattr(device, name), getattr(cpu, name)), name
+    for kind in ("rotate", "circle", "none"):
+        det.nms_kind = {"rotate": "bev", "circle": "circle", "none": None}[kind]
+        device, cpu = det._select_on_device(dense), det._select(dense.compact()[0])
+        assert len(cpu) > 100 and len(set(cpu.task.tolist())) == len(cfg.tasks)
+        for name in ("boxes", "scores", "labels", "task"):
+            assert torch.equal(getattr(device, name), getattr(cpu, name)), (kind, name)

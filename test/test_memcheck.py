@@ -151,6 +151,8 @@ def test_torch_budget_holds_one_model_in_fp32_and_two_in_fp16():
     e16 = estimate_memory("tiny360", "fp16", backend="torch")
     assert e32.components["workspace"] == 64 * MIB and "fp32_model" not in e32.components
     assert e16.components["parameters"] == n * 2 and e16.components["fp32_model"] == n * 4
+    c, h, w = load_model_config("tiny360").canvas_shape
+    assert e16.components["cuda_graph"] == c * h * w * 4  # the graph's own fp32 canvas
 
 
 def test_onnxruntime_budget_is_host_memory_without_context_or_workspace():

@@ -58,7 +58,8 @@ class TorchCudaGraphs:
                 fn(*static_inputs)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        # thread_local: CUDA work of other threads (a ROS callback moving a cloud) does not break the capture.
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             outputs = fn(*static_inputs)
         self._pool = graph.pool()
         return graph, outputs

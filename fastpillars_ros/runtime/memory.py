@@ -21,7 +21,8 @@ end really holds. It is a sum of named components, each in bytes:
   with), or the cuDNN/cuBLAS workspaces torch allocates (tens of MiB: the torch-path allocator peak on an
   H100 was within 9 % of the other components alone); none for onnxruntime;
 * ``buffers``: pre/post-processing buffers (raw cloud bytes, point columns, decorated features,
-  pillar maps, occupancy grid, candidates and the NMS mask).
+  pillar maps, occupancy grid, candidates and the NMS mask);
+* ``cuda_graph`` (torch): the CUDA graph's own copy of the canvas (fp32), which every frame is copied into.
 
 onnxruntime runs on the CPU: its estimate has no CUDA context and no workspace, and it is host memory.
 The accuracy of the estimate was measured on one GPU model (an H100, BENCHMARKS.md), torch back end only.
@@ -187,6 +188,8 @@ def estimate_memory(config: str | Path | ModelConfig, precision: str = "fp32", *
         components["fp32_model"] = n_params * 4
     components.update(activations=activation_elements * bpe, encoder=encoder, workspace=ws * MIB,
                       buffers=buffers)
+    if backend == "torch":
+        components["cuda_graph"] = math.prod(cfg.canvas_shape) * 4
     components = {k: v for k, v in components.items() if v}
     return MemoryEstimate(cfg.name, precision, backend, max_points, max_pillars, n_params, components)
 
@@ -302,7 +305,7 @@ def measured_groups(estimate: MemoryEstimate) -> dict[str, int]:
     engine = "outside allocator" if estimate.backend == "tensorrt" else "per frame"
     where = {"cuda_context": "outside allocator", "engine": "outside allocator", "parameters": "weights",
              "fp32_model": "weights", "activations": engine, "workspace": engine, "encoder": "per frame",
-             "buffers": "per frame"}
+             "buffers": "per frame", "cuda_graph": "per frame"}
     groups = dict.fromkeys(("outside allocator", "weights", "per frame"), 0)
     for name, value in estimate.components.items():
         groups[where[name]] += value
