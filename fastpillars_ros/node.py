@@ -311,6 +311,8 @@ class DetectorNode(Node):
                     self._add_to_history(old)
                 self._process(msg, t_received)
             except Exception as exc:  # the worker must survive anything a frame does
+                if self._stopping or not self.context.ok():
+                    return  # Ctrl-C shut the context down under this frame: nothing to report
                 self.stats.error(f"{type(exc).__name__}: {exc}")
                 self._warn("internal", f"unexpected error while processing a frame: {type(exc).__name__}: {exc}",
                            error=True)
@@ -681,6 +683,7 @@ def _run(args: Sequence[str] | None) -> int:
             node.close()
             node.destroy_node()
         rclpy.try_shutdown()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # shutdown put rclpy's predecessor handler back
 
 
 if __name__ == "__main__":
