@@ -610,6 +610,18 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def file_values(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat ``{name: value}`` that a ROS parameter file (loaded YAML) gives this node: its ``/**`` section, then
+    the sections keyed by the node's name (``fastpillars_detector`` or ``/fastpillars_detector``), later ones
+    winning, as rcl applies them."""
+    values: dict[str, Any] = {}
+    for key in ("/**", NODE_NAME, "/" + NODE_NAME):
+        section = tree.get(key)
+        if isinstance(section, Mapping):
+            values.update(flatten(section.get("ros__parameters") or {}))
+    return values
+
+
 def _yaml_scalar(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

@@ -120,7 +120,7 @@ def _node_params(params_file: str | os.PathLike | None, overrides: Mapping[str, 
 
     path = Path(params_file) if params_file is not None else share_file("config/fastpillars.yaml")
     tree = yaml.safe_load(Path(path).read_text()) or {}
-    values = node_params.flatten(tree.get(node_params.NODE_NAME, {}).get("ros__parameters", {}))
+    values = node_params.file_values(tree)
     values.update(overrides or {})
     params, _warnings = node_params.parse(values)
     return params
@@ -156,7 +156,7 @@ def golden_from_bag(bag: str | os.PathLike, *, topic: str | None = None, params_
             break
         msg = bagtools.typestore().deserialize_cdr(raw, bagtools.POINTCLOUD2)
         stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-        frame_id = params.frame_id or msg.header.frame_id
+        frame_id = msg.header.frame_id  # offline there is no tf: detections stay in the cloud frame
         try:
             points = converter.convert(msg).points
         except FrameRejected:

@@ -368,3 +368,11 @@ def test_launch_backend_choices_are_the_nodes():
     assert parser.parse_args(["--backend", "onnxruntime"]).backend == "onnxruntime"
     description = next(a.description for a in launcher.LAUNCH_ARGUMENTS if a.name == "backend")
     assert all(b in description for b in node_params.BACKENDS)
+
+
+def test_parameter_files_are_read_from_the_any_node_section_and_the_nodes_own():
+    tree = {"/**": {"ros__parameters": {"model": "kitti", "fields": {"y": "yy"}}},
+            "fastpillars_detector": {"ros__parameters": {"model": "tiny"}}, "other_node": {"ros__parameters": {"x": 1}}}
+    assert node_params.file_values(tree) == {"model": "tiny", "fields.y": "yy"}
+    shipped = node_params.file_values(yaml.safe_load((ROOT / "config" / "fastpillars.yaml").read_text()))
+    assert parse(shipped)[0] == NodeParams()
