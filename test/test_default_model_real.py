@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from real_data import real_data_dir
 
 from fastpillars_ros.config import DEFAULT_MODEL
 from fastpillars_ros.datasets.kitti import KittiDataset
@@ -17,11 +18,14 @@ from fastpillars_ros.eval_real import false_objects
 from fastpillars_ros.evaluation import FrameBoxes
 from fastpillars_ros.ops.iou import rotated_iou_bev
 
-from real_data import real_data_dir
-
 FRAME = "000010"
 NEAR_CARS = 25.0  # m: the labelled cars closer than this are well sampled (>= 200 points each)
 MAX_FALSE_OBJECTS = 6  # in the camera's view, within 50 m, at the default thresholds
+
+
+def _near_cars(frame) -> np.ndarray:  # noqa: ANN001
+    near = np.hypot(frame.boxes[:, 0], frame.boxes[:, 1]) < NEAR_CARS
+    return frame.boxes[(np.asarray(frame.names) == "car") & near]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +46,7 @@ def test_the_default_is_the_360_degree_model_with_its_own_thresholds(scan):
 
 def test_finds_the_near_labelled_cars_on_a_real_kitti_scan(scan):
     frame, det, out = scan
-    cars = frame.boxes[(np.asarray(frame.names) == "car") & (np.hypot(frame.boxes[:, 0], frame.boxes[:, 1]) < NEAR_CARS)]
+    cars = _near_cars(frame)
     assert len(cars) >= 3
     found = out.boxes[out.labels == det.class_names.index("car")]
     assert len(found), "no car detected"
@@ -62,12 +66,11 @@ def test_few_false_objects_in_the_labelled_view(scan):
 
 
 def test_a_car_behind_the_sensor_is_found_like_one_in_front(scan):
-    frame, det, out = scan
+    frame, det, _ = scan
     turned = frame.points.copy()
     turned[:, :2] *= -1.0
     back = det.detect(turned)
-    cars = frame.boxes[(np.asarray(frame.names) == "car") & (np.hypot(frame.boxes[:, 0], frame.boxes[:, 1]) < NEAR_CARS)]
-    behind = cars.copy()
+    behind = _near_cars(frame).copy()
     behind[:, :2] *= -1.0
     found = back.boxes[back.labels == det.class_names.index("car")]
     best = np.asarray(rotated_iou_bev(behind, found)).max(axis=1)

@@ -11,6 +11,7 @@ import yaml
 
 from fastpillars_ros import launcher, node_params
 from fastpillars_ros.node_params import SPECS, NodeParams, ParamError, coerce, parse
+from fastpillars_ros.sweep_params import SweepParams
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,7 +25,7 @@ def test_dataclass_defaults_equal_the_schema_defaults():
         coerce(spec.name, spec.default)  # every default is itself valid
     params.validate()
     # Every dataclass attribute is covered by the schema (dict groups through their dotted names).
-    covered = {spec.name.partition(".")[0] for spec in node_params.all_specs()} | {"score_thresholds"}
+    covered = {spec.name.partition(".")[0] for spec in node_params.SPECS} | {"score_thresholds"}
     assert {f.name for f in dc_fields(NodeParams)} == covered
 
 
@@ -32,7 +33,7 @@ def test_params_file_lists_every_parameter_with_its_default():
     data = yaml.safe_load((ROOT / "config" / "fastpillars.yaml").read_text())
     flat = node_params.flatten(data["/**"]["ros__parameters"])
     assert flat == NodeParams().to_parameters()
-    assert set(flat) == {s.name for s in node_params.all_specs()}
+    assert set(flat) == {s.name for s in node_params.SPECS}
     assert {"sweeps.enabled", "sweeps.ego_box.x_min", "sweeps.sensor_to_base.yaw"} <= set(flat)
 
 
@@ -117,7 +118,7 @@ def test_sweeps_parameters_are_parsed_validated_and_kept():
     assert warnings == []
     assert params.sweeps["enabled"] == "true" and params.sweeps["num_sweeps"] == 5
     assert params.get("sweeps.ego_box.x_min") == -2.0
-    sp = params.sweep_params()
+    sp = SweepParams.from_values(params.sweeps)
     assert sp.enabled == "true" and sp.num_sweeps == 5 and sp.ego_box[0] == -2.0
     with pytest.raises(ParamError) as info:
         parse({"sweeps.pose_source": "gps", "sweeps.num_sweep": 3})
@@ -367,3 +368,11 @@ def test_launch_backend_choices_are_the_nodes():
     assert parser.parse_args(["--backend", "onnxruntime"]).backend == "onnxruntime"
     description = next(a.description for a in launcher.LAUNCH_ARGUMENTS if a.name == "backend")
     assert all(b in description for b in node_params.BACKENDS)
+
+
+def test_parameter_files_are_read_from_the_any_node_section_and_the_nodes_own():
+    tree = {"/**": {"ros__parameters": {"model": "kitti", "fields": {"y": "yy"}}},
+            "fastpillars_detector": {"ros__parameters": {"model": "tiny"}}, "other_node": {"ros__parameters": {"x": 1}}}
+    assert node_params.file_values(tree) == {"model": "tiny", "fields.y": "yy"}
+    shipped = node_params.file_values(yaml.safe_load((ROOT / "config" / "fastpillars.yaml").read_text()))
+    assert parse(shipped)[0] == NodeParams()

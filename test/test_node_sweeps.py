@@ -164,14 +164,16 @@ def test_forcing_sweeps_on_a_model_without_dt_is_an_error():
     assert SweepParams(enabled="true", num_sweeps=3).resolve(1, ("x", "y", "z", "dt")) == (True, 3)
 
 
-def test_yaml_block_lists_every_parameter_with_its_default():
+def test_the_parameter_file_lists_every_sweeps_parameter_with_a_valid_default():
     import yaml
 
-    text = "\n".join(["n:", "  ros__parameters:", *sweep_params.yaml_lines()])
-    flat = flatten(yaml.safe_load(text)["n"]["ros__parameters"])
-    assert flat == {s.name: s.default for s in sweep_params.SPECS}
+    from fastpillars_ros.node_params import coerce, default_yaml
+
+    flat = flatten(yaml.safe_load(default_yaml())["/**"]["ros__parameters"]["sweeps"], "sweeps.")
+    assert flat == {f"sweeps.{k}": v for k, v in sweep_params.defaults().items()}
+    assert set(flat) >= {f"sweeps.sensor_to_base.{k}" for k in sweep_params.SENSOR_TO_BASE_KEYS}
     for name, value in flat.items():
-        assert sweep_params.coerce(name, value) == value
+        assert coerce(name, value) == value
 
 
 def test_startup_notes_flag_configurations_unlike_training():
