@@ -23,7 +23,7 @@ NEAR_CARS = 25.0  # m: the labelled cars closer than this are well sampled (>= 2
 MAX_FALSE_OBJECTS = 6  # in the camera's view, within 50 m, at the default thresholds
 
 
-def _near_cars(frame) -> np.ndarray:  # noqa: ANN001
+def _near_cars(frame) -> np.ndarray:
     near = np.hypot(frame.boxes[:, 0], frame.boxes[:, 1]) < NEAR_CARS
     return frame.boxes[(np.asarray(frame.names) == "car") & near]
 
