@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from .evaluation import FrameBoxes, evaluate, plot_pr_curves
-from .node_params import BACKENDS, DEVICES
+from .node_params import BACKENDS, DEVICES, PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--checkpoint", default=None, help="weights file (default: the one shipped for --config)")
     src.add_argument("--device", default="auto", choices=DEVICES)
     src.add_argument("--backend", default="auto", choices=BACKENDS)
+    src.add_argument("--precision", default="auto", choices=PRECISIONS,
+                     help="auto: int8 with onnxruntime on the CPU, else fp32")
     src.add_argument("--score-threshold", type=float, default=None,
                      help="detector score threshold (default: the config's; lower gives fuller PR curves)")
     src.add_argument("--intensity-max", type=float, default=1.0,
@@ -251,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
         from .detector import Detector
 
         detector = Detector(args.config, args.checkpoint, device=args.device, backend=args.backend,
-                            score_threshold=args.score_threshold)
+                            precision=args.precision, score_threshold=args.score_threshold)
         missing = [c for c in detector.class_names if c not in class_names]
         if missing:
             log.warning("detector classes %s are not evaluated (classes: %s)", missing, class_names)
