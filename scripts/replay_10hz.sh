@@ -9,7 +9,8 @@
 #
 # KITTI_DIR: a KITTI-layout folder of consecutive scans (velodyne/*.bin; default: KITTI raw drive 0005, 154
 # scans at 10 Hz, as extracted by scripts/extract_real_kitti.py). Env: PY (python, default .venv/bin/python),
-# OUT (work folder, default a new temporary one), LOOPS (times the bag is played, default 1).
+# OUT (work folder, default a new temporary one), LOOPS (times the bag is played, default 1), MAX_FRAMES (use only
+# the first N scans).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [ "${FASTPILLARS_NETNS:-}" != 1 ]; then exec "$ROOT/scripts/netns_run.sh" "$0" "$@"; fi
@@ -20,7 +21,7 @@ OUT="${OUT:-$(mktemp -d -t replay10hz.XXXXXX)}"
 FP=("$PY" -m fastpillars_ros.cli)
 BAG="$OUT/real_10hz.mcap"
 
-[ -f "$BAG" ] || "${FP[@]}" make-bag --kitti "$KITTI" --out "$BAG" --rate 10 --topic /points >&2
+[ -f "$BAG" ] || "${FP[@]}" make-bag --kitti "$KITTI" --out "$BAG" --rate 10 --topic /points ${MAX_FRAMES:+--max-frames "$MAX_FRAMES"} >&2
 "${FP[@]}" launch --loopback --use-sim-time --input-topic /points "$@" >"$OUT/node.log" 2>&1 &
 NODE=$!
 trap 'kill -INT $NODE 2>/dev/null; wait $NODE 2>/dev/null || true' EXIT
