@@ -28,6 +28,7 @@ from .mounting import AutoMounting, Mounting, boxes_to_cloud, points_to_model
 from .ops import Pillars, decorate, pillarize
 from .ops.nms import nms_grouped
 from .runtime.cuda_graphs import GraphRunner
+from .runtime.engine_cache import EngineCache
 from .runtime.malloc import keep_freed_memory
 from .runtime.memory import (
     InsufficientMemoryError,
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 STAGES = ("pillarize", "encode", "dense", "decode", "nms")
 BACKENDS = ("auto", "torch", "tensorrt", "onnxruntime")
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("auto", "fp32", "fp16", "int8")
 ON_INSUFFICIENT_MEMORY = ("error", "fp16", "cpu")
 _NMS_KINDS = {"rotate": "bev", "bev": "bev", "3d": "3d", "circle": "circle", "none": None}
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -97,7 +98,9 @@ class Detector:
             (with one warning); on the CPU onnxruntime where installed (the faster CPU engine for the dense
             part, BENCHMARKS.md), else torch.
         device: "cpu", "cuda" or "auto" (cuda when available).
-        precision: "fp32" or "fp16" (fp16 needs a GPU).
+        precision: "fp32", "fp16" (GPU only), "int8" (the dense part quantised for onnxruntime on the CPU,
+            ``runtime/quantize.py``) or "auto": int8 with the onnxruntime back end (3x faster dense part on
+            the CPU, boxes within the tolerance of ``test/test_quantize.py``), fp32 elsewhere.
         score_threshold: minimum published score, one float or ``{class_name: threshold}`` (classes not in
             the dict use the default); None = the defaults (:attr:`default_score_thresholds`: calibrated
             thresholds stored in the checkpoint, else the config's ``decode.score_threshold``).
@@ -107,7 +110,8 @@ class Detector:
         max_pillars: non-empty pillars beyond this are dropped (the ones with fewest points), counted.
         on_insufficient_memory: what to do when the start-up GPU memory check fails: "error" (raise
             :class:`InsufficientMemoryError`), "fp16" (retry at fp16) or "cpu" (run on the CPU).
-        engine_cache_dir: where TensorRT engines are cached (default ``~/.cache/fastpillars_ros/engines``).
+        engine_cache_dir: where TensorRT engines and INT8 models are cached (default
+            ``~/.cache/fastpillars_ros/engines``).
         cuda_graphs: on a GPU with the torch back end, replay dense + decode as a CUDA graph (captured on the
             first frame; a failed capture falls back to eager execution with a warning).
         warmup: run two frames of synthetic points at construction so the first real frame is not slow.
@@ -119,7 +123,7 @@ class Detector:
     """
 
     def __init__(self, config: str | Path | ModelConfig = DEFAULT_MODEL, checkpoint: str | Path | None = None, *,
-                 backend: str = "auto", device: str = "auto", precision: str = "fp32",
+                 backend: str = "auto", device: str = "auto", precision: str = "auto",
                  score_threshold: float | Mapping[str, float] | None = None, nms_kind: str | None = None,
                  nms_iou_threshold: float | None = None, nms_pre_max: int | None = None,
                  nms_post_max: int | None = None, max_points: int = 300_000, max_pillars: int | None = None,
@@ -156,6 +160,7 @@ class Detector:
 
         self.device, self.precision = self._resolve_device(device, precision, backend, on_insufficient_memory)
         self.backend = self._resolve_backend(backend)
+        self.precision = self._resolve_precision(self.precision, self.backend)
         self.checkpoint = self._resolve_checkpoint(checkpoint)
 
         model = build_model(cfg)
@@ -173,7 +178,8 @@ class Detector:
         self.set_score_threshold(score_threshold)
         model.eval().fuse("full")
         self.model = model.to(self.device)
-        self._dense, self.backend = self._make_dense(self.backend, backend != "auto", engine_cache_dir)
+        explicit = backend != "auto" or precision == "int8"
+        self._dense, self.backend = self._make_dense(self.backend, explicit, engine_cache_dir)
         self._graphs = (GraphRunner(self._dense_and_decode)
                         if cuda_graphs and self.device == "cuda" and self.backend == "torch" else None)
         self._device_thresholds: tuple[np.ndarray, torch.Tensor] | None = None
@@ -189,14 +195,19 @@ class Detector:
     # ---- set-up helpers ------------------------------------------------------------------------
     def _resolve_device(self, device: str, precision: str, backend: str, on_insufficient: str) -> tuple[str, str]:
         if device == "auto":
-            device = "cuda" if torch.cuda.is_available() and backend != "onnxruntime" else "cpu"
+            cpu_only = backend == "onnxruntime" or precision == "int8"
+            device = "cuda" if torch.cuda.is_available() and not cpu_only else "cpu"
         if device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA device "
                                "(check the driver and a CUDA build of torch, or use device 'cpu')")
         if device == "cpu":
             if precision == "fp16":
-                raise ValueError("precision 'fp16' needs a GPU: use precision 'fp32' on the CPU")
+                raise ValueError("precision 'fp16' needs a GPU: use precision 'fp32' or 'int8' on the CPU")
             return device, precision
+        if precision == "int8":
+            raise ValueError("precision 'int8' runs on the CPU (onnxruntime): use device 'cpu', or precision "
+                             "'fp32'/'fp16' on the GPU")
+        precision = "fp32" if precision == "auto" else precision
         dev = query_device_memory()
         # Budget the back end that will run: with "auto" that is TensorRT where it is installed.
         engine_backend = resolve_backend(backend, device)
@@ -244,6 +255,15 @@ class Detector:
             return "torch"
         return "tensorrt"
 
+    @staticmethod
+    def _resolve_precision(precision: str, backend: str) -> str:
+        if precision == "auto":
+            return "int8" if backend == "onnxruntime" else "fp32"
+        if precision == "int8" and backend != "onnxruntime":
+            raise ValueError(f"precision 'int8' needs the onnxruntime back end (pip install onnxruntime), not "
+                             f"{backend!r}: use backend 'onnxruntime' or 'auto', or precision 'fp32'")
+        return precision
+
     def _make_dense(self, backend: str, explicit: bool, engine_cache_dir: str | Path | None
                     ) -> tuple[torch.nn.Module | TensorRTDense | OnnxRuntimeDense, str]:
         """The object whose ``forward_dense`` runs the dense part; falls back to torch when a TensorRT
@@ -255,6 +275,7 @@ class Detector:
                 if explicit:
                     raise
                 log.warning("%s back end unavailable (%s): falling back to the torch backend", backend, exc)
+                self.precision = "fp32" if self.precision == "int8" else self.precision
         if self.precision == "fp16":
             # MAPE stays fp32 (segment softmax sums); only the dense part runs in half precision.
             return _HalfDense(self.model), "torch"
@@ -264,8 +285,7 @@ class Detector:
         if backend == "onnxruntime":
             from .runtime.onnxruntime_backend import OnnxRuntimeDense
 
-            return OnnxRuntimeDense(self.model)
-        from .runtime.engine_cache import EngineCache
+            return OnnxRuntimeDense(self.model, precision=self.precision, cache=EngineCache(engine_cache_dir))
         from .runtime.tensorrt_backend import TensorRTDense
 
         return TensorRTDense(self.model, self.precision, EngineCache(engine_cache_dir))

@@ -34,7 +34,7 @@ import numpy as np
 
 from .detections_file import FrameDetections, load_detections, save_detections
 from .evaluation import FrameBoxes, evaluate, plot_pr_curves
-from .node_params import BACKENDS, DEVICES
+from .node_params import BACKENDS, DEVICES, PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--checkpoint", default=None, help="weights file (default: the one shipped for --config)")
     src.add_argument("--device", default="auto", choices=DEVICES)
     src.add_argument("--backend", default="auto", choices=BACKENDS)
+    src.add_argument("--precision", default="auto", choices=PRECISIONS,
+                     help="auto: int8 with onnxruntime on the CPU, else fp32")
     src.add_argument("--score-threshold", type=float, default=None,
                      help="detector score threshold (default: the config's decode.score_threshold, the candidate "
                           "floor; lower gives fuller PR curves)")
@@ -244,6 +246,7 @@ def run(args: argparse.Namespace) -> int:
         # AP needs every candidate: the decode floor, not the (higher) default published thresholds.
         floor = load_model_config(args.config).decode.score_threshold
         detector = Detector(args.config, args.checkpoint, device=args.device, backend=args.backend,
+                            precision=args.precision,
                             score_threshold=floor if args.score_threshold is None else args.score_threshold)
         missing = [c for c in detector.class_names if c not in class_names]
         if missing:

@@ -35,7 +35,7 @@ NODE_NAME = "fastpillars_detector"
 
 BACKENDS = ("auto", "torch", "tensorrt", "onnxruntime")
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("auto", "fp32", "fp16", "int8")
 MEMORY_POLICIES = ("error", "fp16", "cpu")
 NMS_KINDS = ("", "rotate", "3d", "circle", "none")
 MISSING_FIELD_POLICIES = ("fill", "error")
@@ -139,7 +139,9 @@ SPECS: tuple[ParamSpec, ...] = (
               "the CPU onnxruntime when installed, else torch), torch, tensorrt or onnxruntime (CPU only).",
               choices=BACKENDS),
     ParamSpec("device", "auto", "string", "auto (cuda when available, else cpu), cpu or cuda.", choices=DEVICES),
-    ParamSpec("precision", "fp32", "string", "Numeric precision on the GPU: fp32 or fp16.", choices=PRECISIONS),
+    ParamSpec("precision", "auto", "string",
+              "Numeric precision: auto (int8 with onnxruntime on the CPU, else fp32), fp32, fp16 (GPU) or int8 "
+              "(onnxruntime on the CPU).", choices=PRECISIONS),
     ParamSpec("on_insufficient_memory", "error", "string",
               "What the start-up GPU memory check does when the model does not fit: error (exit with the "
               "numbers), fp16 (retry in half precision) or cpu (fall back to the CPU).",
@@ -307,7 +309,7 @@ class NodeParams:
     checkpoint: str = ""
     backend: str = "auto"
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"
     on_insufficient_memory: str = "error"
     warmup: bool = True
     cpu_threads: int = 0

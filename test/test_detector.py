@@ -136,10 +136,11 @@ def test_tensorrt_backend_without_a_gpu_says_what_is_missing():
         Detector("tiny", backend="tensorrt", device="cuda", warmup=False)
 
 
-def test_cpu_auto_backend_is_onnxruntime_and_gives_the_torch_boxes(detector, kitti_points):
+def test_cpu_auto_backend_is_onnxruntime_and_in_fp32_gives_the_torch_boxes(detector, kitti_points):
     assert detector.backend == "onnxruntime"
+    fp32 = Detector("tiny", device="cpu", precision="fp32", warmup=False)
     torch_det = Detector("tiny", device="cpu", backend="torch", warmup=False)
-    a, b = detector.detect(kitti_points), torch_det.detect(kitti_points)
+    a, b = fp32.detect(kitti_points), torch_det.detect(kitti_points)
     assert len(a) == len(b) > 0
     np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)
     np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)

@@ -93,3 +93,13 @@ def test_empty_cloud_gives_zero_canvas():
     canvas = model.encode(torch.zeros(0, model.config.num_decorated_features), torch.zeros(0, dtype=torch.int64),
                           torch.zeros(0, 2, dtype=torch.int32))
     assert canvas.shape == (1, c, h, w) and not canvas.any()
+
+
+def test_inference_path_gives_the_autograd_path_result():
+    mape = randomize_(MAPE(8, 16), seed=8).eval()
+    feats, ids, _ = random_pillars(60, 500, 8, 10, 10, seed=4)
+    with torch.no_grad():
+        fast = mape(feats, ids, 60)
+    reference = mape(feats, ids, 60)  # grad enabled: the autograd-friendly path
+    assert reference.requires_grad
+    torch.testing.assert_close(fast, reference.detach(), rtol=0, atol=1e-6)

@@ -77,6 +77,8 @@ class MAPE(nn.Module):
             raise ValueError(f"MAPE expects {self.in_features} decorated features per point, got "
                              f"{features.shape[1]} (features = raw point columns + 3 pillar offsets)")
         idx = point_pillar.long()
+        if not torch.is_grad_enabled():
+            return self._forward_inference(features, idx, num_pillars)
         f = self.point_features(features)
         s = self.score_fn(f)
         # Numerically stable per-pillar softmax: subtract the per-pillar, per-channel maximum logit.
@@ -89,6 +91,27 @@ class MAPE(nn.Module):
         attention = weighted / denom.clamp_min(1e-12)
         maximum = segment_max(f, idx, num_pillars, floor=0.0)
         return (attention + maximum) * 0.5
+
+    def _forward_inference(self, features: Tensor, idx: Tensor, num_pillars: int) -> Tensor:
+        """:meth:`forward` without autograd, in fewer passes over the ``[L, C]`` point tensors (1.4x faster
+        on a 118k-point scan, test/bench/bench_model.py): logits and features live side by side in one
+        ``[L, 2C]`` buffer, so both per-pillar maxima take one scatter pass and both per-pillar sums (softmax
+        denominator, weighted features) one ``index_add_``; exp and the weighting are in place. Same
+        arithmetic per element as :meth:`forward`, so the same result."""
+        c = self.num_filters
+        buf = features.new_empty((features.shape[0], 2 * c))
+        s, f = buf[:, :c], buf[:, c:]
+        f.copy_(self.point_features(features))
+        s.copy_(self.score_fn(f))
+        # Floors: -inf for the logits (a true max), 0 for the features (the official zero-initialised max).
+        floor = torch.cat([features.new_full((c,), float("-inf")), features.new_zeros(c)])
+        maxima = floor.expand(num_pillars, 2 * c).contiguous()
+        maxima.scatter_reduce_(0, idx.view(-1, 1).expand(-1, 2 * c), buf, "amax", include_self=True)
+        s.sub_(maxima[:, :c].index_select(0, idx)).exp_()
+        f.mul_(s)
+        sums = segment_sum(buf, idx, num_pillars)  # [M, 2C]: softmax denominators, weighted feature sums
+        attention = sums[:, c:] / sums[:, :c].clamp_min(1e-12)
+        return (attention + maxima[:, c:]) * 0.5
 
 
 def scatter_to_canvas(pillar_features: Tensor, coords: Tensor, height: int, width: int, batch_size: int = 1,

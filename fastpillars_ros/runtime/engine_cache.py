@@ -1,4 +1,8 @@
-"""TensorRT engine cache: one engine per (ONNX graph, TensorRT version, GPU, precision, input shape).
+"""Engine cache: one engine per (ONNX graph, builder version, GPU, precision, input shape, calibration).
+
+Two kinds of engines live here: TensorRT engines (GPU) and INT8 ONNX models quantised for onnxruntime's CPU
+provider (``runtime/quantize.py``; builder ``onnxruntime X.Y``, GPU ``cpu``, key ``calibration`` = digest of
+the calibration inputs and settings).
 
 Stale or foreign engines are a top complaint about peers (an engine built for another GPU or TensorRT
 version fails or silently misbehaves). Every cached engine therefore has a sidecar JSON with the full
@@ -50,17 +54,19 @@ class EngineKey:
     """Everything an engine depends on. Two engines are interchangeable only if their keys are equal."""
 
     onnx_sha256: str
-    tensorrt_version: str
-    gpu_name: str
-    compute_capability: str  # "8.7", "9.0", ...
+    tensorrt_version: str    # the builder: TensorRT's version, or "onnxruntime X.Y" for CPU INT8 models
+    gpu_name: str            # "cpu" for onnxruntime models
+    compute_capability: str  # "8.7", "9.0", ...; "" on the CPU
     precision: str           # "fp32" | "fp16" | "int8"
     input_shape: tuple[int, ...]
+    calibration: str = ""    # INT8: digest of the calibration data and quantisation settings
 
     def file_stem(self) -> str:
         """File name stem: readable parts plus a digest of the whole key."""
         digest = hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
         gpu = "".join(c if c.isalnum() else "-" for c in self.gpu_name).strip("-").lower()
-        return f"{self.onnx_sha256[:12]}_{self.precision}_sm{self.compute_capability.replace('.', '')}_{gpu}_{digest}"
+        sm = f"sm{self.compute_capability.replace('.', '')}_" if self.compute_capability else ""
+        return f"{self.onnx_sha256[:12]}_{self.precision}_{sm}{gpu}_{digest}"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -70,7 +76,8 @@ class EngineKey:
     @staticmethod
     def from_dict(d: dict) -> EngineKey:
         return EngineKey(str(d["onnx_sha256"]), str(d["tensorrt_version"]), str(d["gpu_name"]),
-                         str(d["compute_capability"]), str(d["precision"]), tuple(int(v) for v in d["input_shape"]))
+                         str(d["compute_capability"]), str(d["precision"]), tuple(int(v) for v in d["input_shape"]),
+                         str(d.get("calibration", "")))
 
 
 def _differences(want: EngineKey, have: EngineKey) -> list[str]:
@@ -79,7 +86,7 @@ def _differences(want: EngineKey, have: EngineKey) -> list[str]:
 
 
 class EngineCache:
-    """A directory of serialised TensorRT engines with key sidecars."""
+    """A directory of serialised engines (TensorRT engines, INT8 ONNX models) with key sidecars."""
 
     def __init__(self, directory: str | Path | None = None) -> None:
         self.directory = Path(directory) if directory is not None else default_cache_dir()
@@ -117,7 +124,7 @@ class EngineCache:
         engine_path, meta_path = self.paths(key)
         if not engine_path.is_file() or not meta_path.is_file():
             others = sorted(p.name for p in self.directory.glob(f"{key.onnx_sha256[:12]}_*.json"))
-            why = "no cached engine for this model, GPU, TensorRT version and precision"
+            why = "no cached engine for this model, device, builder version and precision"
             return None, why + (f" (found engines for other settings: {', '.join(others)})" if others else "")
         try:
             meta = json.loads(meta_path.read_text())
@@ -157,18 +164,18 @@ class EngineCache:
             except Exception as exc:  # a stale engine is not fatal
                 engine, why = None, f"cached engine failed to load ({exc})"
             if engine is not None:
-                log.info("using cached TensorRT engine %s", self.paths(key)[0])
+                log.info("using cached %s engine %s", key.tensorrt_version, self.paths(key)[0])
                 return engine, False
             why = why or "cached engine failed to load"
             self.invalidate(key)
-        log.info("building a TensorRT engine: %s", why)
+        log.info("building a %s %s engine: %s", key.tensorrt_version, key.precision, why)
         data = build()
         engine = deserialize(data)
         if engine is None:
-            raise RuntimeError("TensorRT could not deserialise the engine it has just built")
+            raise RuntimeError(f"{key.tensorrt_version} could not deserialise the engine it has just built")
         path = self.store(key, data)
         if path is not None:
-            log.info("cached TensorRT engine at %s", path)
+            log.info("cached %s engine at %s", key.tensorrt_version, path)
         return engine, True
 
 

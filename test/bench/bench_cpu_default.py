@@ -1,0 +1,132 @@
+"""The CPU default path stage by stage, today's default against the new one, side by side (``make bench``).
+
+Anchor ("before"): the tiny model (front 51.2 m square) with the dense part in fp32 onnxruntime and MAPE in
+its autograd-friendly form (two scatter-max and two index_add passes). Candidate: the embedded default
+(tiny360, 81.6 m square around the sensor) with the INT8 dense part and the fused MAPE inference path.
+Both run on the same real scans in one process, interleaved, with the same thread count. Goal (issue 17):
+end to end at least 2.5x faster than the anchor. Other stages have their own anchors elsewhere:
+PointCloud2 conversion (bench_pointcloud.py), pillarize vs spconv (bench_pillarize.py), NMS vs shapely
+(bench_nms.py). tiny360 runs with the tiny weights until its own are installed: the compute is the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import print_header, print_ratio, time_ms
+from real_data import real_file
+from std_msgs.msg import Header
+
+from fastpillars_ros.detector import STAGES, Detector, default_checkpoint
+from fastpillars_ros.messages import detections_to_msg
+from fastpillars_ros.model.mape import MAPE
+from fastpillars_ros.ops import decorate, pillarize
+from fastpillars_ros.pointcloud import read_points
+
+logging.basicConfig(level=logging.ERROR)
+DEFAULT = "tiny360"
+GOAL_SPEEDUP = 2.5
+
+
+def _checkpoint(config: str) -> Path | None:
+    return default_checkpoint(config) or default_checkpoint("tiny")
+
+
+def _with_todays_mape(det: Detector) -> Detector:
+    """Make ``det`` encode with MAPE's autograd-friendly path (today's inference before the fused path)."""
+    mape = det.model.backbone.pillar_pooling1
+    for p in mape.parameters():
+        p.requires_grad_(False)
+
+    def reference(features: torch.Tensor, idx: torch.Tensor, num_pillars: int) -> torch.Tensor:
+        with torch.enable_grad():  # nothing requires grad: no graph is recorded, only the path changes
+            return MAPE.forward(mape, features, idx, num_pillars)
+
+    mape._forward_inference = reference
+    return det
+
+
+def _scans() -> dict[str, np.ndarray]:
+    scans = {f"kitti {i}": read_points(real_file(f"kitti/training/velodyne/00000{i}.bin")) for i in (0, 1)}
+    p64 = read_points(real_file("pcd_sensorscalibration/p64.pcd"))
+    p64[:, 3] /= 255.0
+    scans["p64 (64-beam, 77k)"] = p64
+    return scans
+
+
+def _stages(det: Detector, pts: np.ndarray, repeat: int) -> dict[str, float]:
+    runs = [det.detect(pts).timings for _ in range(repeat)]
+    return {k: float(np.median([r[k] for r in runs])) for k in (*STAGES, "total")}
+
+
+@torch.no_grad()
+def bench_stages(scan: np.ndarray, repeat: int) -> None:
+    """MAPE (fused vs today's) and the dense part (int8 vs fp32 onnxruntime vs torch) of the default model."""
+    ckpt = _checkpoint(DEFAULT)
+    int8 = Detector(DEFAULT, ckpt, device="cpu", precision="int8")
+    fp32 = Detector(DEFAULT, ckpt, device="cpu", precision="fp32")
+    cfg, model = int8.config, int8.model
+    p = pillarize(scan, cfg.pc_range, cfg.pillar_size)
+    feats = torch.from_numpy(decorate(scan, p, cfg.pc_range, cfg.pillar_size))
+    ids, coords = torch.from_numpy(p.point_pillar), torch.from_numpy(p.coords)
+    mape = model.backbone.pillar_pooling1
+    fused = time_ms(lambda: model.encode(feats, ids, coords), repeat=repeat)
+    with torch.enable_grad():
+        for q in mape.parameters():
+            q.requires_grad_(False)
+        today = time_ms(lambda: model.encode(feats, ids, coords), repeat=repeat)
+    print(f"{DEFAULT}: {len(scan):,} points, {len(feats):,} in range, {len(coords):,} pillars")
+    print_ratio(f"  MAPE + scatter, fused ({DEFAULT})", "today's MAPE", today, fused)
+    canvas = model.encode(feats, ids, coords)
+    t_torch = time_ms(lambda: model.forward_dense(canvas), repeat=repeat)
+    t_fp32 = time_ms(lambda: fp32._dense.forward_dense(canvas), repeat=repeat)
+    t_int8 = time_ms(lambda: int8._dense.forward_dense(canvas), repeat=repeat)
+    print_ratio(f"  dense onnxruntime fp32 ({DEFAULT})", "torch fused fp32", t_torch, t_fp32)
+    print_ratio(f"  dense onnxruntime int8 ({DEFAULT})", "onnxruntime fp32", t_fp32, t_int8)
+    print_ratio(f"  dense onnxruntime int8 ({DEFAULT})", "torch fused fp32", t_torch, t_int8)
+    res = int8.detect(scan)
+    labels = res.labels
+    build = time_ms(lambda: detections_to_msg(res.boxes, res.scores, labels, int8.class_names,
+                                            Header(frame_id="velodyne")), repeat=repeat)
+    print(f"{'  Detection3DArray message (' + str(len(res)) + ' boxes)':<44s} {build:9.3f} ms")
+
+
+def bench_end_to_end(repeat: int) -> None:
+    before = _with_todays_mape(Detector("tiny", device="cpu", precision="fp32"))
+    after = Detector(DEFAULT, _checkpoint(DEFAULT), device="cpu")
+    print(f"before: {before.describe()}\nafter:  {after.describe()}")
+    for name, pts in _scans().items():
+        a, b = {}, {}
+        for _ in range(2):  # interleaved halves, so a load change hits both sides
+            a = _merge(a, _stages(before, pts, repeat // 2))
+            b = _merge(b, _stages(after, pts, repeat // 2))
+        for label, s in (("before", a), ("after", b)):
+            print(f"  {label:<6s} {name:<20s} stages ms: " + "  ".join(f"{k} {s[k]:.1f}" for k in STAGES))
+        print_ratio(f"  end to end, {name}", "tiny fp32, today's MAPE", a["total"], b["total"])
+        print(f"  goal: at least x{GOAL_SPEEDUP} ({'met' if a['total'] >= GOAL_SPEEDUP * b['total'] else 'NOT met'});"
+              f" load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+
+
+def _merge(acc: dict[str, float], new: dict[str, float]) -> dict[str, float]:
+    """Mean of the two halves' medians."""
+    return {k: (acc[k] + v) / 2 for k, v in new.items()} if acc else new
+
+
+def main() -> None:
+    torch.set_grad_enabled(False)
+    print_header("CPU default path by stage (tiny360, int8 dense part, fused MAPE)")
+    print(f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+    bench_stages(read_points(real_file("kitti/training/velodyne/000001.bin")), repeat=10)
+    print_header("CPU default end to end: new default vs today's (tiny, fp32 onnxruntime, today's MAPE)")
+    bench_end_to_end(repeat=10)
+
+
+if __name__ == "__main__":
+    main()
