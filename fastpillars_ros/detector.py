@@ -24,6 +24,7 @@ from .model import build_model, load_checkpoint
 from .model.head import Candidates
 from .ops import Pillars, decorate, pillarize
 from .ops.nms import nms_grouped
+from .runtime.choices import BACKENDS, DEVICES, ON_INSUFFICIENT_MEMORY, PRECISIONS
 from .runtime.malloc import keep_freed_memory
 from .runtime.memory import (
     InsufficientMemoryError,
@@ -40,10 +41,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STAGES = ("pillarize", "encode", "dense", "decode", "nms")
-BACKENDS = ("auto", "torch", "tensorrt", "onnxruntime")
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "fp16")
-ON_INSUFFICIENT_MEMORY = ("error", "fp16", "cpu")
 _NMS_KINDS = {"rotate": "bev", "bev": "bev", "3d": "3d", "circle": "circle", "none": None}
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from .detections_file import FrameDetections, load_detections, save_detections
 from .evaluation import FrameBoxes, evaluate, plot_pr_curves
-from .node_params import BACKENDS, DEVICES
+from .runtime.choices import BACKENDS, DEVICES
 
 log = logging.getLogger(__name__)
 

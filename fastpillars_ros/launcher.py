@@ -29,6 +29,8 @@ from typing import Any
 
 import yaml
 
+from .runtime.choices import BACKENDS
+
 PACKAGE = "fastpillars_ros"
 PARAMS_FILE = "fastpillars.yaml"
 RVIZ_FILE = "fastpillars.rviz"
@@ -150,7 +152,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=defaults["model"].default, help=defaults["model"].description)
     parser.add_argument("--checkpoint", default=defaults["checkpoint"].default,
                         help=defaults["checkpoint"].description)
-    parser.add_argument("--backend", default=defaults["backend"].default, choices=["", "auto", "torch", "tensorrt"],
+    parser.add_argument("--backend", default=defaults["backend"].default, choices=["", *BACKENDS],
                         help=defaults["backend"].description)
     parser.add_argument("--use-sim-time", action="store_true", help=defaults["use_sim_time"].description)
     parser.add_argument("--rviz", action="store_true", help=defaults["rviz"].description)

@@ -23,13 +23,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .runtime.choices import BACKENDS, DEVICES, PRECISIONS
+from .runtime.choices import ON_INSUFFICIENT_MEMORY as MEMORY_POLICIES
+
 #: Node name; the key under which parameter files list the node's parameters.
 NODE_NAME = "fastpillars_detector"
 
-BACKENDS = ("auto", "torch", "tensorrt", "onnxruntime")
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "fp16")
-MEMORY_POLICIES = ("error", "fp16", "cpu")
 NMS_KINDS = ("", "rotate", "3d", "circle", "none")
 MISSING_FIELD_POLICIES = ("fill", "error")
 #: Point features a model may ask for (fastpillars_ros.config.KNOWN_POINT_FEATURES) that the node maps.

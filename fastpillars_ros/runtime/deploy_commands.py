@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .choices import PRECISIONS
+
 
 def _model(config: str, checkpoint: str | None):  # type: ignore[no-untyped-def]
     from ..detector import default_checkpoint
@@ -51,7 +53,7 @@ class BuildEngine:
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--config", default="tiny")
         parser.add_argument("--checkpoint", default=None)
-        parser.add_argument("--precision", default="fp16", choices=["fp32", "fp16"])
+        parser.add_argument("--precision", default="fp16", choices=PRECISIONS)
         parser.add_argument("--cache-dir", default=None, help="engine cache (default ~/.cache/fastpillars_ros/engines)")
         parser.add_argument("--workspace-mib", type=int, default=1024)
 

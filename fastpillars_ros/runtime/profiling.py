@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .choices import DEVICES, PRECISIONS
+
 
 def layer_table(samples: dict[str, list[float]], runs: int) -> list[dict[str, Any]]:
     """trtexec-style profile from per-run layer times in ms (``samples[name]`` has one value per run)."""
@@ -135,8 +137,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="tiny", help="model config name or YAML path")
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--backend", default="torch", choices=["torch", "tensorrt"])
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
+    parser.add_argument("--device", default="auto", choices=DEVICES)
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--input", default=None, help="point file (KITTI .bin or PCD) for the per-stage split; "
                                                      "default: synthetic points over the model's range")
