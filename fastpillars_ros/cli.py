@@ -27,11 +27,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "regression-check": ("fastpillars_ros.regression:Check", "compare replayed detections with golden ones"),
     "train": ("fastpillars_ros.train.command", "train a model on KITTI-format data (e.g. simulate output)"),
     "eval": ("fastpillars_ros.eval_command", "KITTI-style R40 AP (BEV/3D) of the detector or of stored detections"),
-    "memcheck": ("fastpillars_ros.runtime.memory", "estimate GPU memory per component and check it fits"),
-    "profile": ("fastpillars_ros.runtime.profiling", "per-layer and per-stage timings (trtexec JSON shape)"),
-    "export-onnx": ("fastpillars_ros.runtime.deploy_commands:ExportOnnx",
+    "memcheck": ("fastpillars_ros.memcheck_command", "estimate GPU memory per component and check it fits"),
+    "profile": ("fastpillars_ros.profile_command", "per-layer and per-stage timings (trtexec JSON shape)"),
+    "export-onnx": ("fastpillars_ros.deploy_commands:ExportOnnx",
                     "export the fused dense part to ONNX and check it with onnxruntime"),
-    "build-engine": ("fastpillars_ros.runtime.deploy_commands:BuildEngine",
+    "build-engine": ("fastpillars_ros.deploy_commands:BuildEngine",
                      "build and cache the TensorRT engine for this GPU (install time)"),
 }
 

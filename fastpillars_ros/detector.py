@@ -24,6 +24,7 @@ from .model import build_model, load_checkpoint
 from .model.head import Candidates
 from .ops import Pillars, decorate, pillarize
 from .ops.nms import nms_grouped
+from .pointcloud import even_indices
 from .runtime.choices import BACKENDS, DEVICES, ON_INSUFFICIENT_MEMORY, PRECISIONS
 from .runtime.malloc import keep_freed_memory
 from .runtime.memory import (
@@ -308,8 +309,7 @@ class Detector:
         n_in = int(pts.shape[0])
         stats = {"num_points": n_in, "dropped_points": 0, "dropped_pillars": 0}
         if n_in > self.max_points:
-            # An even subsample keeps the whole field of view (truncation would drop a sector).
-            keep = torch.from_numpy(np.linspace(0, n_in - 1, self.max_points).round().astype(np.int64))
+            keep = torch.from_numpy(even_indices(n_in, self.max_points))
             pts = pts[keep.to(pts.device)]
             stats["dropped_points"] = n_in - self.max_points
             log.warning("frame has %d points, more than max_points=%d: dropped %d (even subsample)",

@@ -12,15 +12,13 @@ import pytest
 import torch
 
 from fastpillars_ros.cli import main as cli_main
+from fastpillars_ros.memcheck_command import MeasuredMemory, estimate_error, format_measured
 from fastpillars_ros.model import build_model
 from fastpillars_ros.runtime.memory import (
     MIB,
     DeviceMemory,
-    MeasuredMemory,
-    estimate_error,
     estimate_memory,
     fits,
-    format_measured,
     insufficient_message,
     parameter_count,
 )

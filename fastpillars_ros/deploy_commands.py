@@ -11,12 +11,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from .choices import PRECISIONS
+from .runtime.choices import PRECISIONS
 
 
 def _model(config: str, checkpoint: str | None):  # type: ignore[no-untyped-def]
-    from ..detector import default_checkpoint
-    from ..model import build_model, load_checkpoint
+    from .detector import default_checkpoint
+    from .model import build_model, load_checkpoint
 
     model = build_model(config)
     ckpt = checkpoint or default_checkpoint(model.config.name)
@@ -38,7 +38,7 @@ class ExportOnnx:
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        from ..model.export import check_onnx, export_onnx
+        from .model.export import check_onnx, export_onnx
 
         model = _model(args.config, args.checkpoint)
         path = export_onnx(model, Path(args.output), opset=args.opset)
@@ -61,8 +61,8 @@ class BuildEngine:
     def run(args: argparse.Namespace) -> int:
         import torch
 
-        from .engine_cache import EngineCache
-        from .tensorrt_backend import TensorRTDense, tensorrt_version
+        from .runtime.engine_cache import EngineCache
+        from .runtime.tensorrt_backend import TensorRTDense, tensorrt_version
 
         if not torch.cuda.is_available() or tensorrt_version() is None:
             print("build-engine needs a CUDA GPU and the TensorRT Python package (pip install tensorrt); "
