@@ -114,6 +114,9 @@ class ModelConfig:
     head: HeadConfig = field(default_factory=HeadConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     description: str = ""
+    #: Height of the sensor above the ground in the training data [m], level axes (KITTI HDL-64 and the
+    #: simulator: 1.73). :class:`~fastpillars_ros.mounting.Mounting` moves other mountings to it.
+    sensor_height: float = 1.73
 
     # ---- derived values -------------------------------------------------------------------
     @property
@@ -206,6 +209,10 @@ def available_models() -> list[str]:
     return sorted(p.stem for p in models_dir().glob("*.yaml"))
 
 
+#: The embedded default model: what ``Detector()``, the node and every command use when no model is named.
+DEFAULT_MODEL = "tiny"
+
+
 def load_model_config(name_or_path: str | Path | ModelConfig) -> ModelConfig:
     """Load and validate a model config.
 
@@ -295,6 +302,7 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> ModelConfi
         head=_section(HeadConfig, data.get("head"), "head", source),
         decode=_section(DecodeConfig, data.get("decode"), "decode", source),
         description=str(data.get("description", "")),
+        sensor_height=_number(data, "sensor_height", source) if "sensor_height" in data else 1.73,
     )
     validate(cfg, source)
     return cfg
@@ -325,6 +333,8 @@ def validate(cfg: ModelConfig, source: str = "<config>") -> None:
         fail(f"'pc_range' must be [x_min, y_min, z_min, x_max, y_max, z_max] with max > min, got {list(r)}")
     if any(s <= 0 for s in cfg.pillar_size):
         fail(f"'pillar_size' must be positive, got {list(cfg.pillar_size)}")
+    if not cfg.sensor_height > 0:
+        fail(f"'sensor_height' is the training sensor's height above the ground in metres, got {cfg.sensor_height}")
     for axis, i in (("x", 0), ("y", 1)):
         cells = (r[3 + i] - r[i]) / cfg.pillar_size[i]
         if abs(cells - round(cells)) > 1e-3:

@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .config import DEFAULT_MODEL
 from .runtime.choices import PRECISIONS
 
 
@@ -30,7 +31,7 @@ def _model(config: str, checkpoint: str | None):  # type: ignore[no-untyped-def]
 class ExportOnnx:
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--config", default="tiny")
+        parser.add_argument("--config", default=DEFAULT_MODEL)
         parser.add_argument("--checkpoint", default=None)
         parser.add_argument("--output", required=True, help="ONNX file to write")
         parser.add_argument("--opset", type=int, default=17)
@@ -51,7 +52,7 @@ class ExportOnnx:
 class BuildEngine:
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--config", default="tiny")
+        parser.add_argument("--config", default=DEFAULT_MODEL)
         parser.add_argument("--checkpoint", default=None)
         parser.add_argument("--precision", default="fp16", choices=PRECISIONS)
         parser.add_argument("--cache-dir", default=None, help="engine cache (default ~/.cache/fastpillars_ros/engines)")

@@ -3,7 +3,9 @@ demo share.
 
 Pipeline per frame (one stage each, timed): ``pillarize`` (range crop, pillar ids, decoration) ->
 ``encode`` (MAPE + scatter to the BEV canvas) -> ``dense`` (fused CRVNet, neck, head; torch or a
-TensorRT engine) -> ``decode`` (heat threshold, IoU-rectified scores, boxes) -> ``nms`` (per task).
+TensorRT engine) -> ``decode`` (heat threshold, IoU-rectified scores, boxes; all tasks at once) -> ``nms``
+(per task; on a GPU all tasks in one kernel launch). On a GPU with the torch back end, dense + decode replay
+as one CUDA graph (timed as ``dense``), and nothing waits for the device until the results are copied out.
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .config import ModelConfig, load_model_config
-from .model import build_model, load_checkpoint
-from .model.head import Candidates
+from .config import DEFAULT_MODEL, ModelConfig, load_model_config
+from .model import build_model, checkpoint_meta, load_checkpoint
+from .model.head import Candidates, DenseCandidates, decode_dense
+from .mounting import AutoMounting, Mounting, boxes_to_cloud, points_to_model
 from .ops import Pillars, decorate, pillarize
 from .ops.nms import nms_grouped
 from .pointcloud import even_indices
 from .runtime.choices import BACKENDS, DEVICES, ON_INSUFFICIENT_MEMORY, PRECISIONS
+from .runtime.cuda_graphs import GraphRunner
 from .runtime.malloc import keep_freed_memory
 from .runtime.memory import (
     InsufficientMemoryError,
@@ -33,7 +37,9 @@ from .runtime.memory import (
     fits,
     insufficient_message,
     query_device_memory,
+    resolve_backend,
 )
+from .runtime.profiling import StageClock
 
 if TYPE_CHECKING:
     from .runtime.onnxruntime_backend import OnnxRuntimeDense
@@ -61,7 +67,8 @@ class Detections:
         scores: (K,) float32 in [0, 1], descending within each task.
         labels: (K,) int64 index into :attr:`Detector.class_names`.
         velocities: (K, 2) float32 (vx, vy) m/s for models with a velocity head, else None.
-        timings: milliseconds per stage (:data:`STAGES`) and ``total``.
+        timings: milliseconds per stage (:data:`STAGES`) and ``total``; on a GPU read from CUDA events, and
+            with the CUDA graph ``dense`` includes decode (``decode`` ~0).
         stats: ``num_points`` (given), ``num_points_used`` (after the max_points cap),
             ``num_points_in_range``, ``num_pillars``, ``dropped_points`` (cap), ``dropped_pillars`` (cap).
     """
@@ -90,7 +97,8 @@ class Detector:
         device: "cpu", "cuda" or "auto" (cuda when available).
         precision: "fp32" or "fp16" (fp16 needs a GPU).
         score_threshold: minimum published score, one float or ``{class_name: threshold}`` (classes not in
-            the dict use the config's ``decode.score_threshold``); None = the config's value for all.
+            the dict use the default); None = the defaults (:attr:`default_score_thresholds`: calibrated
+            thresholds stored in the checkpoint, else the config's ``decode.score_threshold``).
         nms_kind, nms_iou_threshold, nms_pre_max, nms_post_max: override the config's NMS (per task).
         max_points: points beyond this are dropped deterministically (an even subsample), counted in
             ``stats["dropped_points"]`` and logged.
@@ -98,16 +106,24 @@ class Detector:
         on_insufficient_memory: what to do when the start-up GPU memory check fails: "error" (raise
             :class:`InsufficientMemoryError`), "fp16" (retry at fp16) or "cpu" (run on the CPU).
         engine_cache_dir: where TensorRT engines are cached (default ``~/.cache/fastpillars_ros/engines``).
+        cuda_graphs: on a GPU with the torch back end, replay dense + decode as a CUDA graph (captured on the
+            first frame; a failed capture falls back to eager execution with a warning).
         warmup: run two frames of synthetic points at construction so the first real frame is not slow.
+        mounting: the sensor's pose relative to the ground (:class:`~fastpillars_ros.mounting.Mounting`), or
+            an :class:`~fastpillars_ros.mounting.AutoMounting` that estimates it from the clouds; None = the
+            clouds come from a level sensor at the model's training height. Each cloud is moved into the
+            model's frame before pillarization and the boxes are moved back: inputs and outputs stay in
+            the cloud's frame.
     """
 
-    def __init__(self, config: str | Path | ModelConfig = "tiny", checkpoint: str | Path | None = None, *,
+    def __init__(self, config: str | Path | ModelConfig = DEFAULT_MODEL, checkpoint: str | Path | None = None, *,
                  backend: str = "auto", device: str = "auto", precision: str = "fp32",
                  score_threshold: float | Mapping[str, float] | None = None, nms_kind: str | None = None,
                  nms_iou_threshold: float | None = None, nms_pre_max: int | None = None,
                  nms_post_max: int | None = None, max_points: int = 300_000, max_pillars: int | None = None,
                  on_insufficient_memory: str = "error", engine_cache_dir: str | Path | None = None,
-                 warmup: bool = True) -> None:
+                 warmup: bool = True, cuda_graphs: bool = True,
+                 mounting: Mounting | AutoMounting | None = None) -> None:
         self.config = load_model_config(config)
         cfg = self.config
         _check_choice("backend", backend, BACKENDS)
@@ -131,18 +147,34 @@ class Detector:
         self.nms_iou_threshold = d.nms_iou_threshold if nms_iou_threshold is None else float(nms_iou_threshold)
         self.nms_pre_max = d.pre_max if nms_pre_max is None else int(nms_pre_max)
         self.nms_post_max = d.post_max if nms_post_max is None else int(nms_post_max)
-        self.set_score_threshold(score_threshold)
+        if mounting is not None and not isinstance(mounting, (Mounting, AutoMounting)):
+            raise TypeError(f"mounting must be a Mounting, an AutoMounting or None, got {type(mounting).__name__}")
+        # Set after the warm-up: synthetic points must not feed an AutoMounting's ground estimate.
+        self.mounting_source: Mounting | AutoMounting | None = None
 
         self.device, self.precision = self._resolve_device(device, precision, backend, on_insufficient_memory)
         self.backend = self._resolve_backend(backend)
         self.checkpoint = self._resolve_checkpoint(checkpoint)
 
         model = build_model(cfg)
+        #: Terms the loaded weights are under (stated in the checkpoint; None: not stated or random weights).
+        self.weights_licence: str | None = None
+        #: Published score per class when the user sets none: calibrated thresholds stored with the weights,
+        #: else the config's decode floor.
+        self.default_score_thresholds = {c: float(self.config.decode.score_threshold) for c in self.class_names}
         if self.checkpoint is not None:
             load_checkpoint(model, self.checkpoint, strict=True)
+            meta = checkpoint_meta(self.checkpoint)
+            self.weights_licence = meta.licence
+            self.default_score_thresholds.update({c: t for c, t in meta.score_thresholds.items()
+                                                  if c in self.default_score_thresholds})
+        self.set_score_threshold(score_threshold)
         model.eval().fuse("full")
         self.model = model.to(self.device)
         self._dense, self.backend = self._make_dense(self.backend, backend != "auto", engine_cache_dir)
+        self._graphs = (GraphRunner(self._dense_and_decode)
+                        if cuda_graphs and self.device == "cuda" and self.backend == "torch" else None)
+        self._device_thresholds: tuple[np.ndarray, torch.Tensor] | None = None
         self.warmup_ms: float | None = None
         if warmup:
             t0 = time.perf_counter()
@@ -150,6 +182,7 @@ class Detector:
             for _ in range(2):
                 self.detect(cloud)
             self.warmup_ms = (time.perf_counter() - t0) * 1e3
+        self.mounting_source = mounting
 
     # ---- set-up helpers ------------------------------------------------------------------------
     def _resolve_device(self, device: str, precision: str, backend: str, on_insufficient: str) -> tuple[str, str]:
@@ -163,7 +196,8 @@ class Detector:
                 raise ValueError("precision 'fp16' needs a GPU: use precision 'fp32' on the CPU")
             return device, precision
         dev = query_device_memory()
-        engine_backend = "tensorrt" if backend == "tensorrt" else "torch"
+        # Budget the back end that will run: with "auto" that is TensorRT where it is installed.
+        engine_backend = resolve_backend(backend, device)
         est = estimate_memory(self.config, precision, backend=engine_backend, max_points=self.max_points,
                               max_pillars=self.max_pillars)
         if dev is None or fits(est, dev.free):
@@ -264,8 +298,7 @@ class Detector:
     # ---- runtime settings -----------------------------------------------------------------------
     def set_score_threshold(self, value: float | Mapping[str, float] | None) -> None:
         """Minimum published score: one float, or per class name (others keep the config default)."""
-        default = self.config.decode.score_threshold
-        per_class = np.full(len(self.class_names), default, dtype=np.float32)
+        per_class = np.array([self.default_score_thresholds[c] for c in self.class_names], dtype=np.float32)
         if isinstance(value, Mapping):
             unknown = sorted(set(value) - set(self.class_names))
             if unknown:
@@ -281,6 +314,12 @@ class Detector:
         """The threshold in force per class."""
         return {n: float(t) for n, t in zip(self.class_names, self._score_thresholds, strict=True)}
 
+    @property
+    def mounting(self) -> Mounting | None:
+        """The mounting in force for the next frame (an :class:`AutoMounting`'s current estimate); None = none."""
+        src = self.mounting_source
+        return src.current if isinstance(src, AutoMounting) else src
+
     # ---- inference ------------------------------------------------------------------------------
     @torch.no_grad()
     def detect(self, points: np.ndarray | torch.Tensor) -> Detections:
@@ -293,19 +332,18 @@ class Detector:
         Returns:
             :class:`Detections` (numpy arrays on the host).
         """
-        timings: dict[str, float] = {}
-        cuda = self.device == "cuda"
-        sync = torch.cuda.synchronize if cuda else (lambda: None)
-        t_start = t = time.perf_counter()
-
-        def lap(stage: str) -> None:
-            nonlocal t
-            sync()
-            now = time.perf_counter()
-            timings[stage] = (now - t) * 1e3
-            t = now
+        clock = StageClock(self.device == "cuda")
+        lap = clock.lap
 
         pts = self._as_tensor(points)
+        if isinstance(self.mounting_source, AutoMounting):
+            self.mounting_source.update(points if isinstance(points, np.ndarray) else pts[:, :3].cpu().numpy())
+        mounting = self.mounting
+        model_height = self.config.sensor_height
+        if mounting is not None and mounting.is_identity(model_height):
+            mounting = None
+        if mounting is not None:
+            pts = points_to_model(pts, mounting, model_height)
         n_in = int(pts.shape[0])
         stats = {"num_points": n_in, "dropped_points": 0, "dropped_pillars": 0}
         if n_in > self.max_points:
@@ -324,24 +362,32 @@ class Detector:
         lap("pillarize")
         if stats["num_pillars"] == 0:
             # Nothing in range: no object can be there, and the network would only answer with its biases.
-            timings.update({s: 0.0 for s in STAGES[1:]}, total=(time.perf_counter() - t_start) * 1e3)
+            timings = {**clock.timings(), **{s: 0.0 for s in STAGES[1:]}}
             return Detections(np.zeros((0, 7), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64),
                               np.zeros((0, 2), np.float32) if cfg.vel else None, timings, stats)
 
         canvas = self.model.encode(features, pillars.point_pillar, pillars.coords)
         lap("encode")
-        outputs = self._dense.forward_dense(canvas)
-        lap("dense")
-        (cand,) = self.model.decode(outputs)
+        if self._graphs is not None:  # one replay: dense and decode
+            dense = self._graphs(canvas)
+            lap("dense")
+        else:
+            outputs = self._dense.forward_dense(canvas)
+            lap("dense")
+            dense = decode_dense(outputs, cfg)
         lap("decode")
-        cand = self._nms(cand)
-        keep = cand.scores >= torch.from_numpy(self._score_thresholds).to(cand.scores.device)[cand.labels]
-        cand = cand.select(keep)
+        cand = self._select_on_device(dense) if self.device == "cuda" else self._select(dense.compact()[0])
         lap("nms")
-        timings["total"] = (time.perf_counter() - t_start) * 1e3
         vel = None if cand.velocities is None else cand.velocities.float().cpu().numpy()
-        return Detections(cand.boxes.float().cpu().numpy(), cand.scores.float().cpu().numpy(),
-                          cand.labels.cpu().numpy().astype(np.int64), vel, timings, stats)
+        boxes, scores = cand.boxes.float().cpu().numpy(), cand.scores.float().cpu().numpy()
+        labels = cand.labels.cpu().numpy().astype(np.int64)
+        if mounting is not None:
+            boxes, vel = boxes_to_cloud(boxes, mounting, model_height, vel)
+        return Detections(boxes, scores, labels, vel, clock.timings(), stats)
+
+    def _dense_and_decode(self, canvas: torch.Tensor) -> DenseCandidates:
+        """The static part of a frame (fixed shapes, no host synchronisation): what a CUDA graph replays."""
+        return decode_dense(self._dense.forward_dense(canvas), self.config)
 
     def _as_tensor(self, points: np.ndarray | torch.Tensor) -> torch.Tensor:
         if isinstance(points, torch.Tensor):
@@ -372,6 +418,36 @@ class Detector:
         capped = Pillars(pillars.coords[kept], point_new[on], pillars.point_index[on], pillars.grid_shape)
         return capped, m - self.max_pillars
 
+    def _thresholds_on(self, device: torch.device) -> torch.Tensor:
+        """The per-class score thresholds as a tensor on ``device``, copied once per change, not per frame."""
+        cached = self._device_thresholds
+        if cached is None or cached[0] is not self._score_thresholds or cached[1].device != torch.device(device):
+            self._device_thresholds = cached = (self._score_thresholds,
+                                                torch.from_numpy(self._score_thresholds).to(device))
+        return cached[1]
+
+    def _select(self, cand: Candidates) -> Candidates:
+        """CPU: NMS per task (the reference algorithm), then the per-class score thresholds."""
+        cand = self._nms(cand)
+        return cand.select(cand.scores >= self._thresholds_on(cand.scores.device)[cand.labels])
+
+    def _select_on_device(self, dense: DenseCandidates) -> Candidates:
+        """GPU: NMS of all tasks in one launch on the decoder's block, the score thresholds, then one select
+        (the frame's first wait for the device), in :meth:`_select`'s order: with NMS by descending score,
+        ties in task order (as :func:`~fastpillars_ros.ops.nms_grouped` merges), without it task by task."""
+        keep = dense.valid[0]
+        if self.nms_kind is not None:
+            from .ops.nms_cuda import nms_groups_cuda
+
+            keep = nms_groups_cuda(dense.boxes[0], keep, self.nms_iou_threshold, kind=self.nms_kind,
+                                   pre_max=self.nms_pre_max, post_max=self.nms_post_max,
+                                   min_radius=self.nms_iou_threshold if self.nms_kind == "circle" else None)
+        keep = keep & (dense.scores[0] >= self._thresholds_on(dense.scores.device)[dense.labels[0]])
+        cand = dense.select(0, keep)
+        if self.nms_kind is None:
+            return cand
+        return cand.select(torch.sort(cand.scores, descending=True, stable=True).indices)
+
     def _nms(self, cand: Candidates) -> Candidates:
         if self.nms_kind is None or len(cand) == 0:
             return cand
@@ -382,8 +458,10 @@ class Detector:
         return cand.select(torch.as_tensor(keep, device=cand.scores.device))
 
     def describe(self) -> str:
-        """One line: model, backend, device, precision, classes, checkpoint."""
+        """One line: model, backend, device, precision, classes, checkpoint and its licence."""
         ckpt = self.checkpoint.name if self.checkpoint else "RANDOM WEIGHTS"
+        if self.checkpoint:
+            ckpt += f", weights licence: {self.weights_licence or 'not stated'}"
         return (f"model {self.config.name} ({ckpt}), backend {self.backend}, device {self.device}, "
                 f"precision {self.precision}, classes {self.class_names}, features {self.point_features}")
 

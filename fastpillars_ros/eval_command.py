@@ -57,7 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--device", default="auto", choices=DEVICES)
     src.add_argument("--backend", default="auto", choices=BACKENDS)
     src.add_argument("--score-threshold", type=float, default=None,
-                     help="detector score threshold (default: the config's; lower gives fuller PR curves)")
+                     help="detector score threshold (default: the config's decode.score_threshold, the candidate "
+                          "floor; lower gives fuller PR curves)")
     src.add_argument("--intensity-max", type=float, default=1.0,
                      help="maximum reflectance in the .bin files (KITTI: 1.0); rescaled to the model's range")
     src.add_argument("--detections", default=None,
@@ -97,7 +98,7 @@ def _in_xy_range(boxes: np.ndarray, pc_range: Sequence[float]) -> np.ndarray:
     return ((b[:, 0] >= pc_range[0]) & (b[:, 0] < pc_range[3]) & (b[:, 1] >= pc_range[1]) & (b[:, 1] < pc_range[4]))
 
 
-def _in_camera_fov(boxes: np.ndarray, calib: Any, image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -> np.ndarray:
+def in_camera_fov(boxes: np.ndarray, calib: Any, image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -> np.ndarray:
     """(K,) bool: the box centre is in front of camera 2 and projects inside its image."""
     if not len(boxes):
         return np.zeros(0, dtype=bool)
@@ -227,10 +228,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"eval: {exc}", file=sys.stderr)
             return 2
     else:
+        from .config import load_model_config
         from .detector import Detector
 
+        # AP needs every candidate: the decode floor, not the (higher) default published thresholds.
+        floor = load_model_config(args.config).decode.score_threshold
         detector = Detector(args.config, args.checkpoint, device=args.device, backend=args.backend,
-                            score_threshold=args.score_threshold)
+                            score_threshold=floor if args.score_threshold is None else args.score_threshold)
         missing = [c for c in detector.class_names if c not in class_names]
         if missing:
             log.warning("detector classes %s are not evaluated (classes: %s)", missing, class_names)
@@ -265,9 +269,9 @@ def run(args: argparse.Namespace) -> int:
             pred = FrameBoxes(pred.boxes[keep], pred.labels[keep], pred.scores[keep])  # type: ignore[index]
             gt.ignore = gt.ignore | ~_in_xy_range(gt.boxes, detector.config.pc_range)  # type: ignore[operator]
         if args.camera_fov:
-            keep = _in_camera_fov(pred.boxes, frame.calib)
+            keep = in_camera_fov(pred.boxes, frame.calib)
             pred = FrameBoxes(pred.boxes[keep], pred.labels[keep], pred.scores[keep])  # type: ignore[index]
-            gt.ignore = gt.ignore | ~_in_camera_fov(gt.boxes, frame.calib)  # type: ignore[operator]
+            gt.ignore = gt.ignore | ~in_camera_fov(gt.boxes, frame.calib)  # type: ignore[operator]
         predictions.append(pred)
         truths.append(gt)
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from .node_params import NODE_NAME
 from .runtime.choices import BACKENDS
 
 PACKAGE = "fastpillars_ros"
@@ -54,8 +55,9 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument("input_topic", "points", "PointCloud2 topic the detector subscribes to."),
     LaunchArgument("model", "", "Model config name or path; empty = the parameter file's 'model'."),
     LaunchArgument("checkpoint", "", "Weights file; empty = the parameter file's 'checkpoint'."),
-    LaunchArgument("backend", "", "auto, torch or tensorrt; empty = the parameter file's 'backend'."),
-    LaunchArgument("use_sim_time", "false", "Use the /clock topic as time (bag replay, simulation)."),
+    LaunchArgument("backend", "", f"{', '.join(BACKENDS)}; empty = the parameter file's 'backend'."),
+    LaunchArgument("use_sim_time", "", "Use the /clock topic as time (bag replay, simulation): true or false; "
+                   "empty = the parameter file's 'use_sim_time' (false when it has none)."),
     LaunchArgument("rviz", "false", "Also start RViz 2 with config/fastpillars.rviz."),
     LaunchArgument("rviz_fixed_frame", "base_link",
                    "RViz fixed frame (use the cloud's frame_id when no TF tree is published)."),
@@ -86,34 +88,69 @@ def _truthy(value: Any) -> bool:
     raise ValueError(f"expected true or false, got {value!r}")
 
 
-def node_overrides(model: str = "", checkpoint: str = "", backend: str = "", use_sim_time: Any = False
+def node_overrides(model: str = "", checkpoint: str = "", backend: str = "", use_sim_time: Any = ""
                    ) -> dict[str, Any]:
-    """Node parameters set by launch arguments (on top of the parameter file): only non-empty ones."""
+    """Node parameters set by launch arguments (on top of the parameter file): only non-empty ones, so that
+    the file's values (``use_sim_time: true`` included) hold unless an argument is given."""
     out: dict[str, Any] = {}
     for name, value in (("model", model), ("checkpoint", checkpoint), ("backend", backend)):
         if str(value).strip():
             out[name] = str(value).strip()
-    out["use_sim_time"] = _truthy(use_sim_time)
+    if str(use_sim_time).strip():
+        out["use_sim_time"] = _truthy(use_sim_time)
     return out
 
 
-def absolute_topic(topic: str, namespace: str = "/") -> str:
-    """The topic name RViz must show for a node in ``namespace`` remapped to ``topic``."""
-    if topic.startswith("/"):
-        return topic
-    return namespace.rstrip("/") + "/" + topic
+def file_use_sim_time(params_file: str | os.PathLike) -> bool:
+    """``use_sim_time`` of a ROS parameter file for any node (``/**``) or ours; False when absent."""
+    data = yaml.safe_load(Path(params_file).read_text()) or {}
+    value = False
+    for key in ("/**", NODE_NAME, "/" + NODE_NAME):
+        section = data.get(key)
+        if isinstance(section, dict):
+            value = (section.get("ros__parameters") or {}).get("use_sim_time", value)
+    return _truthy(value)
+
+
+def params_file_problem(params_file: str | os.PathLike) -> str | None:
+    """Why a ``params_file`` cannot be used (a sentence), or None: a mistyped path must stop the launch,
+    not start the node on code defaults."""
+    if not Path(params_file).is_file():
+        return f"parameter file {params_file} does not exist (params_file)"
+    return None
+
+
+def rviz_problem() -> str | None:
+    """Why RViz cannot start (rviz2 or the vision_msgs RViz plugin not installed), or None. Checked before
+    anything starts, so that a missing RViz never leaves the detector running on its own."""
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_prefix
+    except ImportError:
+        return "rviz:=true but ament_index_python is missing: no ROS 2 installation to start rviz2 from"
+    missing = []
+    for package in ("rviz2", "vision_msgs_rviz_plugins"):
+        try:
+            get_package_prefix(package)
+        except PackageNotFoundError:
+            missing.append(package)
+    if missing:
+        return (f"rviz:=true but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed "
+                f"(apt install ros-$ROS_DISTRO-rviz2 ros-$ROS_DISTRO-vision-msgs-rviz-plugins), or launch "
+                f"without rviz:=true")
+    return None
 
 
 def rviz_config_text(input_topic: str = "/points", fixed_frame: str = "base_link",
                      template: str | os.PathLike | None = None) -> str:
-    """config/fastpillars.rviz with the cloud display's topic and the fixed frame filled in."""
+    """config/fastpillars.rviz with the cloud display's topic and the fixed frame filled in. Topics stay as given
+    (relative ones resolve in RViz's namespace, which a namespaced launch shares with the detector)."""
     path = Path(template) if template is not None else share_file(f"config/{RVIZ_FILE}")
     data = yaml.safe_load(Path(path).read_text())
     manager = data["Visualization Manager"]
     manager["Global Options"]["Fixed Frame"] = fixed_frame
     for display in manager["Displays"]:
         if display.get("Class") == "rviz_default_plugins/PointCloud2":
-            display["Topic"]["Value"] = absolute_topic(input_topic)
+            display["Topic"]["Value"] = input_topic
     return yaml.safe_dump(data, sort_keys=False)
 
 
@@ -154,7 +191,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=defaults["checkpoint"].description)
     parser.add_argument("--backend", default=defaults["backend"].default, choices=["", *BACKENDS],
                         help=defaults["backend"].description)
-    parser.add_argument("--use-sim-time", action="store_true", help=defaults["use_sim_time"].description)
+    parser.add_argument("--use-sim-time", default=defaults["use_sim_time"].default, nargs="?", const="true",
+                        choices=["", "true", "false"], help=defaults["use_sim_time"].description)
     parser.add_argument("--rviz", action="store_true", help=defaults["rviz"].description)
     parser.add_argument("--rviz-fixed-frame", default=defaults["rviz_fixed_frame"].default,
                         help=defaults["rviz_fixed_frame"].description)
@@ -186,9 +224,9 @@ def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not Path(args.params_file).is_file():
-        print(f"fastpillars-ros launch: parameter file {args.params_file} does not exist "
-              f"(--params-file)", file=sys.stderr)
+    problem = params_file_problem(args.params_file)
+    if problem:
+        print(f"fastpillars-ros launch: {problem}", file=sys.stderr)
         return 2
     cmd = node_command(args)
     if args.dry_run:
@@ -204,8 +242,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             with tempfile.NamedTemporaryFile("w", suffix=".rviz", prefix="fastpillars_", delete=False) as f:
                 f.write(rviz_config_text(args.input_topic, args.rviz_fixed_frame))
-            rviz_cmd = [rviz, "-d", f.name, "--ros-args", "-p",
-                        f"use_sim_time:={'true' if args.use_sim_time else 'false'}"]
+            sim = node_overrides(use_sim_time=args.use_sim_time).get("use_sim_time",
+                                                                     file_use_sim_time(args.params_file))
+            rviz_cmd = [rviz, "-d", f.name, "--ros-args", "-p", f"use_sim_time:={'true' if sim else 'false'}"]
             procs.append(subprocess.Popen(rviz_cmd, env=env))
 
     def forward(signum: int, _frame: Any) -> None:

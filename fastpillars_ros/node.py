@@ -8,14 +8,19 @@ Topics (all remappable):
   worker took it is counted as ``dropped_superseded``; one older than ``max_input_age_ms`` (header stamp
   vs the node's clock, i.e. sim time with ``use_sim_time``) when its turn comes is dropped and counted
   as ``dropped_stale``. So the node always works on the newest frame and never builds a backlog.
-* ``detections`` (out, ``vision_msgs/Detection3DArray``): header copied from the cloud (``frame_id``
-  parameter overrides the frame). Rejected or empty clouds give an empty array with the input header.
+* ``detections`` (out, ``vision_msgs/Detection3DArray``): header copied from the cloud; with ``output_frame``
+  the boxes are transformed into that frame (tf2 at the cloud's stamp) and the header says so. Rejected or
+  empty clouds, and frames whose inference failed, give an empty array with the input header.
 * ``detection_markers`` (out, ``visualization_msgs/MarkerArray``): boxes, headings, labels; a DELETEALL
   first, so rejected frames clear the display (``publish_markers`` switches them off).
 * ``/diagnostics`` (out, ``diagnostic_msgs/DiagnosticArray``) every ``diagnostics_period`` s.
 * with multi-sweep input (``sweeps.*``, on by default for models trained on several sweeps): sensor poses
   from tf2 or from ``nav_msgs/Odometry`` on ``sweeps.odometry_topic``; a cloud without a pose is answered
   like a rejected one.
+
+Mounting (``mounting.*``): the cloud is moved into the model's frame (its training height, level) before
+detection and the boxes are moved back (:mod:`fastpillars_ros.mounting`); stated, looked up from tf
+(``mounting.frame``) or estimated from the ground (``mounting.auto``, reported in ``/diagnostics``).
 
 Parameters: :mod:`fastpillars_ros.node_params` (schema, defaults, validation). Per-frame input work:
 :mod:`fastpillars_ros.frame_input`; counters: :mod:`fastpillars_ros.diagnostics`.
@@ -26,9 +31,12 @@ Exit codes: 0 after a normal shutdown, 2 for invalid parameters, 1 when the dete
 from __future__ import annotations
 
 import copy
+import logging
+import signal
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,6 +55,7 @@ from fastpillars_ros import node_params
 from fastpillars_ros.diagnostics import NodeStats, Throttle
 from fastpillars_ros.frame_input import FrameInput, FrameRejected
 from fastpillars_ros.messages import detections_to_markers, detections_to_msg
+from fastpillars_ros.mounting import AutoMounting, Mounting, transform_boxes
 from fastpillars_ros.node_params import (
     CLASS_THRESHOLD_PREFIX,
     NODE_NAME,
@@ -54,12 +63,19 @@ from fastpillars_ros.node_params import (
     ParamError,
     ParamSpec,
 )
+from fastpillars_ros.pose_sources import tf2_available, transform_msg_to_matrix
 
 #: Sensor-data QoS with a queue of one: only the newest cloud waits, older ones are superseded.
 INPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT,
                        durability=DurabilityPolicy.VOLATILE)
 #: Parameters whose change affects the frame converter.
 _INPUT_PARAMS = ("intensity_scale", "clip_intensity", "expected_frame_id")
+_NO_TF2 = ("parameter '{name}' needs tf2 (the tf2_ros Python package), which is not installed here; fix: install "
+           "ros-$ROS_DISTRO-tf2-ros, or leave {name} empty")
+#: A cloud stamped further ahead of the node's clock than this is reported (the sensor's clock runs ahead).
+_FUTURE_TOLERANCE_NS = 50_000_000
+#: Parameters rclpy declares itself on every node (not the user's, not ours).
+_RCLPY_OWN = ("use_sim_time", "start_type_description_service")
 _TYPES = {"string": ParameterType.PARAMETER_STRING, "double": ParameterType.PARAMETER_DOUBLE,
           "integer": ParameterType.PARAMETER_INTEGER, "bool": ParameterType.PARAMETER_BOOL,
           "scale": ParameterType.PARAMETER_NOT_SET}
@@ -105,16 +121,24 @@ class DetectorNode(Node):
     """See the module docstring. ``detector_factory(params, model_config) -> Detector`` replaces the real one."""
 
     def __init__(self, *, detector_factory=None, **node_kwargs: Any):
-        super().__init__(NODE_NAME, **node_kwargs)
+        # The user's values (parameter files, -p) through public API that exists from Humble on: rclpy
+        # declares every override with the type YAML gave it; they are read, validated by our schema and
+        # declared again below with their descriptors and canonical types.
+        super().__init__(NODE_NAME, automatically_declare_parameters_from_overrides=True, **node_kwargs)
         t_start = time.perf_counter()
         log = self.get_logger()
-        overrides = {name: p.value for name, p in getattr(self, "_parameter_overrides", {}).items()}
+        overrides = {name: p.value for name, p in self.get_parameters_by_prefix("").items()
+                     if name not in _RCLPY_OWN}
+        for name in overrides:
+            self.undeclare_parameter(name)
         try:
             params, unknown = node_params.parse(overrides)
         except ParamError as exc:
             raise StartupError(str(exc), 2) from None
         for text in unknown:
             log.warning(text)
+        self.throttle = Throttle(params.warning_period)
+        self._log_bridge = LogBridge(self)
 
         from fastpillars_ros.config import ConfigError, load_model_config
 
@@ -136,7 +160,6 @@ class DetectorNode(Node):
             raise StartupError(f"cannot start the detector: {type(exc).__name__}: {exc}", 1) from None
         det = self.detector
         self.class_names = list(det.class_names)
-        self.default_score_threshold = float(cfg.decode.score_threshold)
 
         # Declare everything with descriptors (values already validated; overrides applied by us).
         for spec in node_params.all_specs():
@@ -146,17 +169,29 @@ class DetectorNode(Node):
             params.score_thresholds.setdefault(name, -1.0)
             self.declare_parameter(spec.name, params.score_thresholds[name], descriptor(spec), ignore_override=True)
         self.params = params
-        self.add_on_set_parameters_callback(self._validate_change)
-        self.add_post_set_parameters_callback(self._apply_change)
+        # Humble has only the on-set callback: it validates every change and applies them when all are valid.
+        self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self.stats = NodeStats()
-        self.throttle = Throttle(params.warning_period)
         self.frame_input = FrameInput(det.point_features, det.intensity_scale, params)
         self._cv = threading.Condition()
         self._pending: tuple[PointCloud2, float] | None = None
         self._stopping = False
 
         self.sweeps = self._make_sweeps(sweep_settings, cfg)
+        from fastpillars_ros.sweep_params import startup_notes
+
+        for note in startup_notes(sweep_settings, cfg.num_sweeps, f"model {cfg.name!r}"):
+            log.warning(note)
+        # Frames the worker will not run on (superseded while it was busy): still past sweeps for the next one.
+        self._superseded: deque[PointCloud2] = deque(maxlen=max(self.sweeps.buffer.num_sweeps - 1, 1)
+                                                     if self.sweeps is not None else 1)
+        self._tf_buffer: Any = None
+        self._mounting_frames: dict[str, Mounting] = {}  # cloud frame -> mounting from tf (mounting.frame)
+        if params.output_frame or params.mounting["frame"]:
+            if not tf2_available():
+                raise StartupError(_NO_TF2.format(name="output_frame" if params.output_frame else "mounting.frame"), 2)
+            self._tf()  # start listening now, so the transforms are there when the first cloud comes
 
         self.det_pub = self.create_publisher(Detection3DArray, "detections", 10)
         self.marker_pub = self.create_publisher(MarkerArray, "detection_markers", 10)
@@ -179,8 +214,11 @@ class DetectorNode(Node):
             describe = getattr(self.sweeps.pose_source, "describe", None)
             sweeps_text = (f"{self.sweeps.buffer.num_sweeps} sweeps (poses: "
                            f"{describe() if describe else type(self.sweeps.pose_source).__name__})")
+        weights = ckpt or "RANDOM WEIGHTS"
+        if ckpt:
+            weights += f", weights licence: {getattr(det, 'weights_licence', None) or 'not stated'}"
         log.info(
-            f"ready: model {cfg.name} ({ckpt or 'RANDOM WEIGHTS'}), backend {det.backend}, device {det.device}, "
+            f"ready: model {cfg.name} ({weights}), backend {det.backend}, device {det.device}, "
             f"precision {det.precision}, classes {self.class_names}, input {self.sub.topic_name} "
             f"fields [{fields}], intensity_scale {params.intensity_scale} (model 0..{det.intensity_scale:g}), "
             f"{sweeps_text}, warm-up {warm_text}, start-up {time.perf_counter() - t_start:.1f} s")
@@ -208,6 +246,12 @@ class DetectorNode(Node):
         return sweeps
 
     # --- parameters at runtime ------------------------------------------------------------------------
+    def _on_set_parameters(self, changes: Sequence[rclpy.parameter.Parameter]) -> SetParametersResult:
+        result = self._validate_change(changes)
+        if result.successful:
+            self._apply_change(changes)
+        return result
+
     def _validate_change(self, changes: Sequence[rclpy.parameter.Parameter]) -> SetParametersResult:
         reasons = []
         for p in changes:
@@ -221,6 +265,8 @@ class DetectorNode(Node):
                 node_params.coerce(p.name, p.value)
             except ValueError as exc:
                 reasons.append(str(exc))
+            if p.name == "output_frame" and p.value and not tf2_available():
+                reasons.append(_NO_TF2.format(name="output_frame"))
         return SetParametersResult(successful=not reasons, reason="; ".join(reasons))
 
     def _apply_change(self, changes: Sequence[rclpy.parameter.Parameter]) -> None:
@@ -230,8 +276,7 @@ class DetectorNode(Node):
                 new.set(p.name, node_params.coerce(p.name, p.value))
         names = {p.name for p in changes}
         if any(n == "score_threshold" or n.startswith(CLASS_THRESHOLD_PREFIX) for n in names):
-            self.detector.set_score_threshold(new.effective_score_threshold(self.class_names,
-                                                                            self.default_score_threshold))
+            self.detector.set_score_threshold(new.effective_score_threshold(self.class_names))
         if names & set(_INPUT_PARAMS):
             self.frame_input.update_params(new)
         else:
@@ -246,6 +291,8 @@ class DetectorNode(Node):
         with self._cv:
             if self._pending is not None:
                 self.stats.count("dropped_superseded")
+                if self.sweeps is not None:
+                    self._superseded.append(self._pending[0])
             self._pending = (msg, time.monotonic())
             self._cv.notify()
 
@@ -258,18 +305,36 @@ class DetectorNode(Node):
                     return
                 msg, t_received = self._pending
                 self._pending = None
+                history = list(self._superseded)
+                self._superseded.clear()
             try:
+                for old in history:
+                    self._add_to_history(old)
                 self._process(msg, t_received)
             except Exception as exc:  # the worker must survive anything a frame does
                 self.stats.error(f"{type(exc).__name__}: {exc}")
                 self._warn("internal", f"unexpected error while processing a frame: {type(exc).__name__}: {exc}",
                            error=True)
 
+    def _add_to_history(self, msg: PointCloud2) -> None:
+        """Keep a cloud the detector does not run on as a past sweep (training had no holes in the history)."""
+        if self.sweeps is None:
+            return
+        try:
+            self.sweeps.add(self.frame_input.convert(msg).points, msg.header)
+        except FrameRejected:
+            pass  # a cloud that cannot be read is not history either; the frames that run report the layout
+
     def _warn(self, key: str, text: str, *, error: bool = False) -> None:
         ok, held = self.throttle.ready(key)
         if ok:
             suffix = f" ({held} similar message(s) suppressed)" if held else ""
-            (self.get_logger().error if error else self.get_logger().warning)(text + suffix)
+            # Two call sites: rclpy refuses one call site logging at two severities ("Logger severity
+            # cannot be changed between calls"), which would end the worker thread.
+            if error:
+                self.get_logger().error(text + suffix)
+            else:
+                self.get_logger().warning(text + suffix)
 
     def _listeners(self, p: NodeParams) -> int:
         n = self.det_pub.get_subscription_count()
@@ -282,6 +347,7 @@ class DetectorNode(Node):
         t0 = time.perf_counter()
         if p.skip_when_unsubscribed and self._listeners(p) == 0:
             self.stats.count("skipped_unsubscribed")
+            self._add_to_history(msg)
             return
         stamp_ns = _stamp_ns(msg.header)
         now_ns = self.get_clock().now().nanoseconds
@@ -296,8 +362,14 @@ class DetectorNode(Node):
                 return
         elif stamp_ns == 0:
             self.stats.note("unstamped", "cloud has a zero header stamp: its age cannot be checked")
+        if stamp_ns > now_ns + _FUTURE_TOLERANCE_NS:
+            ahead_ms = (stamp_ns - now_ns) / 1e6
+            text = (f"cloud stamped {ahead_ms:.0f} ms in the future: the sensor's clock is ahead of this node's "
+                    f"(check time sync: PTP/chrony, and use_sim_time)")
+            self.stats.note("future_stamp", text)
+            self._warn("future_stamp", text)
 
-        header = Header(stamp=msg.header.stamp, frame_id=p.frame_id or msg.header.frame_id)
+        header = Header(stamp=msg.header.stamp, frame_id=p.output_frame or msg.header.frame_id)
         queue_ms = (time.monotonic() - t_received) * 1e3
         try:
             frame = self.frame_input.convert(msg)
@@ -328,19 +400,32 @@ class DetectorNode(Node):
                 return
             points = accumulated
 
+        if p.mounting["frame"] and not self._resolve_mounting(msg.header.frame_id, p):
+            self._publish_empty(header, p)
+            self.stats.count("processed")
+            return
         try:
             result = self.detector.detect(points)
-        except Exception as exc:  # reported, the next frame is processed normally
+        except Exception as exc:  # reported and answered (one answer per cloud); the next frame is processed
             self.stats.error(f"{type(exc).__name__}: {exc}")
             self._warn("detect", f"inference failed: {type(exc).__name__}: {exc}", error=True)
+            self._publish_empty(header, p)
             return
         t_det = time.perf_counter()
-        self.det_pub.publish(detections_to_msg(result.boxes, result.scores, result.labels, self.class_names, header))
+        boxes = result.boxes
+        if p.output_frame and p.output_frame != msg.header.frame_id:
+            moved = self._to_output_frame(boxes, msg.header, p)
+            if moved is None:
+                self._publish_empty(header, p)
+                self.stats.count("processed")
+                return
+            boxes = moved
+        self.det_pub.publish(detections_to_msg(boxes, result.scores, result.labels, self.class_names, header))
         t_pub = time.perf_counter()
         output_ns = self.get_clock().now().nanoseconds
         # Markers cost more to build than the detections (3 markers, 26 points per box): only for listeners.
         if p.publish_markers and self.marker_pub.get_subscription_count():
-            self.marker_pub.publish(detections_to_markers(result.boxes, result.scores, result.labels,
+            self.marker_pub.publish(detections_to_markers(boxes, result.scores, result.labels,
                                                           self.class_names, header, lifetime_s=p.marker_lifetime))
         t_markers = time.perf_counter()
         timings = dict(result.timings)
@@ -353,13 +438,67 @@ class DetectorNode(Node):
         self.stats.frame(
             frame_id=msg.header.frame_id, mapping=frame.mapping,
             points={"input": frame.num_input, "valid": frame.num_valid, "used": int(frame.points.shape[0]),
-                    "accumulated": int(points.shape[0]),
+                    "accumulated": int(points.shape[0]), "dropped_cap": int(st.get("dropped_points", 0)),
                     "in_range": int(st.get("num_points_in_range", -1)), "detections": len(result.scores)},
             intensity=frame.intensity.summary() if frame.intensity else "",
             intensity_warning=(frame.intensity.warning or "") if frame.intensity else "",
             num_pillars=st.get("num_pillars"))
         self.stats.count("processed")
         self.stats.count("published")
+
+    # --- frames: tf ------------------------------------------------------------------------------------
+    def _tf(self) -> Any:
+        """The node's tf2 buffer (with its listener), made on first use."""
+        if self._tf_buffer is None:
+            import tf2_ros
+
+            self._tf_buffer = tf2_ros.Buffer()
+            self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
+        return self._tf_buffer
+
+    def _lookup(self, target: str, source: str, stamp: Any, p: NodeParams) -> Any:
+        """``numpy`` 4x4 of ``target <- source`` at ``stamp`` (a ``rclpy.time.Time``), or None after a counted,
+        throttled rejection."""
+        from rclpy.duration import Duration
+
+        try:
+            tf = self._tf().lookup_transform(target, source, stamp,
+                                             timeout=Duration(nanoseconds=round(p.transform_timeout_s * 1e9)))
+        except Exception as exc:  # tf2 raises several exception types; all mean "no transform"
+            reason = f"tf2 lookup {target} <- {source} failed: {type(exc).__name__}: {exc}"
+            self.stats.reject("no_transform", reason)
+            self._warn("reject:no_transform", f"answered a frame with no detections: {reason}")
+            return None
+        return transform_msg_to_matrix(tf.transform)
+
+    def _resolve_mounting(self, cloud_frame: str, p: NodeParams) -> bool:
+        """Give the detector the mounting of ``cloud_frame`` from tf (``mounting.frame``); False when unknown."""
+        from rclpy.time import Time
+
+        mounting = self._mounting_frames.get(cloud_frame)
+        if mounting is None:
+            m = self._lookup(p.mounting["frame"], cloud_frame, Time(), p)  # latest: a mounting is static
+            if m is None:
+                return False
+            try:
+                mounting = Mounting.from_transform(m[:3, :3], m[:3, 3])
+            except ValueError as exc:
+                self.stats.reject("no_transform", str(exc))
+                self._warn("reject:mounting", f"mounting.frame {p.mounting['frame']!r}: {exc}")
+                return False
+            self._mounting_frames[cloud_frame] = mounting
+            self.get_logger().info(f"mounting of {cloud_frame!r} from tf ({p.mounting['frame']}): "
+                                   f"{_describe_mounting(mounting)}")
+        self.detector.mounting_source = mounting
+        return True
+
+    def _to_output_frame(self, boxes: Any, header: Header, p: NodeParams) -> Any:
+        from rclpy.time import Time
+
+        m = self._lookup(p.output_frame, header.frame_id, Time.from_msg(header.stamp), p)
+        if m is None:
+            return None
+        return transform_boxes(boxes, m[:3, :3], m[:3, 3])[0]
 
     def _publish_empty(self, header: Header, p: NodeParams) -> None:
         self.det_pub.publish(Detection3DArray(header=header))
@@ -391,25 +530,89 @@ class DetectorNode(Node):
         extra = {}
         if self.sweeps is not None:
             extra = {f"sweeps.{k}": v for k, v in self.sweeps.status().items()}
+        extra.update(self._mounting_status(p))
         for s in self.stats.statuses(self.get_name(), static, pillar_cap=cap, extra_input=extra):
             out.status.append(DiagnosticStatus(
                 level=bytes([s.level]), name=s.name, message=s.message, hardware_id=f"{det.device}",
                 values=[KeyValue(key=k, value=v) for k, v in s.values]))
         self.diag_pub.publish(out)
 
+    def _mounting_status(self, p: NodeParams) -> dict[str, str]:
+        """``mounting.*`` diagnostics values: the mounting in force, where it comes from, the auto fit's quality."""
+        source = getattr(self.detector, "mounting_source", None)
+        current = getattr(self.detector, "mounting", None)
+        kind = "auto" if p.mounting["auto"] else "tf " + p.mounting["frame"] if p.mounting["frame"] else "parameters"
+        out = {"mounting.source": kind,
+               "mounting.in_force": _describe_mounting(current) if current else "model's own (level, no change)"}
+        if isinstance(source, AutoMounting):
+            last = source.last
+            out.update({"mounting.auto.fits": str(source.fits), "mounting.auto.rejected": str(source.rejected),
+                        "mounting.auto.last_quality": f"{last.quality:.2f}" if last else "",
+                        "mounting.auto.last_inlier_fraction": f"{last.inlier_fraction:.2f}" if last else "",
+                        "mounting.auto.last_rms_m": f"{last.rms:.3f}" if last else "",
+                        "mounting.auto.last_fit": _describe_mounting(last.mounting) if last else "no fit yet"})
+        return out
+
     def close(self) -> None:
-        """Stop the worker thread (waits for the frame in progress)."""
+        """Stop the worker thread (waits for the frame in progress); library records go back to ``logging``."""
         with self._cv:
             self._stopping = True
             self._cv.notify_all()
         self._worker.join(timeout=10.0)
+        self._log_bridge.remove()
+
+
+class LogBridge(logging.Handler):
+    """Library records (``fastpillars_ros.*`` loggers: caps exceeded, CPU fall-back, engine builds) into the node's
+    logger, so they reach /rosout; throttled per message kind like the node's own warnings (same
+    ``warning_period``). INFO and up are forwarded (Python's default would drop INFO)."""
+
+    def __init__(self, node: DetectorNode) -> None:
+        super().__init__(logging.INFO)
+        self.node = node
+        self.library = logging.getLogger("fastpillars_ros")
+        self._saved = (self.library.level, self.library.propagate)
+        self.library.setLevel(logging.INFO)
+        self.library.propagate = False  # else Python's last-resort handler prints the warnings a second time
+        self.library.addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            ok, held = self.node.throttle.ready(f"lib:{record.name}:{record.msg}")
+            if not ok:
+                return
+            text = record.getMessage() + (f" ({held} similar message(s) suppressed)" if held else "")
+            log = self.node.get_logger()
+            # One call site per severity: rclpy refuses one site logging at two severities.
+            if record.levelno >= logging.ERROR:
+                log.error(text)
+            elif record.levelno >= logging.WARNING:
+                log.warning(text)
+            else:
+                log.info(text)
+        except Exception:  # logging must never break the caller
+            self.handleError(record)
+
+    def remove(self) -> None:
+        self.library.removeHandler(self)
+        self.library.setLevel(self._saved[0])
+        self.library.propagate = self._saved[1]
+
+
+def _describe_mounting(m: Mounting) -> str:
+    import math
+
+    return (f"height {m.height:.3f} m, roll {math.degrees(m.roll):.2f} deg, "
+            f"pitch {math.degrees(m.pitch):.2f} deg")
 
 
 def _thresholds(det: Any, p: NodeParams, node: DetectorNode) -> dict[str, float]:
     current = getattr(det, "score_thresholds", None)
     if isinstance(current, dict):
         return current
-    eff = p.effective_score_threshold(node.class_names, node.default_score_threshold)
+    eff = p.effective_score_threshold(node.class_names)
+    if eff is None:
+        return dict(getattr(det, "default_score_thresholds", {}))
     return eff if isinstance(eff, dict) else {c: eff for c in node.class_names}
 
 
@@ -435,11 +638,24 @@ def _build_detector(params: NodeParams, cfg: Any) -> Any:
 
         torch.set_num_threads(params.cpu_threads)
 
-    return Detector(cfg, **params.detector_kwargs(cfg.class_names, cfg.decode.score_threshold))
+    kwargs = params.detector_kwargs(cfg.class_names)
+    sweeps = params.sweep_params()
+    if sweeps.resolve(cfg.num_sweeps, cfg.point_features)[0] and sweeps.max_points:
+        # The accumulated cloud is already capped, oldest sweeps first; a second, even subsample by the
+        # Detector would undo that order.
+        kwargs["max_points"] = max(kwargs["max_points"], sweeps.max_points)
+    return Detector(cfg, **kwargs)
 
 
 def main(args: Sequence[str] | None = None) -> int:
     """Entry point of ``detector_node``; returns the exit code (see the module docstring)."""
+    try:
+        return _run(args)
+    except KeyboardInterrupt:  # a further Ctrl-C that came before the clean-up ignored them: still a normal stop
+        return 0
+
+
+def _run(args: Sequence[str] | None) -> int:
     rclpy.init(args=args)
     node = None
     try:
@@ -461,6 +677,9 @@ def main(args: Sequence[str] | None = None) -> int:
             pass
         return 0
     finally:
+        # Shutting down: a second Ctrl-C (a supervisor signalling the whole process group, then the launcher
+        # forwarding its own) must not break the clean-up with a KeyboardInterrupt traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if node is not None:
             node.close()
             node.destroy_node()

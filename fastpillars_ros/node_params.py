@@ -23,10 +23,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .config import DEFAULT_MODEL
+from .mounting import AutoMounting, Mounting
 from .runtime.choices import BACKENDS, DEVICES, PRECISIONS
 from .runtime.choices import ON_INSUFFICIENT_MEMORY as MEMORY_POLICIES
 
-#: Node name; the key under which parameter files list the node's parameters.
+#: Node name (parameter files may also key the node's parameters by it; the shipped one uses ``/**``).
 NODE_NAME = "fastpillars_detector"
 
 NMS_KINDS = ("", "rotate", "3d", "circle", "none")
@@ -97,7 +99,7 @@ _FIELD_NOTE = _XYZ_NOTE + "; empty = always use the fill value"
 
 SPECS: tuple[ParamSpec, ...] = (
     # --- model and runtime --------------------------------------------------------------------------
-    ParamSpec("model", "tiny", "string",
+    ParamSpec("model", DEFAULT_MODEL, "string",
               "Model config: a bundled name (tiny, kitti, nuscenes_official) or a path to a model .yaml."),
     ParamSpec("checkpoint", "", "string",
               "Weights file (.pt/.pth) matching the model; empty = the weights shipped for the model "
@@ -163,9 +165,32 @@ SPECS: tuple[ParamSpec, ...] = (
               "Drop (and count) a frame whose header stamp is older than this when its turn comes; uses the "
               "ROS clock (sim time with use_sim_time).", range=(0.0, 600000.0), runtime=True,
               note="0 = never drop for age"),
+    # --- mounting -------------------------------------------------------------------------------------
+    ParamSpec("mounting.height", 0.0, "double",
+              "Height of the lidar's origin above the ground below it (metres); the cloud is moved to the "
+              "model's training height before detection and the boxes are moved back.", range=(0.0, 100.0),
+              note="0 = the model's own training height, no change"),
+    ParamSpec("mounting.roll", 0.0, "double",
+              "Roll of the lidar relative to level ground (radians, REP 103: about x, left side up positive).",
+              range=(-1.5, 1.5)),
+    ParamSpec("mounting.pitch", 0.0, "double",
+              "Pitch of the lidar relative to level ground (radians, about y, positive = nose down).",
+              range=(-1.5, 1.5)),
+    ParamSpec("mounting.frame", "", "string",
+              "A tf frame whose z = 0 is the ground (e.g. base_footprint): height, roll and pitch come from "
+              "the transform cloud frame -> this frame, looked up once per cloud frame.",
+              note="empty = use mounting.height/roll/pitch"),
+    ParamSpec("mounting.auto", False, "bool",
+              "Estimate height, roll and pitch from the ground plane of the clouds (robust plane fit of the first "
+              "clouds, refined slowly; estimate and quality in /diagnostics)."),
     # --- output ---------------------------------------------------------------------------------------
-    ParamSpec("frame_id", "", "string", "frame_id written into the outputs.", runtime=True,
-              note="empty = the input cloud's frame_id"),
+    ParamSpec("output_frame", "", "string",
+              "Frame of the published detections and markers: boxes are transformed into it with tf2 at the "
+              "cloud's stamp (a frame without a transform gets an empty answer).", runtime=True,
+              note="empty = the input cloud's frame"),
+    ParamSpec("transform_timeout_s", 0.05, "double",
+              "How long a tf2 lookup (output_frame, mounting.frame) may wait for the transform.", range=(0.0, 1.0),
+              runtime=True),
     ParamSpec("publish_markers", True, "bool", "Publish RViz markers on detection_markers.", runtime=True),
     ParamSpec("marker_lifetime", 0.0, "double", "Lifetime of published markers in seconds.",
               range=(0.0, 3600.0), runtime=True, note="0 = until replaced"),
@@ -180,6 +205,9 @@ SPECS: tuple[ParamSpec, ...] = (
 )
 
 SPEC_BY_NAME: dict[str, ParamSpec] = {s.name: s for s in SPECS}
+#: Parameters that no longer exist, with what replaces them: giving one is an error, not a silent change.
+REMOVED = {"frame_id": "it relabelled the output header without moving the boxes; set output_frame instead "
+                       "(the boxes are transformed into it with tf2)"}
 #: Prefix of the multi-sweep parameters (schema in fastpillars_ros.sweep_params).
 SWEEPS_PREFIX = "sweeps."
 
@@ -210,7 +238,7 @@ def _field_default(feature: str) -> str:
 class NodeParams:
     """Validated node parameters (attribute per :data:`SPECS` entry; dotted names become dicts)."""
 
-    model: str = "tiny"
+    model: str = DEFAULT_MODEL
     checkpoint: str = ""
     backend: str = "auto"
     device: str = "auto"
@@ -233,7 +261,10 @@ class NodeParams:
     max_pillars: int = 0
     expected_frame_id: str = ""
     max_input_age_ms: float = 500.0
-    frame_id: str = ""
+    mounting: dict[str, Any] = field(default_factory=lambda: {"height": 0.0, "roll": 0.0, "pitch": 0.0,
+                                                              "frame": "", "auto": False})
+    output_frame: str = ""
+    transform_timeout_s: float = 0.05
     publish_markers: bool = True
     marker_lifetime: float = 0.0
     skip_when_unsubscribed: bool = True
@@ -296,25 +327,38 @@ class NodeParams:
     def checkpoint_or_none(self) -> str | None:
         return self.checkpoint or None
 
-    def effective_score_threshold(self, class_names: Iterable[str], default: float) -> float | dict[str, float]:
-        """What ``Detector.set_score_threshold`` gets: one float, or a class -> threshold dict when any class
-        has its own threshold (classes without one use the global value, or ``default`` when unset)."""
-        glob = self.score_threshold if self.score_threshold >= 0 else default
+    def effective_score_threshold(self, class_names: Iterable[str]) -> float | dict[str, float] | None:
+        """What ``Detector.set_score_threshold`` gets: None when nothing is set (the model's defaults), one float
+        when only the global value is set, else a class -> threshold dict of the classes that have a value (their
+        own, else the global one); classes left out keep the model's default."""
         own = {c: v for c, v in self.score_thresholds.items() if v >= 0}
+        glob = self.score_threshold if self.score_threshold >= 0 else None
         if not own:
-            return float(glob)
-        return {c: float(own.get(c, glob)) for c in class_names}
+            return glob
+        return {c: float(own.get(c, glob)) for c in class_names if c in own or glob is not None}
 
-    def detector_kwargs(self, class_names: Iterable[str], default_threshold: float) -> dict[str, Any]:
+    def detector_kwargs(self, class_names: Iterable[str]) -> dict[str, Any]:
         """Keyword arguments for :class:`~fastpillars_ros.detector.Detector` (0 / "" mean "config default")."""
         return dict(
             checkpoint=self.checkpoint_or_none, backend=self.backend, device=self.device, precision=self.precision,
-            score_threshold=self.effective_score_threshold(class_names, default_threshold),
+            score_threshold=self.effective_score_threshold(class_names),
             nms_kind=self.nms_kind or None,
             nms_iou_threshold=self.nms_iou_threshold if self.nms_iou_threshold > 0 else None,
             nms_pre_max=self.nms_pre_max or None, nms_post_max=self.nms_post_max or None,
             max_points=self.max_points, max_pillars=self.max_pillars or None,
-            on_insufficient_memory=self.on_insufficient_memory, warmup=self.warmup)
+            on_insufficient_memory=self.on_insufficient_memory, warmup=self.warmup,
+            mounting=self.mounting_source())
+
+    def mounting_source(self) -> Mounting | AutoMounting | None:
+        """What the Detector's ``mounting`` gets: an AutoMounting for ``mounting.auto``, the stated
+        :class:`Mounting`, or None (level at the model's height; also for ``mounting.frame``, which the node
+        resolves from tf once it knows the cloud's frame)."""
+        m = self.mounting
+        if m["auto"]:
+            return AutoMounting()
+        if m["frame"] or (m["height"], m["roll"], m["pitch"]) == (0.0, 0.0, 0.0):
+            return None
+        return Mounting(m["height"], m["roll"], m["pitch"])
 
     def field_candidates(self, feature: str) -> list[str]:
         """Field names to try, in order, for a model feature (empty list = always fill)."""
@@ -358,8 +402,7 @@ def coerce(name: str, value: Any) -> Any:
             raise _bad(name, value, spec.allowed())
         return value
     if spec.kind == "string":
-        if not isinstance(value, str):
-            raise _bad(name, value, spec.allowed())
+        value = string_value(name, value, spec)
         if spec.choices is not None and value not in spec.choices:
             raise _bad(name, value, spec.allowed())
         if name.startswith("fields."):
@@ -390,6 +433,29 @@ def coerce(name: str, value: Any) -> Any:
             raise _bad(name, value, spec.allowed())
         return value
     raise AssertionError(f"unknown kind {spec.kind}")
+
+
+#: Plain scalars that YAML 1.1 (and ROS 2's parameter parser: files, ``-p name:=value``) reads as booleans.
+YAML_BOOLEANS = {True: ("y", "yes", "true", "on"), False: ("n", "no", "false", "off")}
+
+
+def string_value(name: str, value: Any, spec: ParamSpec) -> str:
+    """A string parameter's value as a string, undoing YAML's typing of unquoted scalars.
+
+    ``ros2 param dump`` writes ``fields.y: y`` unquoted, and YAML reads ``y`` as true and ``1`` as an integer.
+    A number becomes its text; a boolean becomes the spec's default when the default is one of the words
+    YAML reads as that boolean (``fields.y``'s ``y``), else it is refused with the fix (quote the value).
+    """
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        if isinstance(spec.default, str) and spec.default.lower() in YAML_BOOLEANS[value]:
+            return spec.default
+        raise _bad(name, value, spec.allowed() + "; YAML read an unquoted y/yes/on/true (or n/no/off/false) as "
+                   "a boolean: quote the string, e.g. '\"yes\"'")
+    if isinstance(value, int | float) and math.isfinite(value):
+        return str(value)
+    raise _bad(name, value, spec.allowed())
 
 
 def _check_range(name: str, value: float, spec: ParamSpec) -> None:
@@ -430,6 +496,9 @@ def parse(values: Mapping[str, Any]) -> tuple[NodeParams, list[str]]:
     sweep_names = {s.name for s in sweep_specs()}
     for name, value in values.items():
         known = name in SPEC_BY_NAME or name in sweep_names or name.startswith(CLASS_THRESHOLD_PREFIX)
+        if name in REMOVED:
+            errors.append(f"parameter '{name}' was removed: {REMOVED[name]}")
+            continue
         if not known:
             if not name.startswith(FOREIGN_OK_PREFIXES):
                 warnings.append(unknown_message(name))
@@ -438,9 +507,22 @@ def parse(values: Mapping[str, Any]) -> tuple[NodeParams, list[str]]:
             params.set(name, coerce(name, value))
         except ValueError as exc:
             errors.append(str(exc))
+    errors += mounting_conflicts(params)
     if errors:
         raise ParamError(errors)
     return params, warnings
+
+
+def mounting_conflicts(params: NodeParams) -> list[str]:
+    """One sentence per contradiction between the three ways of stating the mounting."""
+    m = params.mounting
+    stated = [n for n in ("height", "roll", "pitch") if m[n] != 0.0]
+    ways = ([f"mounting.{n}" for n in stated][:1] + (["mounting.frame"] if m["frame"] else [])
+            + (["mounting.auto"] if m["auto"] else []))
+    if len(ways) < 2:
+        return []
+    return [f"parameters {' and '.join(repr(w) for w in ways)} both state the sensor mounting; fix: use one of "
+            f"mounting.height/roll/pitch, mounting.frame or mounting.auto"]
 
 
 def check_class_thresholds(params: NodeParams, class_names: Iterable[str], model: str) -> None:
@@ -496,7 +578,8 @@ def default_yaml() -> str:
         "# Parameters of the fastpillars_ros detector node, every one with its default value.",
         "# Generated from fastpillars_ros/node_params.py (python -m fastpillars_ros.node_params);",
         "# a test keeps this file and the code's defaults equal. (runtime) = may be changed while running.",
-        f"{NODE_NAME}:",
+        "# Keyed '/**' (any node name, any namespace): it applies under PushRosNamespace, __ns:= and renames.",
+        "/**:",
         "  ros__parameters:",
     ]
     groups: dict[str, list[ParamSpec]] = {}

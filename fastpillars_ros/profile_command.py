@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .config import DEFAULT_MODEL
 from .runtime.choices import DEVICES, PRECISIONS
 
 
@@ -134,7 +135,7 @@ def format_top(profile_rows: list[dict[str, Any]], top: int = 15) -> str:
 # ------------------------------------------------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default="tiny", help="model config name or YAML path")
+    parser.add_argument("--config", default=DEFAULT_MODEL, help="model config name or YAML path")
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--backend", default="torch", choices=["torch", "tensorrt"])
     parser.add_argument("--device", default="auto", choices=DEVICES)

@@ -91,7 +91,7 @@ def offline_path(*, params_file: str | os.PathLike | None = None, overrides: Map
         from fastpillars_ros.detector import Detector
 
         cfg = load_model_config(params.model)
-        kwargs = params.detector_kwargs(cfg.class_names, cfg.decode.score_threshold)
+        kwargs = params.detector_kwargs(cfg.class_names)
         detector = Detector(cfg, **{**kwargs, "warmup": False})
     return detector, FrameInput(detector.point_features, detector.intensity_scale, params), params
 

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fastpillars_ros.node_params import ParamError, ParamSpec
+from fastpillars_ros.node_params import ParamError, ParamSpec, string_value
 
 PREFIX = "sweeps."
 ENABLED_CHOICES = ("auto", "true", "false")
@@ -168,7 +168,8 @@ def coerce(name: str, value: Any) -> Any:
     if name == "sweeps.enabled" and isinstance(value, bool):
         return "true" if value else "false"
     if spec.kind == "string":
-        if not isinstance(value, str) or (spec.choices is not None and value not in spec.choices):
+        value = string_value(name, value, spec)
+        if spec.choices is not None and value not in spec.choices:
             raise _bad(name, value, spec.allowed())
         if name in ("sweeps.fixed_frame", "sweeps.odometry_topic") and not value.strip():
             raise _bad(name, value, "a non-empty " + ("frame name" if "frame" in name else "topic name"))

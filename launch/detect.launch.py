@@ -16,7 +16,14 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from fastpillars_ros.launcher import node_overrides, rviz_config_text
+from fastpillars_ros.launcher import (
+    LAUNCH_ARGUMENTS,
+    file_use_sim_time,
+    node_overrides,
+    params_file_problem,
+    rviz_config_text,
+    rviz_problem,
+)
 from launch import LaunchDescription
 
 PACKAGE = "fastpillars_ros"
@@ -30,6 +37,11 @@ def _setup(context):
     def arg(name):
         return LaunchConfiguration(name).perform(context)
 
+    # Every check before anything starts: a failed launch must leave no process behind.
+    want_rviz = arg("rviz").strip().lower() in ("true", "1", "yes", "on")
+    problem = params_file_problem(arg("params_file")) or (rviz_problem() if want_rviz else None)
+    if problem:
+        raise RuntimeError(problem)
     overrides = node_overrides(arg("model"), arg("checkpoint"), arg("backend"), arg("use_sim_time"))
     actions = [
         Node(
@@ -42,7 +54,7 @@ def _setup(context):
             remappings=[("points", arg("input_topic"))],
         )
     ]
-    if arg("rviz").strip().lower() in ("true", "1", "yes", "on"):
+    if want_rviz:
         text = rviz_config_text(arg("input_topic"), arg("rviz_fixed_frame"), _share("config", "fastpillars.rviz"))
         with tempfile.NamedTemporaryFile("w", suffix=".rviz", prefix="fastpillars_", delete=False) as f:
             f.write(text)
@@ -52,7 +64,7 @@ def _setup(context):
                 executable="rviz2",
                 name="rviz2",
                 arguments=["-d", f.name],
-                parameters=[{"use_sim_time": overrides["use_sim_time"]}],
+                parameters=[{"use_sim_time": overrides.get("use_sim_time", file_use_sim_time(arg("params_file")))}],
                 output="log",
             )
         )
@@ -60,22 +72,10 @@ def _setup(context):
 
 
 def generate_launch_description():
+    # The arguments of fastpillars-ros launch (fastpillars_ros.launcher), so the two cannot drift apart.
+    default = {"params_file": _share("config", "fastpillars.yaml")}
     return LaunchDescription([
-        DeclareLaunchArgument("params_file", default_value=_share("config", "fastpillars.yaml"),
-                              description="Node parameter file (default: the package's config/fastpillars.yaml)."),
-        DeclareLaunchArgument("input_topic", default_value="points",
-                              description="PointCloud2 topic the detector subscribes to."),
-        DeclareLaunchArgument("model", default_value="",
-                              description="Model config name or path; empty = the parameter file's 'model'."),
-        DeclareLaunchArgument("checkpoint", default_value="",
-                              description="Weights file; empty = the parameter file's 'checkpoint'."),
-        DeclareLaunchArgument("backend", default_value="",
-                              description="auto, torch or tensorrt; empty = the parameter file's 'backend'."),
-        DeclareLaunchArgument("use_sim_time", default_value="false",
-                              description="Use the /clock topic as time (bag replay, simulation)."),
-        DeclareLaunchArgument("rviz", default_value="false",
-                              description="Also start RViz 2 with config/fastpillars.rviz."),
-        DeclareLaunchArgument("rviz_fixed_frame", default_value="base_link",
-                              description="RViz fixed frame (use the cloud's frame_id when no TF tree is published)."),
+        *(DeclareLaunchArgument(a.name, default_value=default.get(a.name, a.default), description=a.description)
+          for a in LAUNCH_ARGUMENTS),
         OpaqueFunction(function=_setup),
     ])

@@ -15,7 +15,7 @@ import cuda_harness
 import numpy as np
 import pytest
 from test_ops_iou import adversarial_pairs, random_boxes
-from test_ops_nms import detector_like
+from test_ops_nms import detector_like, reference_groups, sorted_groups
 
 from fastpillars_ros.ops import circle_nms, iou_3d, nms_3d, nms_bev, nms_grouped, rotated_iou_bev
 from fastpillars_ros.ops.iou import iou_3d_pairs, rotated_iou_bev_pairs
@@ -59,6 +59,13 @@ extern "C" int launch_nms_reduce(unsigned bx, const unsigned long long* mask, in
     return 0;
 }
 
+extern "C" int launch_nms_groups(unsigned gx, unsigned bx, const float* boxes, const int* count, int p,
+                                 double threshold, int mode, int max_keep, unsigned long long* mask,
+                                 unsigned long long* removed, unsigned char* keep) {
+    launch(nms_groups_kernel, dim3(gx), dim3(bx), boxes, count, p, threshold, mode, max_keep, mask, removed, keep);
+    return 0;
+}
+
 extern "C" int nms_sorted(const float* boxes, int n, double threshold, int mode, int max_keep,
                           unsigned long long* mask, unsigned long long* removed, long long* keep,
                           int* num_keep) {
@@ -83,6 +90,7 @@ def lib() -> ctypes.CDLL:
     lib.launch_iou_matrix.argtypes = [u, u, u, u, P, INT, P, INT, INT, P]
     lib.launch_nms_mask.argtypes = [u, u, u, P, INT, ctypes.c_double, INT, P]
     lib.launch_nms_reduce.argtypes = [u, P, INT, P, P, P, INT]
+    lib.launch_nms_groups.argtypes = [u, u, P, P, INT, ctypes.c_double, INT, INT, P, P, P]
     return lib
 
 
@@ -187,6 +195,8 @@ class _FakeKernel:
             rc = self.lib.launch_iou_matrix(grid[0], grid[1], block[0], block[1], *conv)
         elif self.name == "nms_mask_kernel":
             rc = self.lib.launch_nms_mask(grid[0], grid[1], block[0], *conv)
+        elif self.name == "nms_groups_kernel":
+            rc = self.lib.launch_nms_groups(grid[0], block[0], *conv)
         else:
             assert grid == (1,)
             rc = self.lib.launch_nms_reduce(block[0], *conv)
@@ -203,7 +213,7 @@ def fake_cupy(lib: ctypes.CDLL, monkeypatch: pytest.MonkeyPatch):
 
     fake = types.SimpleNamespace(**{k: getattr(np, k) for k in (
         "float32", "float64", "int32", "int64", "uint64", "empty", "zeros", "ascontiguousarray", "asarray",
-        "isnan", "flatnonzero", "lexsort", "stack", "concatenate", "unique", "ndarray")})
+        "isnan", "flatnonzero", "lexsort", "stack", "concatenate", "unique", "ndarray", "uint8", "minimum")})
     fake.asnumpy = np.asarray
     module = types.SimpleNamespace(get_function=lambda name: _FakeKernel(lib, name))
     monkeypatch.setattr(nms_cuda, "_module", lambda: (fake, module))
@@ -232,3 +242,81 @@ def test_gpu_host_code_with_harness_kernels_matches_cpu_reference(fake_cupy) -> 
     finite = np.flatnonzero(~np.isnan(scores))
     np.testing.assert_array_equal(keep, finite[nms_bev(b64[finite], scores[finite], 0.2)])
     assert fake_cupy.nms_cuda(boxes[:0], scores[:0], 0.2).shape == (0,)
+
+
+def kernel_groups(lib: ctypes.CDLL, boxes: np.ndarray, valid: np.ndarray, threshold: float, mode: str,
+                  max_keep: int, threads: int = 64) -> np.ndarray:
+    groups, p = valid.shape
+    stride = (p + 63) // 64
+    count = valid.sum(axis=1, dtype=np.int32)
+    mask = np.full(groups * p * stride, 0xDEADBEEF, dtype=np.uint64)  # stale contents must not matter
+    removed = np.full(groups * stride, 0xFFFF, dtype=np.uint64)
+    keep = np.full((groups, p), 7, dtype=np.uint8)
+    assert lib.launch_nms_groups(groups, threads, cuda_harness.ptr(np.ascontiguousarray(boxes)),
+                                 cuda_harness.ptr(count), p, threshold, MODES[mode], max_keep,
+                                 cuda_harness.ptr(mask), cuda_harness.ptr(removed), cuda_harness.ptr(keep)) == 0
+    return keep.astype(bool)
+
+
+@pytest.mark.parametrize("mode", ["bev", "3d", "circle"])
+def test_groups_kernel_keeps_what_cpu_grouped_nms_keeps_in_one_launch(lib: ctypes.CDLL, mode: str) -> None:
+    # Row lengths across the 64-box word boundaries, an empty task and a full row (no padding).
+    rng = np.random.default_rng(11)
+    boxes, scores, valid = sorted_groups(rng, [1, 0, 63, 65, 130, 200], p=200)
+    if mode == "3d":
+        boxes[..., 2] += rng.choice([0.0, 1.0, 4.0], boxes.shape[:2]).astype(np.float32)
+    threshold = 1.5 if mode == "circle" else 0.2
+    got = kernel_groups(lib, boxes, valid, threshold, mode, max_keep=200)
+    np.testing.assert_array_equal(got, reference_groups(boxes, scores, valid, threshold, mode))
+    assert got.sum() > len(valid) and not (got & ~valid).any()  # some suppression happened, none on padding
+
+
+def test_groups_kernel_stops_at_post_max_per_group(lib: ctypes.CDLL) -> None:
+    boxes, scores, valid = sorted_groups(np.random.default_rng(12), [90, 150], p=160)
+    got = kernel_groups(lib, boxes, valid, 0.1, "bev", max_keep=7, threads=32)
+    np.testing.assert_array_equal(got, reference_groups(boxes, scores, valid, 0.1, "bev", post_max=7))
+    assert got.sum(axis=1).tolist() == [7, 7]
+
+
+def test_groups_host_code_with_harness_kernel_matches_cpu_reference(fake_cupy) -> None:
+    boxes, scores, valid = sorted_groups(np.random.default_rng(13), [40, 0, 120], p=128)
+    got = fake_cupy.nms_groups_cuda(boxes, valid, 0.2, pre_max=100, post_max=30)
+    assert got.dtype == bool and got.shape == valid.shape
+    np.testing.assert_array_equal(got, reference_groups(boxes, scores, valid, 0.2, "bev", pre_max=100,
+                                                        post_max=30))
+    circle = fake_cupy.nms_groups_cuda(boxes, valid, 0.0, kind="circle", min_radius=1.0)
+    np.testing.assert_array_equal(circle, reference_groups(boxes, scores, valid, 1.0, "circle"))
+    with pytest.raises(ValueError, match="G, P"):
+        fake_cupy.nms_groups_cuda(boxes[0], valid, 0.2)
+
+
+def test_detector_device_selection_with_harness_kernel_equals_the_cpu_selection(fake_cupy, monkeypatch) -> None:
+    """Detector._select_on_device (the GPU frame's NMS, thresholds and ordering) with the kernel run by the
+    harness on CPU tensors, against Detector._select (the CPU path) on the same decoder output."""
+    import dataclasses
+
+    import torch
+
+    from fastpillars_ros.config import load_model_config
+    from fastpillars_ros.detector import Detector
+    from fastpillars_ros.model.head import decode_dense
+
+    monkeypatch.setattr(fake_cupy, "_to_cupy", lambda x, cupy, like=None: (
+        x.detach().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)))
+    monkeypatch.setattr(fake_cupy, "_back", lambda arr, like: (
+        torch.from_numpy(np.asarray(arr)) if isinstance(like, torch.Tensor) else arr))
+    # The small tiny360 network with its classes split into two tasks, as the official head splits its ten.
+    config = dataclasses.replace(load_model_config("tiny360"), tasks=(("car",), ("pedestrian", "cyclist")))
+    det = Detector(config, device="cpu", backend="torch", warmup=False, nms_pre_max=150)
+    det.set_score_threshold({"car": 0.5, "pedestrian": 0.2})
+    cfg, gen = det.config, torch.Generator().manual_seed(0)
+    h, w = cfg.head_shape
+    maps = [{**{n: 2 * torch.randn((1, c, h, w), generator=gen) for n, c in cfg.heads},
+             "hm": 2 * torch.randn((1, len(task), h, w), generator=gen) - 3} for task in cfg.tasks]
+    dense = decode_dense(maps, cfg)
+    for kind in ("rotate", "circle", "none"):
+        det.nms_kind = {"rotate": "bev", "circle": "circle", "none": None}[kind]
+        device, cpu = det._select_on_device(dense), det._select(dense.compact()[0])
+        assert len(cpu) > 100 and len(set(cpu.task.tolist())) == len(cfg.tasks)
+        for name in ("boxes", "scores", "labels", "task"):
+            assert torch.equal(getattr(device, name), getattr(cpu, name)), (kind, name)

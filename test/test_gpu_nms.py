@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from test_ops_iou import adversarial_pairs, random_boxes
-from test_ops_nms import detector_like
+from test_ops_nms import detector_like, reference_groups, sorted_groups
 
 from fastpillars_ros.ops import circle_nms, iou_3d, nms_3d, nms_bev, nms_grouped, rotated_iou_bev
 
@@ -88,3 +88,39 @@ def test_gpu_nan_scores_warn_and_empty_input(cupy) -> None:
     assert 2 not in keep.cpu().tolist()
     empty = nms_bev(boxes[:0], scores[:0], 0.5)
     assert empty.is_cuda and empty.dtype == torch.int64 and empty.numel() == 0
+
+
+@pytest.mark.parametrize("kind", ["bev", "3d", "circle"])
+def test_gpu_groups_kernel_keeps_what_cpu_grouped_nms_keeps(cupy, kind: str) -> None:
+    from fastpillars_ros.ops.nms_cuda import nms_groups_cuda
+
+    # The official head's layout: 6 tasks, up to 1,000 candidates each, sorted by score on the device.
+    boxes, scores, valid = sorted_groups(np.random.default_rng(21), [1000, 0, 700, 64, 65, 999], p=1000,
+                                         extent=40.0)
+    threshold = 1.0 if kind == "circle" else 0.2
+    keep = nms_groups_cuda(on_gpu(boxes), on_gpu(valid, torch.bool), threshold, kind=kind, pre_max=900,
+                           post_max=83, min_radius=threshold if kind == "circle" else None)
+    assert keep.dtype == torch.bool and keep.is_cuda
+    np.testing.assert_array_equal(keep.cpu().numpy(), reference_groups(boxes, scores, valid, threshold, kind,
+                                                                       pre_max=900, post_max=83))
+
+
+def test_detector_device_selection_equals_the_cpu_selection_on_the_same_decoder_output(cupy) -> None:
+    from fastpillars_ros.detector import Detector
+    from fastpillars_ros.model.head import DenseCandidates, decode_dense
+
+    det = Detector("nuscenes_official", device="cuda", backend="torch", precision="fp16", warmup=False)
+    det.set_score_threshold(0.3)
+    cfg, gen = det.config, torch.Generator("cuda").manual_seed(0)
+    h, w = cfg.head_shape
+    maps = [{**{n: 2 * torch.randn((1, c, h, w), device="cuda", generator=gen) for n, c in cfg.heads},
+             "hm": 2 * torch.randn((1, len(task), h, w), device="cuda", generator=gen) - 3} for task in cfg.tasks]
+    dense = decode_dense(maps, cfg)  # thousands of candidates in every task
+    gpu = det._select_on_device(dense)
+    on_cpu = DenseCandidates(*(None if t is None else t.cpu() for t in (
+        dense.boxes, dense.scores, dense.labels, dense.valid, dense.velocities)))
+    cpu = det._select(on_cpu.compact()[0])
+    assert len(cpu) > 10
+    for name in ("boxes", "scores", "labels", "task"):
+        assert torch.equal(getattr(gpu, name).cpu(), getattr(cpu, name)), name
+

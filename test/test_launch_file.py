@@ -6,8 +6,6 @@ with ``fastpillars-ros launch`` instead, and this test skips.
 
 from __future__ import annotations
 
-import importlib.util
-import threading
 import time
 from pathlib import Path
 
@@ -30,36 +28,44 @@ def _ros_launch():
     return launch
 
 
+#: Runs the launch file in the main thread of its own process (LaunchService refuses any other thread).
+_LAUNCH_SCRIPT = """
+import importlib.util, sys
+import launch
+from launch.actions import SetLaunchConfiguration
+spec = importlib.util.spec_from_file_location("detect_launch", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+service = launch.LaunchService(argv=[])
+service.include_launch_description(launch.LaunchDescription([
+    SetLaunchConfiguration("input_topic", "/launch_test/points"),
+    *module.generate_launch_description().entities,
+]))
+sys.exit(service.run())
+"""
+
+
 @pytest.mark.ros
 def test_launch_file_starts_the_detector_with_the_remapped_input():
-    launch = _ros_launch()
+    _ros_launch()
     import rclpy
-    from launch.actions import SetLaunchConfiguration
+    from ros_processes import spawn_python, stop
 
-    spec = importlib.util.spec_from_file_location("detect_launch", ROOT / "launch" / "detect.launch.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    description = launch.LaunchDescription([
-        SetLaunchConfiguration("input_topic", "/launch_test/points"),
-        SetLaunchConfiguration("model", "tiny"),
-        *module.generate_launch_description().entities,
-    ])
-    service = launch.LaunchService(argv=[])
-    service.include_launch_description(description)
-    thread = threading.Thread(target=service.run, daemon=True)
-    thread.start()
+    proc = spawn_python(["-c", _LAUNCH_SCRIPT, str(ROOT / "launch" / "detect.launch.py")])
     rclpy.init()
     try:
         node = rclpy.create_node("launch_file_probe")
         deadline = time.time() + 90
-        while time.time() < deadline:
+        while time.time() < deadline and proc.poll() is None:
             if node.count_publishers("/detections") and node.count_subscribers("/launch_test/points"):
                 break
             time.sleep(0.2)
         else:
-            raise AssertionError("the launched detector offered no /detections or did not subscribe to the input")
+            _out, err = stop(proc)
+            raise AssertionError(f"the launched detector offered no /detections or did not subscribe to the "
+                                 f"input:\n{err[-3000:]}")
         node.destroy_node()
     finally:
         rclpy.shutdown()
-        service.shutdown()
-        thread.join(timeout=30)
+        _out, err = stop(proc, timeout=30)
+    assert proc.returncode == 0, err[-3000:]

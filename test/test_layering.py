@@ -28,7 +28,7 @@ ROS_NODE_MODULES = {
 }
 #: The command-line tools (future ``fastpillars_ros/tools/``).
 TOOL_MODULES = {
-    "cli", "eval_command", "viz", "memcheck_command", "profile_command", "deploy_commands", "sim.cli",
+    "cli", "eval_command", "eval_real", "viz", "memcheck_command", "profile_command", "deploy_commands", "sim.cli",
     "train.command",
 }
 #: Modules allowed to import ROS (rclpy, launch, tf2_ros, *_msgs).

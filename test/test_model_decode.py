@@ -138,3 +138,23 @@ def test_axis_branch_sets_the_yaw_and_rot_only_picks_the_direction():
 def test_without_axis_branch_the_yaw_is_the_rot_reading():
     r = torch.tensor([0.3, -2.0, 3.0])
     torch.testing.assert_close(det3d_angle(torch.sin(r), torch.cos(r)), r)
+
+
+def test_dense_decode_has_fixed_shapes_a_valid_prefix_and_compacts_to_the_candidates():
+    from fastpillars_ros.model.head import decode_dense
+
+    cfg = load_model_config("nuscenes_official")
+    outs = _empty_maps(cfg)
+    _encode(cfg, outs, [10.3, -20.7, -1.2, 4.5, 1.9, 1.6, 0.3], 0, 0.9, 0.8, (3.0, -1.0))
+    _encode(cfg, outs, [-5.0, 40.2, -0.3, 12.0, 2.9, 3.8, 0.5], 3, 0.5, 0.5)
+    _encode(cfg, outs, [-6.0, 40.2, -0.3, 12.0, 2.9, 3.8, 0.5], 4, 0.7, 0.7)  # same task (3, 4), higher score
+    dense = decode_dense(outs, cfg)
+    t, p = len(cfg.tasks), cfg.decode.pre_max
+    assert dense.boxes.shape == (1, t, p, 7) and dense.velocities.shape == (1, t, p, 2)
+    assert dense.scores.shape == dense.labels.shape == dense.valid.shape == (1, t, p)
+    assert dense.valid.sum(-1).tolist() == [[1, 0, 2, 0, 0, 0]]
+    assert dense.labels[0, 2, :2].tolist() == [4, 3]  # by score within the task, global class ids
+    assert torch.isinf(dense.scores[~dense.valid]).all()
+    (cand,) = dense.compact()
+    (ref,) = decode_head_outputs(outs, cfg)
+    assert cand.task.tolist() == [0, 2, 2] and torch.equal(cand.boxes, ref.boxes)

@@ -8,6 +8,7 @@ inference time.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from pathlib import Path
@@ -322,13 +323,38 @@ def test_score_threshold_changes_at_runtime_and_bad_values_are_refused(probe, ki
         assert set_param("score_threshold", -1.0).successful
 
 
-def test_output_frame_override_at_runtime(probe, kitti, set_param):
+def _pose(d) -> tuple[float, float, float, float]:
+    """(x, y, z, yaw) of a Detection3D's box."""
+    p, q = d.bbox.center.position, d.bbox.center.orientation
+    return p.x, p.y, p.z, math.atan2(2.0 * (q.w * q.z + q.x * q.y), 1.0 - 2.0 * (q.y * q.y + q.z * q.z))
+
+
+def test_output_frame_transforms_the_boxes_with_tf(probe, kitti, set_param):
+    """base_link: the lidar 1.2 m ahead, 1.5 m up, turned 90 degrees left: boxes move, not just the label.
+    Needs the real tf2 (a ROS installation; tf2_ros has no PyPI wheels): test_node_frames.py checks the same
+    with a stand-in tf buffer everywhere."""
+    tf2_ros = pytest.importorskip("tf2_ros", reason="tf2_ros is not installed (no PyPI wheels)")
+    from geometry_msgs.msg import TransformStamped
+
+    tf = TransformStamped()
+    tf.header.frame_id, tf.child_frame_id = "base_link", FRAME
+    tf.transform.translation.x, tf.transform.translation.z = 1.2, 1.5
+    tf.transform.rotation.z = tf.transform.rotation.w = math.sqrt(0.5)  # yaw +90 degrees
+    broadcaster = tf2_ros.StaticTransformBroadcaster(probe.node)
+    broadcaster.sendTransform(tf)
+    lidar, _m, _ = probe.send(layout_cloud(kitti, "velodyne"))
     try:
-        assert set_param("frame_id", "base_lidar").successful
-        det, markers, _ = probe.send(layout_cloud(kitti[:5000], "velodyne"))
-        assert det.header.frame_id == "base_lidar" and markers.markers[0].header.frame_id == "base_lidar"
+        assert set_param("output_frame", "base_link").successful
+        det, markers, _ = probe.send(layout_cloud(kitti, "velodyne"))
     finally:
-        assert set_param("frame_id", "").successful
+        assert set_param("output_frame", "").successful
+    assert det.header.frame_id == "base_link" and markers.markers[0].header.frame_id == "base_link"
+    assert len(lidar.detections) > 0 and len(det.detections) == len(lidar.detections)
+    for a, b in zip(lidar.detections, det.detections, strict=True):
+        x, y, z, yaw = _pose(a)
+        bx, by, bz, byaw = _pose(b)
+        assert (bx, by, bz) == pytest.approx((1.2 - y, x, z + 1.5), abs=1e-3)
+        assert math.cos(byaw - yaw - math.pi / 2) == pytest.approx(1.0, abs=1e-4)
 
 
 def test_input_age_uses_the_sim_clock_with_use_sim_time(probe, kitti, set_param):
@@ -668,3 +694,69 @@ def test_sweeps_accumulate_with_odometry_poses(probe, kitti, tmp_path):
         node.destroy_publisher(cloud_pub)
         _out, err = stop(proc)
     assert "Traceback" not in err, err[-3000:]
+
+
+# --- mounting (own node: mounting.* is read-only) ----------------------------------------------------------
+
+def test_auto_mounting_is_estimated_on_a_pitched_scan_and_reported_in_diagnostics(probe, kitti):
+    """KITTI 000000 as seen by a lidar 0.6 m above the road, pitched 5 degrees nose down."""
+    from fastpillars_ros.mounting import Mounting
+
+    pitched = Mounting(height=0.6, pitch=math.radians(5.0))
+    seen = kitti.copy()
+    seen[:, :3] = (kitti[:, :3] + [0.0, 0.0, 1.73 - 0.6]) @ pitched.rotation
+    name = "fastpillars_auto"
+    proc = spawn_python(["-m", "fastpillars_ros.node", "--ros-args", "-r", f"__node:={name}",
+                         "-r", "points:=/auto/points", "-r", "detections:=/auto/detections",
+                         "-r", "detection_markers:=/auto/markers", "-p", "mounting.auto:=true",
+                         "-p", "cpu_threads:=1", "-p", "max_input_age_ms:=0.0", "-p", "diagnostics_period:=0.5"])
+    from vision_msgs.msg import Detection3DArray
+
+    node = probe.node
+    answers = []
+    sub = node.create_subscription(Detection3DArray, "/auto/detections", answers.append, 10)
+    pub = node.create_publisher(type(layout_cloud(kitti[:10], "velodyne")), "/auto/points", 1)
+    try:
+        deadline = time.time() + START_TIMEOUT
+        while not answers and time.time() < deadline and proc.poll() is None:
+            pub.publish(layout_cloud(seen, "velodyne", intensity_scale=255.0))
+            time.sleep(1.0)
+        assert answers, "no answer from the auto-mounting node"
+        while time.time() < deadline:
+            diag = probe.latest_diagnostics(after=time.time() + 0.01)
+            if diag.get("mounting.source") == "auto" and diag.get("mounting.auto.fits") != "0":
+                break
+        assert diag["mounting.source"] == "auto" and int(diag["mounting.auto.fits"]) >= 1
+        height, roll, pitch = (float(t.split()[1]) for t in diag["mounting.in_force"].split(", "))
+        assert height == pytest.approx(0.6, abs=0.1) and pitch == pytest.approx(5.0, abs=2.0)
+        assert abs(roll) < 2.0 and float(diag["mounting.auto.last_quality"]) > 0.3
+    finally:
+        node.destroy_subscription(sub)
+        node.destroy_publisher(pub)
+        _out, err = stop(proc)
+    assert proc.returncode == 0, err[-3000:]
+
+
+def test_ctrl_c_to_the_whole_process_group_stops_node_and_launcher_quietly(probe):
+    """systemd, `timeout -s INT` and some supervisors signal the process group: the node gets SIGINT from the
+    group and again from the launcher, in the middle of its clean-up."""
+    import os
+    import signal
+
+    topic = "/double_sigint/points"
+    proc = spawn_python(["-m", "fastpillars_ros.launcher", "--loopback", "--input-topic", topic, "-p",
+                         "cpu_threads:=1", "-p", "warmup:=false"])
+    deadline = time.time() + START_TIMEOUT
+    while probe.node.count_publishers(topic) + probe.node.count_subscribers(topic) == 0:
+        assert proc.poll() is None and time.time() < deadline, "the node did not start"
+        time.sleep(0.1)
+    for _ in range(3):  # the group's signal, then more while the node cleans up
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(0.05)
+    try:
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0 and "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from fastpillars_ros import launcher, node_params
-from fastpillars_ros.node_params import NODE_NAME, SPECS, NodeParams, ParamError, coerce, parse
+from fastpillars_ros.node_params import SPECS, NodeParams, ParamError, coerce, parse
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,7 @@ def test_dataclass_defaults_equal_the_schema_defaults():
 
 def test_params_file_lists_every_parameter_with_its_default():
     data = yaml.safe_load((ROOT / "config" / "fastpillars.yaml").read_text())
-    flat = node_params.flatten(data[NODE_NAME]["ros__parameters"])
+    flat = node_params.flatten(data["/**"]["ros__parameters"])
     assert flat == NodeParams().to_parameters()
     assert set(flat) == {s.name for s in node_params.all_specs()}
     assert {"sweeps.enabled", "sweeps.ego_box.x_min", "sweeps.sensor_to_base.yaw"} <= set(flat)
@@ -148,13 +148,13 @@ def test_point_features_must_be_mappable():
 
 def test_effective_score_threshold_combines_global_class_and_model_default():
     p = NodeParams()
-    assert p.effective_score_threshold(["car", "ped"], 0.1) == 0.1
+    assert p.effective_score_threshold(["car", "ped"]) is None  # the model's own defaults
     p.score_threshold = 0.3
-    assert p.effective_score_threshold(["car", "ped"], 0.1) == 0.3
+    assert p.effective_score_threshold(["car", "ped"]) == 0.3
     p.score_thresholds = {"car": 0.5, "ped": -1.0}
-    assert p.effective_score_threshold(["car", "ped"], 0.1) == {"car": 0.5, "ped": 0.3}
+    assert p.effective_score_threshold(["car", "ped"]) == {"car": 0.5, "ped": 0.3}
     p.score_threshold = -1.0
-    assert p.effective_score_threshold(["car", "ped"], 0.1) == {"car": 0.5, "ped": 0.1}
+    assert p.effective_score_threshold(["car", "ped"]) == {"car": 0.5}  # ped keeps the model's default
 
 
 def test_flatten_nested_parameter_files():
@@ -164,29 +164,13 @@ def test_flatten_nested_parameter_files():
 
 # --- launch file vs local launcher -----------------------------------------------------------------------
 
-def _launch_file_arguments() -> dict[str, tuple[ast.expr, str]]:
-    tree = ast.parse((ROOT / "launch" / "detect.launch.py").read_text())
-    out = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "DeclareLaunchArgument":
-            name = node.args[0].value
-            kw = {k.arg: k.value for k in node.keywords}
-            out[name] = (kw["default_value"], kw["description"].value)
-    return out
-
-
-def test_launch_file_and_launcher_expose_the_same_arguments_and_defaults():
-    declared = _launch_file_arguments()
+def test_launch_file_and_launcher_expose_the_same_arguments_and_defaults(launch_file):
+    declared = {args[0]: kw for args, kw in launch_file.module.generate_launch_description()[:-1]}
     assert list(declared) == [a.name for a in launcher.LAUNCH_ARGUMENTS]
     for arg in launcher.LAUNCH_ARGUMENTS:
-        default, description = declared[arg.name]
-        assert description == arg.description, arg.name
-        if arg.name == "params_file":
-            # A call resolving the installed share dir: _share("config", "fastpillars.yaml").
-            assert isinstance(default, ast.Call)
-            assert [c.value for c in default.args] == ["config", "fastpillars.yaml"]
-        else:
-            assert isinstance(default, ast.Constant) and default.value == arg.default, arg.name
+        assert declared[arg.name]["description"] == arg.description, arg.name
+        expected = str(ROOT / "config" / "fastpillars.yaml") if arg.name == "params_file" else arg.default
+        assert declared[arg.name]["default_value"] == expected, arg.name
     # The command-line flags of the launcher: one per launch argument, same defaults.
     import argparse
 
@@ -220,7 +204,7 @@ def test_launcher_builds_the_node_command_with_params_file_remap_and_overrides()
     assert "-p use_sim_time:=true" in text
     assert "-p score_threshold:=0.3" in text
     assert "backend" not in text  # empty = keep the parameter file's value
-    assert launcher.node_overrides() == {"use_sim_time": False}
+    assert launcher.node_overrides() == {}  # use_sim_time too: the parameter file's value holds
 
 
 def test_launcher_does_not_force_loopback_unless_asked(monkeypatch):
@@ -238,13 +222,14 @@ def test_rviz_config_is_valid_and_shows_cloud_markers_and_detections():
     data = yaml.safe_load((ROOT / "config" / "fastpillars.rviz").read_text())
     displays = {d["Class"]: d for d in data["Visualization Manager"]["Displays"]}
     assert displays["rviz_default_plugins/PointCloud2"]["Topic"]["Reliability Policy"] == "Best Effort"
-    assert displays["rviz_default_plugins/MarkerArray"]["Topic"]["Value"] == "/detection_markers"
-    assert displays["vision_msgs_rviz_plugins/Detection3DArray"]["Topic"]["Value"] == "/detections"
+    # Relative topics: under a namespaced launch RViz (in the same namespace) shows that detector's topics.
+    assert displays["rviz_default_plugins/MarkerArray"]["Topic"]["Value"] == "detection_markers"
+    assert displays["vision_msgs_rviz_plugins/Detection3DArray"]["Topic"]["Value"] == "detections"
     text = launcher.rviz_config_text("lidar/top", "velodyne")
     data = yaml.safe_load(text)
     assert data["Visualization Manager"]["Global Options"]["Fixed Frame"] == "velodyne"
     cloud = next(d for d in data["Visualization Manager"]["Displays"] if d["Class"].endswith("PointCloud2"))
-    assert cloud["Topic"]["Value"] == "/lidar/top"
+    assert cloud["Topic"]["Value"] == "lidar/top"
 
 
 def test_ros_descriptors_carry_ranges_choices_and_read_only():
@@ -262,3 +247,123 @@ def test_ros_descriptors_carry_ranges_choices_and_read_only():
     assert d.read_only and "'tensorrt'" in d.additional_constraints
     d = descriptor(node_params.SPEC_BY_NAME["intensity_scale"])
     assert d.dynamic_typing and not d.read_only
+
+
+# --- YAML typing of string values (ros2 param dump writes `fields.y: y`) ----------------------------------
+
+def test_string_parameters_take_back_what_yaml_made_of_them():
+    params, _ = parse({"fields.y": True, "checkpoint": 123, "expected_frame_id": 1.5})
+    assert params.fields["y"] == "y" and params.checkpoint == "123" and params.expected_frame_id == "1.5"
+    assert parse({"sweeps.fixed_frame": 7})[0].sweeps["fixed_frame"] == "7"
+
+
+def test_a_boolean_that_is_not_the_default_word_asks_for_quotes():
+    with pytest.raises(ParamError, match="quote the string"):
+        parse({"fields.intensity": True})
+
+
+# --- mounting and output frame -----------------------------------------------------------------------
+
+def test_mounting_parameters_give_the_detector_its_mounting():
+    from fastpillars_ros.mounting import AutoMounting, Mounting
+
+    assert parse({})[0].mounting_source() is None
+    assert parse({"mounting.height": 0.6, "mounting.pitch": 0.1})[0].mounting_source() == Mounting(0.6, 0.0, 0.1)
+    assert isinstance(parse({"mounting.auto": True})[0].mounting_source(), AutoMounting)
+    assert parse({"mounting.frame": "base_footprint"})[0].mounting_source() is None  # resolved by the node from tf
+
+
+def test_two_ways_of_stating_the_mounting_are_an_error():
+    with pytest.raises(ParamError, match=r"'mounting\.height' and 'mounting\.auto'"):
+        parse({"mounting.height": 0.6, "mounting.auto": True})
+    with pytest.raises(ParamError, match=r"'mounting\.frame' and 'mounting\.auto'"):
+        parse({"mounting.frame": "base_footprint", "mounting.auto": True})
+
+
+def test_the_removed_relabelling_parameter_is_an_error_naming_output_frame():
+    with pytest.raises(ParamError, match=r"frame_id' was removed.*output_frame"):
+        parse({"frame_id": "base_link"})
+
+
+def test_node_uses_only_rclpy_api_that_humble_has():
+    """Humble's rclpy has no post/pre-set parameter callbacks; private attributes may vanish in any release."""
+    source = (ROOT / "fastpillars_ros" / "node.py").read_text()
+    used = {n.attr for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Attribute)}
+    assert not used & {"add_post_set_parameters_callback", "add_pre_set_parameters_callback", "_parameter_overrides"}
+
+
+# --- the launch file's decisions (launch itself is not installed here: its API is stubbed) ------------------
+
+@pytest.fixture
+def launch_file(monkeypatch, tmp_path):
+    """launch/detect.launch.py loaded against stub launch modules; ``setup(**arguments)`` runs its _setup and
+    returns the Node actions it made (a list of their keyword arguments)."""
+    import importlib.util
+    import sys
+    import types
+
+    made: list[dict] = []
+
+    class Config:
+        def __init__(self, name):
+            self.name = name
+
+        def perform(self, context):
+            return context[self.name]
+
+    stubs = {
+        "launch": types.ModuleType("launch"), "launch.actions": types.ModuleType("launch.actions"),
+        "launch.substitutions": types.ModuleType("launch.substitutions"),
+        "launch_ros": types.ModuleType("launch_ros"), "launch_ros.actions": types.ModuleType("launch_ros.actions"),
+    }
+    stubs["launch"].LaunchDescription = list
+    stubs["launch.actions"].DeclareLaunchArgument = lambda *a, **k: (a, k)
+    stubs["launch.actions"].OpaqueFunction = lambda function: function
+    stubs["launch.substitutions"].LaunchConfiguration = Config
+    stubs["launch_ros.actions"].Node = lambda **kwargs: made.append(kwargs) or kwargs
+    for name, module in stubs.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    spec = importlib.util.spec_from_file_location("detect_launch_stubbed", ROOT / "launch" / "detect.launch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "_share", lambda *parts: str(ROOT.joinpath(*parts)))  # the source tree's share
+    params = tmp_path / "params.yaml"
+    params.write_text("/**:\n  ros__parameters:\n    use_sim_time: true\n")
+
+    def setup(**arguments):
+        context = {a.name: a.default for a in launcher.LAUNCH_ARGUMENTS} | {"params_file": str(params)}
+        module._setup(context | arguments)
+        return made
+
+    setup.module = module
+    return setup
+
+
+def test_launch_file_with_a_mistyped_params_file_starts_nothing(launch_file, tmp_path):
+    with pytest.raises(RuntimeError, match="does not exist"):
+        launch_file(params_file=str(tmp_path / "typo.yaml"))
+    assert [m["executable"] for m in launch_file()] == ["detector_node"]  # the failed launch made nothing
+
+
+def test_launch_file_without_rviz2_starts_nothing_so_no_detector_is_orphaned(launch_file, monkeypatch):
+    monkeypatch.setattr(launch_file.module, "rviz_problem", lambda: "rviz:=true but rviz2 is not installed")
+    with pytest.raises(RuntimeError, match="rviz2 is not installed"):
+        launch_file(rviz="true")
+    assert [m["executable"] for m in launch_file()] == ["detector_node"]  # the failed launch made nothing
+
+
+def test_use_sim_time_from_the_parameter_file_is_not_overridden_by_the_launch_default(launch_file, monkeypatch):
+    monkeypatch.setattr(launch_file.module, "rviz_problem", lambda: None)
+    node, rviz = launch_file(rviz="true")
+    assert all("use_sim_time" not in layer for layer in node["parameters"] if isinstance(layer, dict))
+    assert rviz["parameters"] == [{"use_sim_time": True}]  # RViz follows the file's clock too
+
+
+def test_launch_backend_choices_are_the_nodes():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    launcher.add_arguments(parser)
+    assert parser.parse_args(["--backend", "onnxruntime"]).backend == "onnxruntime"
+    description = next(a.description for a in launcher.LAUNCH_ARGUMENTS if a.name == "backend")
+    assert all(b in description for b in node_params.BACKENDS)

@@ -213,3 +213,30 @@ def test_invalid_thresholds_are_rejected() -> None:
         nms_grouped(boxes, scores, np.zeros(2), 0.5, kind="circle")
     with pytest.raises(ValueError):
         nms_grouped(boxes, scores, np.zeros(2), 0.5, kind="rotated")
+
+
+def sorted_groups(rng: np.random.Generator, counts: list[int], p: int, extent: float = 15.0
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The decoder's candidate block: (G, P, 7) boxes, (G, P) scores and valid flags; row g holds counts[g]
+    detector-like boxes by descending score (ties kept in place), then garbage padding."""
+    boxes = rng.uniform(-50, 50, (len(counts), p, 7)).astype(np.float32)  # padding: must never matter
+    scores = np.full((len(counts), p), -np.inf, dtype=np.float32)
+    valid = np.zeros((len(counts), p), dtype=bool)
+    for g, n in enumerate(counts):
+        b, s = detector_like(rng, n, max(n // 3, 1), extent=extent)
+        s = np.round(s, 1)  # ties
+        order = np.argsort(-s, kind="stable")
+        boxes[g, :n], scores[g, :n], valid[g, :n] = b[order, :7].astype(np.float32), s[order], True
+    return boxes, scores, valid
+
+
+def reference_groups(boxes: np.ndarray, scores: np.ndarray, valid: np.ndarray, threshold: float, kind: str,
+                     pre_max: int | None = None, post_max: int | None = None) -> np.ndarray:
+    """Keep flags from the CPU path the Detector uses: nms_grouped over the valid rows, tasks as groups."""
+    g, r = np.nonzero(valid)
+    flat = valid.reshape(-1).nonzero()[0]
+    keep = nms_grouped(boxes[g, r].astype(np.float64), scores[g, r].astype(np.float64), g, threshold, kind=kind,
+                       pre_max=pre_max, post_max=post_max, min_radius=threshold if kind == "circle" else None)
+    flags = np.zeros(valid.size, dtype=bool)
+    flags[flat[keep]] = True
+    return flags.reshape(valid.shape)

@@ -20,7 +20,9 @@
 //
 // NMS (boxes pre-sorted by descending score on the host): nms_mask_kernel fills, for every box i and every
 // block of 64 boxes, a 64-bit mask of the later boxes j > i that i suppresses; nms_reduce_kernel (one
-// block) walks the boxes in order and ORs the masks of the kept ones.
+// block) walks the boxes in order and ORs the masks of the kept ones. nms_groups_kernel does both for many
+// independent groups (the detection head's tasks) in one launch, one block per group, on the fixed-shape
+// candidate block the decoder sorted on the device (model/head.py decode_dense).
 
 #define NMS_BLOCK 64          // boxes per mask word; nms_mask_kernel runs with blockDim.x == NMS_BLOCK
 #define IOU_TILE 16           // iou_matrix_kernel runs with blockDim == (IOU_TILE, IOU_TILE)
@@ -152,6 +154,42 @@ __device__ __forceinline__ bool suppresses(const float* a, const float* b, int m
     return box_iou(a, b, mode) > threshold;
 }
 
+// Bits k of the boxes cols[k], k in [start, size), that box cur suppresses.
+__device__ __forceinline__ unsigned long long suppression_bits(const float* cur, const float* cols, int start,
+                                                               int size, int mode, double threshold) {
+    unsigned long long bits = 0ULL;
+    for (int k = start; k < size; ++k) {
+        if (suppresses(cur, &cols[k * BOX_DIM], mode, threshold)) bits |= 1ULL << k;
+    }
+    return bits;
+}
+
+// Greedy pass of one block over the masks of n ranked boxes (row stride `stride` words): a box is kept
+// when no kept box before it suppresses it. removed: zeroed words (workspace). Kept ranks go to keep_list
+// (ascending, count to *num_keep) or are flagged in keep_flags (1), whichever is not null; at most max_keep.
+__device__ void greedy_pass(const unsigned long long* __restrict__ mask, int stride, int n,
+                            unsigned long long* removed, int max_keep, long long* keep_list, int* num_keep,
+                            unsigned char* keep_flags) {
+    const int col_blocks = (n + NMS_BLOCK - 1) / NMS_BLOCK;
+    int count = 0;  // identical in every thread
+    for (int i = 0; i < n && count < max_keep; ++i) {
+        const int word = i / NMS_BLOCK;
+        const bool alive = ((removed[word] >> (i % NMS_BLOCK)) & 1ULL) == 0ULL;
+        __syncthreads();  // every thread has read removed[word] before any thread updates it
+        if (alive) {
+            if (threadIdx.x == 0) {
+                if (keep_list != nullptr) keep_list[count] = i;
+                if (keep_flags != nullptr) keep_flags[i] = 1;
+            }
+            const unsigned long long* row = mask + (long long)i * stride;
+            for (int w = word + threadIdx.x; w < col_blocks; w += blockDim.x) removed[w] |= row[w];
+            ++count;
+        }
+        __syncthreads();  // updates visible before the next box is read
+    }
+    if (threadIdx.x == 0 && num_keep != nullptr) *num_keep = count;
+}
+
 // out[i * m + j] = IoU(a_i, b_j). grid ((m + IOU_TILE - 1) / IOU_TILE, (n + IOU_TILE - 1) / IOU_TILE),
 // block (IOU_TILE, IOU_TILE). The tile's boxes are staged in shared memory (each is read IOU_TILE times).
 extern "C" __global__ void iou_matrix_kernel(const float* __restrict__ a, int n, const float* __restrict__ b,
@@ -197,12 +235,9 @@ extern "C" __global__ void nms_mask_kernel(const float* __restrict__ boxes, int 
         const int i = row_block * NMS_BLOCK + tx;
         float cur[BOX_DIM];
         for (int d = 0; d < BOX_DIM; ++d) cur[d] = boxes[i * BOX_DIM + d];
-        unsigned long long bits = 0ULL;
         const int start = row_block == col_block ? tx + 1 : 0;
-        for (int k = start; k < col_size; ++k) {
-            if (suppresses(cur, &block_boxes[k * BOX_DIM], mode, threshold)) bits |= 1ULL << k;
-        }
-        mask[(long long)i * col_blocks + col_block] = bits;
+        mask[(long long)i * col_blocks + col_block] = suppression_bits(cur, block_boxes, start, col_size, mode,
+                                                                       threshold);
     }
 }
 
@@ -211,19 +246,39 @@ extern "C" __global__ void nms_mask_kernel(const float* __restrict__ boxes, int 
 extern "C" __global__ void nms_reduce_kernel(const unsigned long long* __restrict__ mask, int n,
                                              unsigned long long* removed, long long* __restrict__ keep,
                                              int* __restrict__ num_keep, int max_keep) {
+    greedy_pass(mask, (n + NMS_BLOCK - 1) / NMS_BLOCK, n, removed, max_keep, keep, num_keep, nullptr);
+}
+
+// Greedy NMS of many groups in one launch: grid (groups), block (any blockDim.x). Group g's candidates are
+// rows [g * p, g * p + p) of boxes, sorted by descending score, of which the first min(count[g], p) take
+// part. Phase 1 fills the group's suppression masks (mask: groups x p x ceil(p / 64) words, each written
+// before it is read), phase 2 is the greedy pass. removed: groups x ceil(p / 64) words (any contents).
+// keep[g * p + i] = 1 for kept ranks i (at most max_keep per group), 0 otherwise.
+extern "C" __global__ void nms_groups_kernel(const float* __restrict__ boxes, const int* __restrict__ count, int p,
+                                             double threshold, int mode, int max_keep,
+                                             unsigned long long* __restrict__ mask,
+                                             unsigned long long* __restrict__ removed,
+                                             unsigned char* __restrict__ keep) {
+    const int g = blockIdx.x;
+    const int n = count[g] < p ? (count[g] > 0 ? count[g] : 0) : p;
+    const int stride = (p + NMS_BLOCK - 1) / NMS_BLOCK;
     const int col_blocks = (n + NMS_BLOCK - 1) / NMS_BLOCK;
-    int count = 0;  // identical in every thread
-    for (int i = 0; i < n && count < max_keep; ++i) {
-        const int word = i / NMS_BLOCK;
-        const bool alive = ((removed[word] >> (i % NMS_BLOCK)) & 1ULL) == 0ULL;
-        __syncthreads();  // every thread has read removed[word] before any thread updates it
-        if (alive) {
-            if (threadIdx.x == 0) keep[count] = i;
-            const unsigned long long* row = mask + (long long)i * col_blocks;
-            for (int w = word + threadIdx.x; w < col_blocks; w += blockDim.x) removed[w] |= row[w];
-            ++count;
-        }
-        __syncthreads();  // updates visible before the next box is read
+    const float* rows = boxes + (long long)g * p * BOX_DIM;
+    unsigned long long* group_mask = mask + (long long)g * p * stride;
+    unsigned long long* group_removed = removed + (long long)g * stride;
+    unsigned char* group_keep = keep + (long long)g * p;
+    for (int i = threadIdx.x; i < p; i += blockDim.x) group_keep[i] = 0;
+    for (int w = threadIdx.x; w < stride; w += blockDim.x) group_removed[w] = 0ULL;
+    // Mask words (i, cb) on or right of the diagonal block; each thread takes whole words.
+    for (long long item = threadIdx.x; item < (long long)n * col_blocks; item += blockDim.x) {
+        const int i = (int)(item / col_blocks), cb = (int)(item % col_blocks);
+        if (cb < i / NMS_BLOCK) continue;
+        const int base = cb * NMS_BLOCK;
+        const int size = n - base < NMS_BLOCK ? n - base : NMS_BLOCK;
+        const int start = i + 1 > base ? i + 1 - base : 0;
+        group_mask[(long long)i * stride + cb] = suppression_bits(&rows[i * BOX_DIM], &rows[base * BOX_DIM], start,
+                                                                  size, mode, threshold);
     }
-    if (threadIdx.x == 0) *num_keep = count;
+    __syncthreads();  // masks, flags and workspace written by the block are visible to all its threads
+    greedy_pass(group_mask, stride, n, group_removed, max_keep, nullptr, nullptr, group_keep);
 }

@@ -9,7 +9,9 @@ is at least as fused (see :data:`FUSION_LEVELS`).
 
 from __future__ import annotations
 
+import os
 import pickle
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +139,55 @@ def load_checkpoint(model: FastPillars, path: str | Path, strict: bool = True) -
     return model
 
 
-def save_checkpoint(model: FastPillars, path: str | Path) -> None:
-    """Write ``{"state_dict", "config", "fusion_level"}`` (plain types only: safe-loadable)."""
-    torch.save({"state_dict": model.state_dict(), "config": model.config.to_dict(),
-                "fusion_level": model.fusion_level}, Path(path))
+def save_checkpoint(model: FastPillars, path: str | Path, licence: str | None = None,
+                    score_thresholds: dict[str, float] | None = None) -> None:
+    """Write ``{"state_dict", "config", "fusion_level"[, "licence"][, "score_thresholds"]}`` (plain types only:
+    safe-loadable).
+
+    ``licence``: the terms the weights are under (they inherit those of their training data), shown by the
+    node's ready line. ``score_thresholds``: the default published score per class, calibrated for these weights
+    (``fastpillars-ros calibrate``).
+    """
+    obj: dict[str, Any] = {"state_dict": model.state_dict(), "config": model.config.to_dict(),
+                           "fusion_level": model.fusion_level}
+    if licence:
+        obj["licence"] = str(licence)
+    if score_thresholds:
+        obj["score_thresholds"] = {str(k): float(v) for k, v in score_thresholds.items()}
+    torch.save(obj, Path(path))
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """What one of our checkpoints says about its weights besides the tensors."""
+
+    licence: str | None = None
+    score_thresholds: dict[str, float] = field(default_factory=dict)
+
+
+def checkpoint_meta(path: str | Path) -> CheckpointMeta:
+    """The ``licence`` and calibrated ``score_thresholds`` entries of a checkpoint (empty when absent)."""
+    obj = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if not isinstance(obj, dict):
+        return CheckpointMeta()
+    licence = obj.get("licence") if isinstance(obj.get("licence"), str) else None
+    raw = obj.get("score_thresholds")
+    thresholds = ({str(k): float(v) for k, v in raw.items() if isinstance(v, (int, float))}
+                  if isinstance(raw, dict) else {})
+    return CheckpointMeta(licence, thresholds)
+
+
+def update_checkpoint_meta(path: str | Path, *, licence: str | None = None,
+                           score_thresholds: dict[str, float] | None = None) -> None:
+    """Rewrite a checkpoint with new ``licence`` / ``score_thresholds`` entries (atomically; weights unchanged)."""
+    path = Path(path)
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(obj, dict) or "state_dict" not in obj:
+        raise ValueError(f"{path} is not one of our checkpoints (no 'state_dict' entry)")
+    if licence is not None:
+        obj["licence"] = str(licence)
+    if score_thresholds is not None:
+        obj["score_thresholds"] = {str(k): float(v) for k, v in score_thresholds.items()}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)

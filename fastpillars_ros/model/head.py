@@ -9,6 +9,7 @@ fastpillars-model.md §4.3) for a head cell at row i (y) and column j (x):
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -154,73 +155,129 @@ def det3d_to_boxes(det: Tensor) -> Tensor:
                         wrap_angle(-r - math.pi / 2)], dim=-1)
 
 
+@dataclass
+class DenseCandidates:
+    """Candidates of every task in one fixed-shape block: per batch item and task the ``P`` best cells by
+    score (``P = min(pre_max, H * W)``), padded. Fixed shapes keep the whole decode on the device without a
+    host synchronisation (and inside a CUDA graph); :meth:`compact` gives the per-item :class:`Candidates`.
+
+    Attributes:
+        boxes: ``[B, T, P, 7]`` float32, as :attr:`Candidates.boxes` (padding rows hold any value).
+        scores: ``[B, T, P]`` float32, descending along P; ``-inf`` on padding.
+        labels: ``[B, T, P]`` int64 global class id.
+        valid: ``[B, T, P]`` bool, a prefix of each row: the cells above the heat threshold whose centre
+            lies in ``post_center_range``.
+        velocities: ``[B, T, P, 2]`` float32 or None.
+    """
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+    valid: Tensor
+    velocities: Tensor | None = None
+
+    def select(self, b: int, mask: Tensor) -> Candidates:
+        """The rows of batch item ``b`` where ``mask`` ``[T, P]`` is true, tasks in order, each task's rows
+        by score (a boolean select: on a GPU it waits for the device)."""
+        num_tasks, p = mask.shape
+        task = torch.arange(num_tasks, device=mask.device).view(num_tasks, 1).expand(num_tasks, p)
+        return Candidates(self.boxes[b][mask], self.scores[b][mask], self.labels[b][mask], task[mask],
+                          None if self.velocities is None else self.velocities[b][mask])
+
+    def compact(self) -> list[Candidates]:
+        """One :class:`Candidates` per batch item: its valid rows."""
+        return [self.select(b, self.valid[b]) for b in range(self.valid.shape[0])]
+
+
+@functools.cache
+def _class_table(task_sizes: tuple[int, ...], device: str) -> tuple[Tensor, Tensor]:
+    """(``[T, Cmax]`` index of each task's classes into the concatenated heat maps, padded with the index of
+    an extra row; ``[T, 1]`` global label of each task's first class). Cached per device: no host-to-device
+    copy per frame (nor inside a CUDA graph capture)."""
+    total, c_max = sum(task_sizes), max(task_sizes)
+    starts = [sum(task_sizes[:t]) for t in range(len(task_sizes))]
+    table = [[s + c if c < n else total for c in range(c_max)] for s, n in zip(starts, task_sizes, strict=True)]
+    return (torch.tensor(table, dtype=torch.int64, device=device),
+            torch.tensor(starts, dtype=torch.int64, device=device).view(-1, 1))
+
+
 @torch.no_grad()
-def decode_head_outputs(outputs: list[dict[str, Tensor]], config: ModelConfig,
-                        score_threshold: float | None = None) -> list[Candidates]:
-    """Dense CenterPoint decoding (no peak extraction), as in the official ``predict``.
+def decode_dense(outputs: list[dict[str, Tensor]], config: ModelConfig,
+                 score_threshold: float | None = None) -> DenseCandidates:
+    """Dense CenterPoint decoding (no peak extraction, as the official ``predict``) of all tasks at once:
+    batched tensor ops over ``[B, T, H * W]`` and one stable sort per row, no per-task loop.
 
     Args:
-        outputs: per task, raw maps ``[B, C, H, W]`` (keys reg, height, dim, rot, [vel], [iou], hm).
+        outputs: per task, raw maps ``[B, C, H, W]`` (keys reg, height, dim, rot, [axis], [vel], [iou], hm);
+            every task has the same branches (only ``hm``'s channels differ).
         config: the model config (grid geometry, classes, decode settings).
         score_threshold: keep cells whose max class heat (sigmoid) exceeds this; default from config.
-    Returns:
-        One :class:`Candidates` per batch item.
     """
     dec = config.decode
     thr = dec.score_threshold if score_threshold is None else float(score_threshold)
     alpha = dec.rectifier if config.head.iou else 0.0
-    x_min, y_min = config.pc_range[0], config.pc_range[1]
     cell_x = config.pillar_size[0] * config.out_size_factor
     cell_y = config.pillar_size[1] * config.out_size_factor
-    lo = torch.tensor(dec.post_center_range[:3])
-    hi = torch.tensor(dec.post_center_range[3:])
-    batch = outputs[0]["hm"].shape[0]
-    label_offsets = [0]
-    for task in config.tasks:
-        label_offsets.append(label_offsets[-1] + len(task))
+    num_tasks = len(outputs)
+    batch, _, h, w = outputs[0]["hm"].shape
+    hw = h * w
+    device = outputs[0]["hm"].device
+    table, first_label = _class_table(tuple(int(o["hm"].shape[1]) for o in outputs), str(device))
 
-    results = []
-    for b in range(batch):
-        parts = []
-        for t, out in enumerate(outputs):
-            hm = out["hm"][b]
-            w = hm.shape[-1]
-            device = hm.device
-            heat = torch.sigmoid(hm.float()).flatten(1)  # [C_t, H*W]
-            score, cls = heat.max(dim=0)
-            keep = torch.nonzero(score > thr).squeeze(1)
-            rows = torch.div(keep, w, rounding_mode="floor")
-            cols = keep - rows * w
+    heat = torch.sigmoid(torch.cat([o["hm"] for o in outputs], dim=1).float()).flatten(2)  # [B, sum C, HW]
+    heat = torch.cat([heat, heat.new_full((batch, 1, hw), -1.0)], dim=1)  # padding row: never the max
+    score, cls = heat[:, table].max(dim=2)  # [B, T, HW]
+    names = [n for n in outputs[0] if n != "hm"]
+    width = {n: int(outputs[0][n].shape[1]) for n in names}
+    maps = torch.cat([o[n] for o in outputs for n in names], dim=1).float().view(batch, num_tasks, -1, hw)
+    chan: dict[str, slice] = {}  # channels of each branch within one task's block of ``maps``
+    at = 0
+    for n in names:
+        chan[n] = slice(at, at + width[n])
+        at += width[n]
 
-            def take(name: str, _b: int = b, _keep: Tensor = keep, _out: dict = out) -> Tensor:
-                return _out[name][_b].float().flatten(1)[:, _keep]  # [C, K]
+    cell = torch.arange(hw, device=device)
+    rows = torch.div(cell, w, rounding_mode="floor")
+    cols = cell - rows * w
+    reg = maps[:, :, chan["reg"]]
+    xs = (cols.float() + reg[:, :, 0]) * cell_x + config.pc_range[0]
+    ys = (rows.float() + reg[:, :, 1]) * cell_y + config.pc_range[1]
+    zs = maps[:, :, chan["height"].start]
+    lo, hi = dec.post_center_range[:3], dec.post_center_range[3:]
+    keep = score > thr
+    for v, a, b in ((xs, lo[0], hi[0]), (ys, lo[1], hi[1]), (zs, lo[2], hi[2])):
+        keep &= (v >= a) & (v <= b)
+    s = score
+    if alpha > 0:
+        iou = ((maps[:, :, chan["iou"].start] + 1.0) * 0.5).clamp(0.0, 1.0)
+        s = torch.pow(s, 1.0 - alpha) * torch.pow(iou, alpha)
+    s = torch.where(keep, s, torch.full_like(s, -math.inf))
+    p = min(dec.pre_max, hw)
+    s, order = torch.sort(s, dim=-1, descending=True, stable=True)
+    s, order = s[..., :p], order[..., :p]
 
-            reg = take("reg")
-            xs = (cols.float() + reg[0]) * cell_x + x_min
-            ys = (rows.float() + reg[1]) * cell_y + y_min
-            zs = take("height")[0]
-            dim = torch.exp(take("dim").clamp(-5.0, 5.0))
-            rot = take("rot")
-            axis = take("axis") if "axis" in out else (None, None)
-            r = det3d_angle(rot[0], rot[1], axis[0], axis[1])
-            det = torch.stack([xs, ys, zs, dim[0], dim[1], dim[2], r], dim=1)
-            centre = det[:, :3]
-            in_range = ((centre >= lo.to(device)) & (centre <= hi.to(device))).all(dim=1)
-            s = score[keep]
-            if alpha > 0:
-                iou = ((take("iou")[0] + 1.0) * 0.5).clamp(0.0, 1.0)
-                s = torch.pow(s, 1.0 - alpha) * torch.pow(iou, alpha)
-            sel = torch.nonzero(in_range).squeeze(1)
-            s = s[sel]
-            order = torch.argsort(s, descending=True, stable=True)[: dec.pre_max]
-            sel = sel[order]
-            vel = take("vel").t()[sel] if "vel" in out else None
-            parts.append(Candidates(
-                boxes=det3d_to_boxes(det[sel]),
-                scores=s[order],
-                labels=cls[keep][sel] + label_offsets[t],
-                task=torch.full((sel.numel(),), t, dtype=torch.int64, device=device),
-                velocities=vel,
-            ))
-        results.append(Candidates.cat(parts))
-    return results
+    def take(n: str) -> Tensor:  # [B, T, C, P]
+        sub = maps[:, :, chan[n]]
+        return torch.gather(sub, 3, order.unsqueeze(2).expand(-1, -1, sub.shape[2], -1))
+
+    rows_p = torch.div(order, w, rounding_mode="floor")
+    cols_p = order - rows_p * w
+    reg_p = take("reg")
+    dim = torch.exp(take("dim").clamp(-5.0, 5.0))
+    rot = take("rot")
+    axis = take("axis") if "axis" in chan else None
+    r = det3d_angle(rot[:, :, 0], rot[:, :, 1], None if axis is None else axis[:, :, 0],
+                    None if axis is None else axis[:, :, 1])
+    det = torch.stack([(cols_p.float() + reg_p[:, :, 0]) * cell_x + config.pc_range[0],
+                       (rows_p.float() + reg_p[:, :, 1]) * cell_y + config.pc_range[1],
+                       take("height")[:, :, 0], dim[:, :, 0], dim[:, :, 1], dim[:, :, 2], r], dim=-1)
+    labels = torch.gather(cls, 2, order) + first_label
+    vel = take("vel").transpose(2, 3) if "vel" in chan else None
+    return DenseCandidates(det3d_to_boxes(det), s, labels, s > -math.inf, vel)
+
+
+@torch.no_grad()
+def decode_head_outputs(outputs: list[dict[str, Tensor]], config: ModelConfig,
+                        score_threshold: float | None = None) -> list[Candidates]:
+    """Dense CenterPoint decoding (:func:`decode_dense`), compacted: one :class:`Candidates` per batch item."""
+    return decode_dense(outputs, config, score_threshold).compact()

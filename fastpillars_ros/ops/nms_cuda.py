@@ -16,11 +16,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["iou_matrix_cuda", "nms_cuda", "nms_grouped_cuda"]
+__all__ = ["iou_matrix_cuda", "nms_cuda", "nms_grouped_cuda", "nms_groups_cuda"]
 
 NMS_BLOCK = 64  # boxes per mask word; must match NMS_BLOCK in nms.cu
 IOU_TILE = 16  # must match IOU_TILE in nms.cu
 REDUCE_THREADS = 256
+# One block per group in nms_groups_kernel: enough threads to fill the mask of ~1,000 boxes quickly, few
+# enough that the greedy pass (two barriers per box) stays cheap.
+GROUP_THREADS = 128
 _MODES = {"bev": 0, "3d": 1, "circle": 2}
 
 ArrayLike = Any
@@ -168,3 +171,50 @@ def nms_grouped_cuda(boxes: ArrayLike, scores: ArrayLike, groups: ArrayLike, iou
     out = cupy.concatenate(kept)
     out = out[cupy.lexsort(cupy.stack((out.astype(cupy.float64), -s[out])))]
     return _back(out, boxes)
+
+
+def _prefix_counts(valid: ArrayLike, cupy: Any, like: ArrayLike) -> Any:
+    """int32 count of true flags per row of ``valid`` (G, P), on the device. Counted where ``valid`` lives:
+    torch bool tensors do not cross DLPack everywhere."""
+    if _is_torch(valid):
+        import torch
+
+        return _to_cupy(valid.sum(-1, dtype=torch.int32), cupy, like)
+    return cupy.asarray(valid).sum(axis=-1, dtype=cupy.int32)
+
+
+def nms_groups_cuda(boxes: ArrayLike, valid: ArrayLike, iou_threshold: float, kind: str = "bev",
+                    pre_max: int | None = None, post_max: int | None = None,
+                    min_radius: float | None = None) -> ArrayLike:
+    """Greedy NMS of many groups in one kernel launch, on a fixed-shape block of candidates whose rows are
+    already sorted by descending score (the decoder's layout, :class:`~fastpillars_ros.model.head.DenseCandidates`).
+    Per group the semantics of :func:`fastpillars_ros.ops.nms_grouped` (pre_max/post_max per group); nothing
+    is read back to the host, so a frame keeps running on the device.
+
+    Args:
+        boxes: (G, P, >=7) ``[x, y, z, l, w, h, yaw]``; row g holds group g's candidates by descending score.
+        valid: (G, P) bool, a prefix of each row: the candidates that take part.
+    Returns:
+        (G, P) bool keep flags (torch on the boxes' device for torch input, else CuPy).
+    """
+    threshold = _threshold(kind, iou_threshold, min_radius)
+    cupy, mod = _module()
+    b = _to_cupy(boxes, cupy)
+    if b.ndim != 3 or b.shape[2] < 7 or tuple(valid.shape) != tuple(b.shape[:2]):
+        raise ValueError(f"boxes must be (G, P, >=7) and valid (G, P), got {tuple(b.shape)} and {tuple(valid.shape)}")
+    groups, p = int(b.shape[0]), int(b.shape[1])
+    b32 = cupy.ascontiguousarray(b[:, :, :7], dtype=cupy.float32)
+    count = _prefix_counts(valid, cupy, boxes)
+    if pre_max is not None:
+        count = cupy.minimum(count, np.int32(max(int(pre_max), 0)))
+    stride = (p + NMS_BLOCK - 1) // NMS_BLOCK
+    mask = cupy.empty(groups * p * stride, dtype=cupy.uint64)
+    removed = cupy.empty(groups * stride, dtype=cupy.uint64)
+    keep = cupy.empty((groups, p), dtype=cupy.uint8)
+    max_keep = p if post_max is None else max(int(post_max), 0)
+    if groups and p:
+        mod.get_function("nms_groups_kernel")((groups,), (GROUP_THREADS,), (
+            b32, cupy.ascontiguousarray(count, dtype=cupy.int32), np.int32(p), np.float64(threshold),
+            np.int32(_MODES[kind]), np.int32(max_keep), mask, removed, keep))
+    out = _back(keep, boxes)
+    return out.bool() if _is_torch(out) else out.astype(bool)

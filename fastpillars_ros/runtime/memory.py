@@ -1,21 +1,31 @@
-"""Start-up GPU memory check: estimate what a model needs and compare it with free device memory.
+"""Start-up memory check: estimate what a model needs and compare it with free device memory.
 
 No peer checks before committing memory, so users meet out-of-memory as a crash in the middle of an
-engine build or the first frame. The estimate is a sum of named components, each in bytes:
+engine build or the first frame. The back end is resolved first (:func:`resolve_backend`: with ``auto`` on
+a GPU that is TensorRT where it is installed, as the Detector does), and the estimate budgets what that back
+end really holds. It is a sum of named components, each in bytes:
 
 * ``cuda_context``: the CUDA context, kernels and library handles a process pays once, outside torch's
   allocator (:data:`CUDA_CONTEXT_MIB`; 700-714 MiB measured on an H100 with torch 2.11 + CUDA 13, cuDNN,
   cuBLAS and our CuPy kernels loaded; smaller on older stacks, so the budget errs high there);
-* ``parameters``: parameter count of the deployed (fused) network x bytes per element of the precision
-  (fp32 4, fp16/bf16 2, int8 1) - the familiar "N params x bytes" rule of thumb;
+* ``parameters`` (torch) or ``engine`` (TensorRT, onnxruntime): the weights the dense part runs with,
+  parameter count of the deployed (fused) network x bytes per element of the precision (fp32 4, fp16/bf16 2,
+  int8 1) - the familiar "N params x bytes" rule of thumb; an engine's size is its weights;
+* ``fp32_model``: the fp32 torch model that stays on the device beside a separate copy of the dense
+  weights (the encoder runs from it): torch fp16 (a half copy) and TensorRT (the engine's copy);
 * ``activations``: peak activation memory of the dense network for the config's canvas at batch 1,
   traced layer by layer on the ``meta`` device (no memory is allocated for the trace), plus the
   tensors that stay alive across layers (the canvas, the stage-3 skip into the neck);
 * ``encoder``: MAPE per-point and per-pillar tensors for the configured maximum point count;
-* ``workspace``: TensorRT builder/runtime workspace, or the cuDNN/cuBLAS workspaces torch allocates
-  (tens of MiB: the torch-path allocator peak on an H100 was within 9 % of the other components alone);
+* ``workspace``: TensorRT workspace (:data:`DEFAULT_WORKSPACE_MIB`, 1,024 MiB, the limit the engine is built
+  with), or the cuDNN/cuBLAS workspaces torch allocates (tens of MiB: the torch-path allocator peak on an
+  H100 was within 9 % of the other components alone); none for onnxruntime;
 * ``buffers``: pre/post-processing buffers (raw cloud bytes, point columns, decorated features,
-  pillar maps, occupancy grid, candidates and the NMS mask).
+  pillar maps, occupancy grid, candidates and the NMS mask);
+* ``cuda_graph`` (torch): the CUDA graph's own copy of the canvas (fp32), which every frame is copied into.
+
+onnxruntime runs on the CPU: its estimate has no CUDA context and no workspace, and it is host memory.
+The accuracy of the estimate was measured on one GPU model (an H100, BENCHMARKS.md), torch back end only.
 """
 
 from __future__ import annotations
@@ -33,7 +43,9 @@ from ..config import ModelConfig, load_model_config
 MIB = 1024 * 1024
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 CUDA_CONTEXT_MIB = 700
-DEFAULT_WORKSPACE_MIB = {"tensorrt": 1024, "torch": 64}
+DEFAULT_WORKSPACE_MIB = {"tensorrt": 1024, "torch": 64, "onnxruntime": 0}
+# The back ends whose memory is on the GPU; onnxruntime runs the dense part on the CPU.
+GPU_BACKENDS = ("tensorrt", "torch")
 # Bytes of one raw PointCloud2 point budgeted for the device copy of the message (Ouster's 48-byte layout
 # is the widest common one).
 RAW_POINT_BYTES = 48
@@ -115,15 +127,33 @@ def parameter_count(config: str | Path | ModelConfig) -> int:
     return _trace(load_model_config(config))[0]
 
 
-def estimate_memory(config: str | Path | ModelConfig, precision: str = "fp32", *, backend: str = "tensorrt",
+def resolve_backend(backend: str, device: str = "cuda") -> str:
+    """The back end a Detector with ``backend`` on ``device`` runs ("tensorrt", "torch" or "onnxruntime"),
+    resolved as the Detector does: "auto" is TensorRT on a GPU where the package is installed, else torch;
+    onnxruntime on the CPU where installed. Decided before anything is allocated, so the memory check
+    budgets the back end that will really run."""
+    if backend != "auto":
+        return backend
+    if device == "cpu":
+        from .onnxruntime_backend import onnxruntime_version
+
+        return "onnxruntime" if onnxruntime_version() is not None else "torch"
+    from .tensorrt_backend import tensorrt_version
+
+    return "tensorrt" if tensorrt_version() is not None else "torch"
+
+
+def estimate_memory(config: str | Path | ModelConfig, precision: str = "fp32", *, backend: str = "torch",
                     max_points: int = 300_000, max_pillars: int | None = None,
                     workspace_mib: int | None = None) -> MemoryEstimate:
-    """Estimate device memory for running ``config`` at ``precision`` (see the module docstring)."""
+    """Estimate memory for running ``config`` at ``precision`` on a resolved ``backend`` (see the module
+    docstring; "auto" is resolved for a GPU with :func:`resolve_backend`)."""
     cfg = load_model_config(config)
     if precision not in BYTES_PER_ELEMENT:
         raise ValueError(f"precision must be one of {sorted(BYTES_PER_ELEMENT)}, got {precision!r}")
+    backend = resolve_backend(backend)
     if backend not in DEFAULT_WORKSPACE_MIB:
-        raise ValueError(f"backend must be one of {sorted(DEFAULT_WORKSPACE_MIB)}, got {backend!r}")
+        raise ValueError(f"backend must be one of {sorted(DEFAULT_WORKSPACE_MIB)} or 'auto', got {backend!r}")
     if max_points <= 0:
         raise ValueError(f"max_points must be positive, got {max_points}")
     nx, ny = cfg.grid_size
@@ -147,14 +177,16 @@ def estimate_memory(config: str | Path | ModelConfig, precision: str = "fp32", *
         + n_tasks * pre * (7 + 4) * 4                     # candidates: box, score, label, task, iou
         + n_tasks * pre * math.ceil(pre / 64) * 8         # NMS suppression bitmask
     )
-    components = {
-        "cuda_context": CUDA_CONTEXT_MIB * MIB,
-        "parameters": n_params * bpe,
-        "activations": activation_elements * bpe,
-        "encoder": encoder,
-        "workspace": ws * MIB,
-        "buffers": buffers,
-    }
+    weights = "parameters" if backend == "torch" else "engine"
+    components = {"cuda_context": CUDA_CONTEXT_MIB * MIB if backend in GPU_BACKENDS else 0,
+                  weights: n_params * bpe}
+    if backend != "torch" or precision != "fp32":
+        components["fp32_model"] = n_params * 4
+    components.update(activations=activation_elements * bpe, encoder=encoder, workspace=ws * MIB,
+                      buffers=buffers)
+    if backend == "torch":
+        components["cuda_graph"] = math.prod(cfg.canvas_shape) * 4
+    components = {k: v for k, v in components.items() if v}
     return MemoryEstimate(cfg.name, precision, backend, max_points, max_pillars, n_params, components)
 
 

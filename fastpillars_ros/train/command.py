@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="times each --camera-view-data frame is used per epoch (default 1)")
     parser.add_argument("--init", default=None, metavar="CHECKPOINT",
                         help="start from these weights (fine-tuning; the config must match their layers)")
+    parser.add_argument("--weights-licence", default=None, metavar="TEXT",
+                        help="licence of the trained weights (that of the training data, e.g. 'CC BY-NC-SA 3.0' for "
+                        "KITTI), stored in every checkpoint and shown in the node's ready line")
     parser.add_argument("--val", default=None, help="validation data folder: val loss per epoch in log.jsonl")
     parser.add_argument("--val-camera-view", action="store_true",
                         help="the --val folder is labelled in the camera's view only (mask as for training)")
@@ -36,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="run directory (checkpoints, train_state.pt, log.jsonl)")
     parser.add_argument("--batch-size", type=int, default=4, help="frames per batch (default 4)")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the one-cycle schedule")
+    parser.add_argument("--pct-start", type=float, default=0.4,
+                        help="fraction of the steps spent warming up to the peak learning rate (default 0.4)")
     parser.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default 0.01)")
     parser.add_argument("--workers", type=int, default=1,
                         help="data loader worker processes (loading, augmentation, pillarization; default 1)")
@@ -70,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
                         max_frames=args.max_frames, max_val_frames=args.max_val_frames, device=args.device,
                         threads=args.threads, gt_sampling=args.gt_sampling, min_points=args.min_points,
                         progress=not args.no_progress, max_steps=args.max_steps, init=args.init,
-                        camera_view_repeat=args.camera_view_repeat)
+                        camera_view_repeat=args.camera_view_repeat, licence=args.weights_licence,
+                        pct_start=args.pct_start)
     try:
         summary = train(opts, data=args.data, val=args.val, camera_view=args.camera_view_data,
                         camera_view_val=args.val_camera_view)

@@ -149,12 +149,12 @@ class TrainSet(Dataset):
         self.gt_sampling = gt_sampling
         self.min_points = min_points
         self.indices = list(range(len(source))) if indices is None else list(indices)
-        symmetric_x = abs(config.pc_range[0] + config.pc_range[3]) < 1e-6
-        symmetric_y = abs(config.pc_range[1] + config.pc_range[4]) < 1e-6
-        # A canvas centred on the sensor sees every heading: turn scenes by any angle (a front-view canvas
-        # keeps +-45 degrees, so that objects stay inside it).
-        self.augment_config = augment_config or AugmentConfig(
-            flip_x=symmetric_x, rotation=math.pi if symmetric_x and symmetric_y else math.pi / 4)
+        # A canvas around the sensor sees every heading: mirror front/back and turn scenes by any angle (objects
+        # turned past a longer side fall off the canvas, as they would in use). A front-view canvas keeps
+        # +-45 degrees and no front/back mirror, so that objects stay inside it.
+        around = config.pc_range[0] < 0 < config.pc_range[3] and config.pc_range[1] < 0 < config.pc_range[4]
+        self.augment_config = augment_config or AugmentConfig(flip_x=around,
+                                                              rotation=math.pi if around else math.pi / 4)
         self.gt_config = gt_config or GtSamplingConfig()
         self.geo = geometry or head_geometry(config)
 

@@ -67,6 +67,7 @@ class TrainOptions:
     max_steps: int | None = None  # stop after this many optimizer steps in total (smoke tests, profiling)
     init: str | None = None  # start from these weights (fine-tuning) instead of a random init
     camera_view_repeat: int = 1  # each camera-view (real KITTI) frame is seen this many times per epoch
+    licence: str | None = None  # terms of the trained weights (those of the training data), stored in checkpoints
     loss_weights: LossWeights = field(default_factory=LossWeights)
 
 
@@ -76,9 +77,9 @@ def _atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _atomic_checkpoint(model: torch.nn.Module, path: Path) -> None:
+def _atomic_checkpoint(model: torch.nn.Module, path: Path, licence: str | None = None) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    save_checkpoint(model, tmp)  # type: ignore[arg-type]
+    save_checkpoint(model, tmp, licence)  # type: ignore[arg-type]
     os.replace(tmp, path)
 
 
@@ -279,8 +280,8 @@ def train(opts: TrainOptions, train_source: Any = None, val_source: Any = None, 
         if val_loader is not None:
             record.update({f"val_{k}": v for k, v in evaluate_loss(model, val_loader, config, device,
                                                                    opts.loss_weights).items()})
-        _atomic_checkpoint(model, run_dir / "last.pt")
-        _atomic_checkpoint(model, run_dir / f"epoch_{epoch + 1:03d}.pt")
+        _atomic_checkpoint(model, run_dir / "last.pt", opts.licence)
+        _atomic_checkpoint(model, run_dir / f"epoch_{epoch + 1:03d}.pt", opts.licence)
         _atomic_save({"epoch": epoch + 1, "step": step, "total_steps": total_steps,
                       "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                       "torch_rng": torch.get_rng_state(), "options": _plain_options(opts)}, state_path)

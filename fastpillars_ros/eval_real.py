@@ -1,0 +1,382 @@
+"""``fastpillars-ros eval-real``: how a model does on the real development scans (``shared/data/real``).
+
+The development set is small (7 KITTI frames, 3 View-of-Delft frames), labelled only in the front camera's view.
+For each set the detector runs once per frame, keeping every candidate above the decode floor, and the report
+gives, within :data:`MAX_RANGE` metres and the camera's view:
+
+* KITTI R40 BEV AP (car @0.7 and @0.5, pedestrian and cyclist @0.5), as ``fastpillars-ros eval --camera-fov``;
+* recall at the loose IoU thresholds (:data:`LOOSE_IOU`) among the detections a user sees by default (the model's
+  default per-class score thresholds);
+* **false objects per frame** at those thresholds: a published detection in the labelled view that overlaps no
+  labelled or ignored object of any type at BEV IoU :data:`LOOSE_IOU` of its class, and whose centre does not
+  project into a ``DontCare`` image region (those regions have no 3D box);
+* the **360-degree check** (KITTI): every scan turned by 180 degrees about z (points and, for comparison, the
+  boxes turned back), so the labelled objects lie behind the sensor; car recall at BEV IoU 0.5 should match the
+  unturned scans.
+
+A set whose sensor is mounted unlike the model's training sensor (View-of-Delft: pitched ~7 degrees) is moved
+into the model's mounting first (:mod:`fastpillars_ros.mounting`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .eval_command import ground_truth, in_camera_fov
+from .evaluation import FrameBoxes, evaluate
+from .pointcloud import model_columns
+
+__all__ = ["DEV_SETS", "LOOSE_IOU", "MAX_RANGE", "Calibrate", "RealSet", "SetReport", "add_arguments",
+           "calibrate_thresholds", "evaluate_set", "false_objects", "run"]
+
+MAX_RANGE = 50.0
+#: BEV IoU at which a detection "finds" an object of its class (and is not a false object).
+LOOSE_IOU = {"car": 0.5, "pedestrian": 0.25, "cyclist": 0.25}
+AP_IOU = {"car": (0.7, 0.5), "pedestrian": (0.5,), "cyclist": (0.5,)}
+
+
+@dataclass(frozen=True)
+class RealSet:
+    """A labelled real folder (KITTI layout) and what differs about its sensor."""
+
+    name: str
+    folder: str  # under the real-data folder
+    intensity_max: float  # reflectance range of its .bin files
+    image_size: tuple[int, int]  # camera 2 (width, height) px: the labelled view
+    estimate_mounting: bool  # sensor mounted unlike the model's (estimate height/roll/pitch from the ground)
+    turn_check: bool  # run the 180-degree check on it
+    max_difficulty: int | None  # KITTI difficulty above which objects are ignored (None: KITTI's rule not used)
+
+
+DEV_SETS = (
+    RealSet("kitti", "kitti/training", 1.0, (1242, 375), False, True, 2),
+    # View-of-Delft fills the truncation column with 0/1 flags and its images are 3x taller, so KITTI's
+    # difficulty rule (pixel heights, truncation fractions) does not apply: every labelled object counts.
+    RealSet("vod", "vod/training", 255.0, (1936, 1216), True, False, None),
+)
+
+
+@dataclass
+class SetReport:
+    """Results of one set: per-frame detections (all candidates), ground truth and the derived figures."""
+
+    name: str
+    num_frames: int
+    num_objects: dict[str, int]
+    ap: dict[str, float]  # "car@0.7" -> AP (NaN: no objects)
+    recall: dict[str, float]  # class -> recall at LOOSE_IOU among published detections
+    false_per_frame: float
+    false_by_class: dict[str, int]
+    published_per_frame: float
+    turned_car_recall: float | None = None
+    turned_false_per_frame: float | None = None
+    mounting: list[str] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        def clean(v: Any) -> Any:
+            if isinstance(v, float):
+                return None if math.isnan(v) else round(v, 4)
+            if isinstance(v, dict):
+                return {k: clean(x) for k, x in v.items()}
+            return v
+
+        return {k: clean(v) for k, v in self.__dict__.items()}
+
+
+def _turn(points: np.ndarray) -> np.ndarray:
+    out = points.copy()
+    out[:, :2] *= -1.0
+    return out
+
+
+def _turn_boxes_back(boxes: np.ndarray) -> np.ndarray:
+    out = np.array(boxes, dtype=np.float64).reshape(-1, 7)
+    out[:, :2] *= -1.0
+    out[:, 6] = np.angle(np.exp(1j * (out[:, 6] + math.pi)))
+    return out
+
+
+def _in_view(boxes: np.ndarray, calib: Any, image_size: tuple[int, int]) -> np.ndarray:
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 7)
+    return in_camera_fov(b, calib, image_size) & (np.hypot(b[:, 0], b[:, 1]) <= MAX_RANGE)
+
+
+def _in_dontcare(boxes: np.ndarray, frame: Any) -> np.ndarray:
+    """(K,) bool: the box centre projects into one of the frame's DontCare image rectangles."""
+    rects = np.asarray(frame.dontcare_bboxes, dtype=np.float64).reshape(-1, 4)
+    if not len(boxes) or not len(rects):
+        return np.zeros(len(boxes), dtype=bool)
+    t = frame.calib.velo_to_rect
+    rect = np.asarray(boxes)[:, :3] @ t[:3, :3].T + t[:3, 3]
+    uvw = np.hstack([rect, np.ones((len(rect), 1))]) @ frame.calib.p2.T
+    u, v = uvw[:, 0] / uvw[:, 2], uvw[:, 1] / uvw[:, 2]
+    inside = ((u[:, None] >= rects[None, :, 0]) & (u[:, None] <= rects[None, :, 2])
+              & (v[:, None] >= rects[None, :, 1]) & (v[:, None] <= rects[None, :, 3]))
+    return inside.any(axis=1)
+
+
+def false_objects(pred: FrameBoxes, frame: Any, class_names: Sequence[str]) -> np.ndarray:
+    """(K,) bool over ``pred``: detections that overlap no labelled or ignored object of the frame (any type)
+    at BEV IoU :data:`LOOSE_IOU` of the detection's class and do not point into a DontCare region."""
+    from .ops.iou import rotated_iou_bev
+
+    objects = np.concatenate([np.asarray(frame.boxes, np.float64).reshape(-1, 7),
+                              np.asarray(frame.ignored_boxes, np.float64).reshape(-1, 7)])
+    if not len(pred.boxes):
+        return np.zeros(0, dtype=bool)
+    need = np.array([LOOSE_IOU.get(class_names[int(c)], 0.5) for c in pred.labels])
+    best = (np.asarray(rotated_iou_bev(pred.boxes, objects)).max(axis=1) if len(objects)
+            else np.zeros(len(pred.boxes)))
+    return (best < need) & ~_in_dontcare(pred.boxes, frame)
+
+
+def _select(fb: FrameBoxes, keep: np.ndarray) -> FrameBoxes:
+    return FrameBoxes(fb.boxes[keep], fb.labels[keep], None if fb.scores is None else fb.scores[keep])
+
+
+def _published(pred: FrameBoxes, thresholds: np.ndarray) -> FrameBoxes:
+    return _select(pred, pred.scores >= thresholds[pred.labels])  # type: ignore[operator]
+
+
+def evaluate_set(detector: Any, real: RealSet, root: Path, *, progress: bool = False
+                 ) -> tuple[SetReport, list[dict[str, Any]]]:
+    """Run ``detector`` (built with the decode floor as its threshold) on one development set.
+
+    Scans of a set with ``estimate_mounting`` are moved into the model's mounting by a ground-plane fit of
+    each scan (:func:`fastpillars_ros.mounting.estimate_ground`, what ``mounting.auto`` does on the first
+    cloud). Returns the report and, per frame, the material for pictures (points, ground truth, published
+    detections, which of them are false).
+    """
+    from tqdm import tqdm
+
+    from .datasets.kitti import KittiDataset
+    from .mounting import estimate_ground
+
+    class_names = list(detector.class_names)
+    thresholds = np.array([detector.default_score_thresholds[c] for c in class_names])
+    dataset = KittiDataset(root / real.folder, classes=class_names)
+    gain = detector.intensity_scale / real.intensity_max
+    preds, truths, turned, frames_out, mounts = [], [], [], [], []
+    n_false = np.zeros(len(class_names), dtype=np.int64)
+    n_pub = 0
+    turned_false = 0
+    for i in tqdm(range(len(dataset)), desc=f"eval-real {real.name}", unit="frame", file=sys.stderr,
+                  disable=not progress):
+        frame = dataset[i]
+        pts = model_columns(frame.points, detector.point_features, gain)
+        if real.estimate_mounting:
+            est = estimate_ground(frame.points)
+            detector.mounting_source = None if est is None else est.mounting
+            m = detector.mounting_source
+            mounts.append("no ground found" if m is None else f"{m.height:.2f} m, roll {math.degrees(m.roll):.1f} "
+                          f"deg, pitch {math.degrees(m.pitch):.1f} deg")
+        try:
+            out = detector.detect(pts)
+        finally:
+            detector.mounting_source = None
+        pred = FrameBoxes(out.boxes.astype(np.float64), out.labels.astype(np.int64), out.scores.astype(np.float64))
+        gt = ground_truth(frame, class_names, real.max_difficulty)
+        pred = _select(pred, _in_view(pred.boxes, frame.calib, real.image_size))
+        gt.ignore = gt.ignore | ~_in_view(gt.boxes, frame.calib, real.image_size)  # type: ignore[operator]
+        preds.append(pred)
+        truths.append(gt)
+        pub = _published(pred, thresholds)
+        false = false_objects(pub, frame, class_names)
+        np.add.at(n_false, pub.labels[false], 1)
+        n_pub += len(pub.boxes)
+        frames_out.append({"frame_id": frame.frame_id, "points": frame.points, "gt_boxes": frame.boxes,
+                           "gt_names": list(frame.names), "det_boxes": pub.boxes,
+                           "det_scores": pub.scores, "det_names": [class_names[int(c)] for c in pub.labels],
+                           "false": false})
+        if real.turn_check:
+            out_t = detector.detect(_turn(pts))
+            pred_t = FrameBoxes(_turn_boxes_back(out_t.boxes), out_t.labels.astype(np.int64),
+                                out_t.scores.astype(np.float64))
+            pred_t = _select(pred_t, _in_view(pred_t.boxes, frame.calib, real.image_size))
+            pub_t = _published(pred_t, thresholds)
+            turned_false += int(false_objects(pub_t, frame, class_names).sum())
+            turned.append(pub_t)
+
+    ap_res = evaluate(preds, truths, class_names, iou_thresholds={c: AP_IOU.get(c, (0.5,)) for c in class_names})
+    ap = {f"{c}@{t:g}": ap_res.get(c, "bev", t).ap for c in class_names for t in AP_IOU.get(c, (0.5,))}
+    pub_all = [_published(p, thresholds) for p in preds]
+    loose = evaluate(pub_all, truths, class_names, iou_thresholds={c: LOOSE_IOU.get(c, 0.5) for c in class_names})
+    recall = {c: loose.get(c, "bev", LOOSE_IOU.get(c, 0.5)).max_recall for c in class_names}
+    counts = {c: loose.get(c, "bev", LOOSE_IOU.get(c, 0.5)).num_gt for c in class_names}
+    n = len(dataset)
+    report = SetReport(name=real.name, num_frames=n, num_objects=counts, ap=ap, recall=recall,
+                       false_per_frame=float(n_false.sum()) / max(n, 1),
+                       false_by_class={c: int(k) for c, k in zip(class_names, n_false, strict=True)},
+                       published_per_frame=n_pub / max(n, 1), mounting=mounts or None)
+    if real.turn_check:
+        t_res = evaluate(turned, truths, class_names, iou_thresholds={"car": 0.5})
+        report.turned_car_recall = t_res.get("car", "bev", 0.5).max_recall
+        report.turned_false_per_frame = turned_false / max(n, 1)
+    return report, frames_out
+
+
+def format_reports(reports: Sequence[SetReport], thresholds: dict[str, float]) -> str:
+    """The development-set table (one block per set)."""
+    lines = ["default score thresholds: " + ", ".join(f"{c} {t:.2f}" for c, t in thresholds.items()),
+             f"objects within {MAX_RANGE:g} m in the camera's view; loose IoU "
+             + ", ".join(f"{c} {t:g}" for c, t in LOOSE_IOU.items())]
+    for r in reports:
+        objs = ", ".join(f"{n} {c}" for c, n in r.num_objects.items())
+        lines.append(f"\n[{r.name}] {r.num_frames} frames, {objs}")
+        lines.append("  BEV AP (R40):      " + "  ".join(
+            f"{k} {'n/a' if math.isnan(v) else f'{v:5.1f}'}" for k, v in r.ap.items()))
+        lines.append("  recall (default):  " + "  ".join(
+            f"{c} {'n/a' if math.isnan(v) else f'{100 * v:5.1f}%'}" for c, v in r.recall.items()))
+        lines.append(f"  false objects/frame (default thresholds): {r.false_per_frame:.2f} "
+                     f"({', '.join(f'{c} {k}' for c, k in r.false_by_class.items())}); "
+                     f"published/frame {r.published_per_frame:.1f}")
+        if r.turned_car_recall is not None:
+            lines.append(f"  turned 180 deg:    car recall@0.5 {100 * r.turned_car_recall:5.1f}% "
+                         f"(unturned {100 * r.recall['car'] if 'car' in r.recall else float('nan'):5.1f}%), "
+                         f"false objects/frame {r.turned_false_per_frame:.2f}")
+        if r.mounting:
+            lines.append("  mounting (estimated per scan): " + "; ".join(r.mounting))
+    return "\n".join(lines)
+
+
+def _pictures(frames: list[dict[str, Any]], set_name: str, path: Path) -> Path:
+    from .viz import SceneView, overview
+
+    views = [SceneView(points=f["points"], gt_boxes=f["gt_boxes"], gt_names=f["gt_names"], det_boxes=f["det_boxes"],
+                       det_scores=f["det_scores"], det_names=f["det_names"],
+                       title=f"{set_name} {f['frame_id']}: {len(f['det_boxes'])} published, "
+                             f"{int(np.sum(f['false']))} false")
+             for f in frames]
+    return overview(views, path, cols=min(4, len(views)), view_range=(-MAX_RANGE, MAX_RANGE, -MAX_RANGE, MAX_RANGE),
+                    title=f"{set_name}: published detections (default thresholds) and labels (white)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, help="model config (default: the embedded default)")
+    parser.add_argument("--checkpoint", default=None, help="weights (default: the ones shipped for --config)")
+    parser.add_argument("--real-data", default=None,
+                        help="the real-data folder (default: shared/data/real beside the repository)")
+    parser.add_argument("--sets", default=",".join(s.name for s in DEV_SETS),
+                        help="comma-separated development sets (default: all)")
+    parser.add_argument("--out", default=None, help="JSON report")
+    parser.add_argument("--pictures", default=None, metavar="DIR", help="BEV pictures per set (PNG) into DIR")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def default_real_data() -> Path:
+    """``shared/data/real`` beside the repository (the development checkout's layout)."""
+    return Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+
+
+def run(args: argparse.Namespace) -> int:
+    from .config import DEFAULT_MODEL
+    from .detector import Detector
+
+    root = Path(args.real_data) if args.real_data else default_real_data()
+    wanted = [s.strip() for s in args.sets.split(",") if s.strip()]
+    sets = [s for s in DEV_SETS if s.name in wanted]
+    unknown = sorted(set(wanted) - {s.name for s in DEV_SETS})
+    if unknown or not sets:
+        print(f"eval-real: unknown set(s) {unknown}; sets: {[s.name for s in DEV_SETS]}", file=sys.stderr)
+        return 2
+    if not (root / sets[0].folder).is_dir():
+        print(f"eval-real: real data not found under {root} (give --real-data)", file=sys.stderr)
+        return 2
+    from .config import load_model_config
+
+    config = load_model_config(args.config or DEFAULT_MODEL)
+    detector = Detector(config, args.checkpoint, score_threshold=config.decode.score_threshold)
+    reports = []
+    for real in sets:
+        report, frames = evaluate_set(detector, real, root, progress=not args.no_progress)
+        reports.append(report)
+        if args.pictures:
+            _pictures(frames, real.name, Path(args.pictures) / f"real_{real.name}.png")
+    defaults = detector.default_score_thresholds
+    print(detector.describe())
+    print(format_reports(reports, defaults))
+    if args.out:
+        Path(args.out).write_text(json.dumps({"config": config.name, "checkpoint": args.checkpoint,
+                                              "thresholds": defaults,
+                                              "sets": [r.to_dict() for r in reports]}, indent=1))
+    return 0
+
+
+def calibrate_thresholds(scores: dict[str, list[float]], num_frames: int, budget: dict[str, float],
+                         floor: float) -> dict[str, float]:
+    """Per class, the lowest score threshold (>= ``floor``) at which the false objects of that class number at most
+    ``budget[class]`` per frame: just above the score of the ``floor(budget * num_frames) + 1``-th highest false
+    object (``scores[class]``: the scores of a class's false objects over ``num_frames`` frames)."""
+    out = {}
+    for name, allowed in budget.items():
+        ranked = sorted(scores.get(name, []), reverse=True)
+        k = math.floor(allowed * num_frames + 1e-9)
+        out[name] = float(floor) if k >= len(ranked) else float(np.nextafter(np.float32(ranked[k]), np.float32(1)))
+    return out
+
+
+class Calibrate:
+    """``fastpillars-ros calibrate``: default score thresholds per class from the false objects on held-out real
+    scans (KITTI layout, labelled in the camera's view), stored in the checkpoint with ``--write``."""
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--config", default=None, help="model config (default: the embedded default)")
+        parser.add_argument("--checkpoint", required=True, help="weights to calibrate")
+        parser.add_argument("--data", action="append", required=True,
+                            help="held-out real KITTI-layout folder (camera-view labels); repeatable; never the "
+                                 "development or evaluation frames")
+        parser.add_argument("--false-per-frame", default="car=0.5,pedestrian=0.4,cyclist=0.2",
+                            help="allowed false objects per frame and class (default car=0.5,pedestrian=0.4,"
+                                 "cyclist=0.2)")
+        parser.add_argument("--write", action="store_true", help="store the thresholds in the checkpoint")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        from .config import DEFAULT_MODEL, load_model_config
+        from .detector import Detector
+        from .model import update_checkpoint_meta
+
+        config = load_model_config(args.config or DEFAULT_MODEL)
+        try:
+            budget = {k.strip(): float(v) for k, _, v in (item.partition("=") for item in
+                                                         args.false_per_frame.split(",") if item.strip())}
+        except ValueError:
+            print(f"calibrate: --false-per-frame {args.false_per_frame!r}: expected CLASS=N[,CLASS=N]",
+                  file=sys.stderr)
+            return 2
+        unknown = sorted(set(budget) - set(config.class_names))
+        if unknown:
+            print(f"calibrate: unknown classes {unknown}; classes: {list(config.class_names)}", file=sys.stderr)
+            return 2
+        floor = config.decode.score_threshold
+        detector = Detector(config, args.checkpoint, score_threshold=floor)
+        scores: dict[str, list[float]] = {}
+        frames = 0
+        for folder in args.data:
+            real = RealSet(Path(folder).name, str(Path(folder).resolve()), 1.0, (1242, 375), False, False, 2)
+            # Every candidate is "published" at the floor, so that each false object's score is seen.
+            detector.default_score_thresholds = {c: floor for c in detector.class_names}
+            _, per_frame = evaluate_set(detector, real, Path("/"))
+            frames += len(per_frame)
+            for f in per_frame:
+                for name, score, false in zip(f["det_names"], f["det_scores"], f["false"], strict=True):
+                    if false:
+                        scores.setdefault(name, []).append(float(score))
+        chosen = calibrate_thresholds(scores, frames, budget, floor)
+        print(f"{frames} frames; false objects at the floor {floor:g}: "
+              + ", ".join(f"{c} {len(scores.get(c, []))}" for c in budget))
+        print("thresholds: " + ", ".join(f"{c} {t:.3f}" for c, t in chosen.items()))
+        if args.write:
+            update_checkpoint_meta(args.checkpoint, score_thresholds=chosen)
+            print(f"written to {args.checkpoint}")
+        return 0
