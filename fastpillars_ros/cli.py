@@ -31,11 +31,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
                   "the real development scans: AP, recall and false objects per frame, 180-degree check"),
     "calibrate": ("fastpillars_ros.eval_real:Calibrate",
                   "default score thresholds per class from held-out real scans, stored with the weights"),
-    "memcheck": ("fastpillars_ros.runtime.memory", "estimate GPU memory per component and check it fits"),
-    "profile": ("fastpillars_ros.runtime.profiling", "per-layer and per-stage timings (trtexec JSON shape)"),
-    "export-onnx": ("fastpillars_ros.runtime.deploy_commands:ExportOnnx",
+    "memcheck": ("fastpillars_ros.memcheck_command", "estimate GPU memory per component and check it fits"),
+    "profile": ("fastpillars_ros.profile_command", "per-layer and per-stage timings (trtexec JSON shape)"),
+    "export-onnx": ("fastpillars_ros.deploy_commands:ExportOnnx",
                     "export the fused dense part to ONNX and check it with onnxruntime"),
-    "build-engine": ("fastpillars_ros.runtime.deploy_commands:BuildEngine",
+    "build-engine": ("fastpillars_ros.deploy_commands:BuildEngine",
                      "build and cache the TensorRT engine for this GPU (install time)"),
 }
 

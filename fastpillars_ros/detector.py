@@ -27,6 +27,8 @@ from .model.head import Candidates, DenseCandidates, decode_dense
 from .mounting import AutoMounting, Mounting, boxes_to_cloud, points_to_model
 from .ops import Pillars, decorate, pillarize
 from .ops.nms import nms_grouped
+from .pointcloud import even_indices
+from .runtime.choices import BACKENDS, DEVICES, ON_INSUFFICIENT_MEMORY, PRECISIONS
 from .runtime.cuda_graphs import GraphRunner
 from .runtime.engine_cache import EngineCache
 from .runtime.malloc import keep_freed_memory
@@ -47,10 +49,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STAGES = ("pillarize", "encode", "dense", "decode", "nms")
-BACKENDS = ("auto", "torch", "tensorrt", "onnxruntime")
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "fp16", "int8")
-ON_INSUFFICIENT_MEMORY = ("error", "fp16", "cpu")
 _NMS_KINDS = {"rotate": "bev", "bev": "bev", "3d": "3d", "circle": "circle", "none": None}
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -369,8 +367,7 @@ class Detector:
         n_in = int(pts.shape[0])
         stats = {"num_points": n_in, "dropped_points": 0, "dropped_pillars": 0}
         if n_in > self.max_points:
-            # An even subsample keeps the whole field of view (truncation would drop a sector).
-            keep = torch.from_numpy(np.linspace(0, n_in - 1, self.max_points).round().astype(np.int64))
+            keep = torch.from_numpy(even_indices(n_in, self.max_points))
             pts = pts[keep.to(pts.device)]
             stats["dropped_points"] = n_in - self.max_points
             log.warning("frame has %d points, more than max_points=%d: dropped %d (even subsample)",

@@ -34,7 +34,8 @@ import numpy as np
 
 from .detections_file import FrameDetections, load_detections, save_detections
 from .evaluation import FrameBoxes, evaluate, plot_pr_curves
-from .node_params import BACKENDS, DEVICES, PRECISIONS
+from .pointcloud import model_columns
+from .runtime.choices import BACKENDS, DEVICES, PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -192,17 +193,6 @@ def _class_names(args: argparse.Namespace) -> list[str]:
     return list(DEFAULT_CLASSES)
 
 
-def model_points(points: np.ndarray, features: Sequence[str], intensity_gain: float) -> np.ndarray:
-    """KITTI (N, 4) x, y, z, reflectance -> the model's columns (intensity rescaled, dt 0)."""
-    out = np.zeros((len(points), len(features)), dtype=np.float32)
-    for j, name in enumerate(features):
-        if name in ("x", "y", "z"):
-            out[:, j] = points[:, "xyz".index(name)]
-        elif name == "intensity":
-            out[:, j] = points[:, 3] * intensity_gain
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -266,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
         frame = dataset[i]
         gt = ground_truth(frame, class_names, max_difficulty)
         if detector is not None:
-            out = detector.detect(model_points(frame.points, detector.point_features, gain))
+            out = detector.detect(model_columns(frame.points, detector.point_features, gain))
             keep = np.isin(np.asarray(detector.class_names)[out.labels], class_names)
             labels = np.array([class_names.index(detector.class_names[k]) for k in out.labels[keep]], dtype=np.int64)
             pred = FrameBoxes(boxes=out.boxes[keep].astype(np.float64), scores=out.scores[keep].astype(np.float64),

@@ -31,8 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from .eval_command import ground_truth, in_camera_fov, model_points
+from .eval_command import ground_truth, in_camera_fov
 from .evaluation import FrameBoxes, evaluate
+from .pointcloud import model_columns
 
 __all__ = ["DEV_SETS", "LOOSE_IOU", "MAX_RANGE", "Calibrate", "RealSet", "SetReport", "add_arguments",
            "calibrate_thresholds", "evaluate_set", "false_objects", "run"]
@@ -171,7 +172,7 @@ def evaluate_set(detector: Any, real: RealSet, root: Path, *, progress: bool = F
     for i in tqdm(range(len(dataset)), desc=f"eval-real {real.name}", unit="frame", file=sys.stderr,
                   disable=not progress):
         frame = dataset[i]
-        pts = model_points(frame.points, detector.point_features, gain)
+        pts = model_columns(frame.points, detector.point_features, gain)
         if real.estimate_mounting:
             est = estimate_ground(frame.points)
             detector.mounting_source = None if est is None else est.mounting

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from fastpillars_ros.node_params import NodeParams
-from fastpillars_ros.pointcloud import DATATYPE_NAMES, cloud_to_array, field_layout
+from fastpillars_ros.pointcloud import DATATYPE_NAMES, cloud_to_array, even_indices, field_layout
 
 FLOAT32, FLOAT64, UINT8, INT8 = 7, 8, 2, 1
 
@@ -108,11 +108,6 @@ class Frame:
 def _layout_signature(msg: Any) -> tuple:
     fields = tuple((f.name, int(f.offset), int(f.datatype), int(f.count)) for f in msg.fields)
     return fields, int(msg.point_step), bool(msg.is_bigendian)
-
-
-def cap_indices(n: int, max_points: int) -> np.ndarray:
-    """``max_points`` indices spread evenly over ``range(n)`` (deterministic; first index 0)."""
-    return (np.arange(max_points, dtype=np.int64) * n) // max_points
 
 
 class FrameInput:
@@ -231,7 +226,7 @@ class FrameInput:
             raise FrameRejected("no_valid_points",
                                 f"none of the {num_input} points has finite x, y and z (all NaN/Inf)")
         if num_valid > p.max_points:
-            points = points[cap_indices(num_valid, p.max_points)]
+            points = points[even_indices(num_valid, p.max_points)]
             notes.append(("capped", f"cloud has {num_valid} valid points > max_points {p.max_points}: "
                                     f"subsampled evenly to {p.max_points}"))
 

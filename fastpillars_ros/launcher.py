@@ -29,7 +29,8 @@ from typing import Any
 
 import yaml
 
-from fastpillars_ros.node_params import BACKENDS, file_values
+from .node_params import file_values
+from .runtime.choices import BACKENDS
 
 PACKAGE = "fastpillars_ros"
 PARAMS_FILE = "fastpillars.yaml"

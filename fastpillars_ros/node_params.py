@@ -27,16 +27,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastpillars_ros.config import DEFAULT_MODEL
-from fastpillars_ros.mounting import AutoMounting, Mounting
+from .config import DEFAULT_MODEL
+from .mounting import AutoMounting, Mounting
+from .runtime.choices import BACKENDS, DEVICES, PRECISIONS
+from .runtime.choices import ON_INSUFFICIENT_MEMORY as MEMORY_POLICIES
 
 #: Node name (parameter files may also key the node's parameters by it; the shipped one uses ``/**``).
 NODE_NAME = "fastpillars_detector"
 
-BACKENDS = ("auto", "torch", "tensorrt", "onnxruntime")
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "fp16", "int8")
-MEMORY_POLICIES = ("error", "fp16", "cpu")
 NMS_KINDS = ("", "rotate", "3d", "circle", "none")
 MISSING_FIELD_POLICIES = ("fill", "error")
 #: Point features a model may ask for (fastpillars_ros.config.KNOWN_POINT_FEATURES) that the node maps.

@@ -56,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from fastpillars_ros.message_codec import stamp_to_ns, stamp_to_seconds
+from fastpillars_ros.pointcloud import even_indices
 
 log = logging.getLogger(__name__)
 
@@ -121,11 +122,6 @@ def cap_counts(counts: Sequence[int], max_points: int | None) -> list[int]:
         kept.append(take)
         left -= take
     return kept
-
-
-def even_indices(n: int, m: int) -> np.ndarray:
-    """``m`` indices spread evenly over ``range(n)`` (``floor(k * n / m)``; first index 0)."""
-    return (np.arange(m, dtype=np.int64) * n) // m
 
 
 # --------------------------------------------------------------------------------------------------------

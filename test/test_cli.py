@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import json
 import subprocess
 import sysconfig
@@ -64,3 +66,20 @@ def test_export_onnx_writes_a_checked_static_graph(tmp_path, capsys):
 def test_build_engine_without_gpu_says_what_is_missing(capsys):
     assert cli_main(["build-engine", "--config", "tiny"]) == 2
     assert "needs a CUDA GPU and the TensorRT Python package" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["launch", "eval", "profile"])
+def test_commands_accept_every_backend_device_and_precision_choice(command):
+    # One definition (runtime/choices.py) feeds every command that takes these options.
+    from fastpillars_ros.runtime.choices import BACKENDS, DEVICES, PRECISIONS
+
+    parser = argparse.ArgumentParser()
+    module = importlib.import_module(COMMANDS[command][0].split(":")[0])
+    module.add_arguments(parser)
+    options = {a.dest: a.choices for a in parser._actions if a.dest in ("backend", "device", "precision")}
+    expected = {"backend": BACKENDS, "device": DEVICES, "precision": PRECISIONS}
+    for dest, choices in options.items():
+        if command == "profile" and dest == "backend":
+            continue  # profile times the torch and TensorRT graphs only
+        assert set(expected[dest]) <= set(choices), (command, dest)
+    assert options

@@ -7,18 +7,11 @@ import pytest
 from real_data import real_file
 from std_msgs.msg import Header
 
+from fastpillars_ros.cloud_messages import make_cloud
 from fastpillars_ros.diagnostics import ERROR, OK, WARN, NodeStats, Throttle
-from fastpillars_ros.frame_input import FrameInput, FrameRejected, cap_indices
+from fastpillars_ros.frame_input import FrameInput, FrameRejected
 from fastpillars_ros.node_params import NodeParams, parse
-from fastpillars_ros.pointcloud import (
-    DRIVER_LAYOUTS,
-    FLOAT32,
-    FLOAT64,
-    INT16,
-    UINT8,
-    make_cloud,
-    read_points,
-)
+from fastpillars_ros.pointcloud import DRIVER_LAYOUTS, FLOAT32, FLOAT64, INT16, UINT8, even_indices, read_points
 
 FEATURES = ["x", "y", "z", "intensity"]
 
@@ -243,14 +236,8 @@ def test_five_million_points_are_capped_deterministically(kitti):
     b = fi.convert(msg)
     assert a.points.shape == (300_000, 4) and a.num_valid == n
     np.testing.assert_array_equal(a.points, b.points)
-    np.testing.assert_array_equal(a.points, pts[cap_indices(n, 300_000)])
+    np.testing.assert_array_equal(a.points, pts[even_indices(n, 300_000)])
     assert [k for k, _ in a.notes] == ["capped"] and "5000000" in a.notes[0][1]
-
-
-def test_cap_indices_spread_evenly():
-    idx = cap_indices(10, 4)
-    assert idx.tolist() == [0, 2, 5, 7]
-    assert cap_indices(5_000_000, 300_000).max() < 5_000_000
 
 
 def test_big_endian_cloud_is_read_correctly_with_a_note(kitti):

@@ -13,19 +13,21 @@ import torch
 
 from fastpillars_ros.cli import main as cli_main
 from fastpillars_ros.config import load_model_config
+from fastpillars_ros.memcheck_command import (
+    MeasuredMemory,
+    estimate_error,
+    estimate_errors,
+    format_measured,
+    measured_groups,
+)
 from fastpillars_ros.model import build_model
 from fastpillars_ros.runtime.memory import (
     MIB,
     DeviceMemory,
     InsufficientMemoryError,
-    MeasuredMemory,
-    estimate_error,
-    estimate_errors,
     estimate_memory,
     fits,
-    format_measured,
     insufficient_message,
-    measured_groups,
     parameter_count,
     resolve_backend,
 )

@@ -18,8 +18,9 @@ import pytest
 from real_data import real_file
 from ros_processes import spawn_python, stop
 
+from fastpillars_ros.cloud_messages import make_cloud
 from fastpillars_ros.messages import msg_to_detections
-from fastpillars_ros.pointcloud import DRIVER_LAYOUTS, FLOAT32, FLOAT64, INT16, UINT8, make_cloud, read_points
+from fastpillars_ros.pointcloud import DRIVER_LAYOUTS, FLOAT32, FLOAT64, INT16, UINT8, read_points
 from fastpillars_ros.regression import FrameDetections, compare, offline_path
 
 pytestmark = pytest.mark.ros

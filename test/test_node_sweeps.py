@@ -13,10 +13,10 @@ from nav_msgs.msg import Odometry
 from std_msgs.msg import Header
 
 from fastpillars_ros import sweep_params
+from fastpillars_ros.cloud_messages import array_to_cloud
 from fastpillars_ros.config import load_model_config
 from fastpillars_ros.frame_input import FrameInput
 from fastpillars_ros.node_params import NodeParams, ParamError, flatten
-from fastpillars_ros.pointcloud import array_to_cloud
 from fastpillars_ros.pose_sources import (
     OdometryPoseSource,
     make_odometry_callback,

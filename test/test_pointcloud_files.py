@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from real_data import real_data_dir, real_file
 
+from fastpillars_ros.cloud_messages import make_cloud
 from fastpillars_ros.pointcloud import (
     FLOAT32,
     FLOAT64,
@@ -18,7 +19,6 @@ from fastpillars_ros.pointcloud import (
     UINT32,
     cloud_to_array,
     lzf_decompress,
-    make_cloud,
     read_pcd_structured,
     read_points,
 )

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fastpillars_ros.ops.pillarize import GridConstants, Pillars, grid_constants
+from fastpillars_ros.ops.grid import GridConstants, Pillars, grid_constants
 
 __all__ = ["BLOCK", "SCAN_ITEMS_PER_THREAD", "CloudLayout", "CloudPillars", "CupyBackend", "decorate_device",
            "extract_fields_reference", "pillarize_cloud_buffer", "pillarize_device", "run_pillarize"]

@@ -20,6 +20,7 @@ from torch.utils.data import Dataset, Sampler
 from ..boxes import points_in_boxes
 from ..config import ModelConfig
 from ..ops import decorate, pillarize
+from ..pointcloud import model_columns
 from .augment import AugmentConfig, augment, paste_objects
 from .losses import BatchTargets
 from .targets import HeadGeometry, build_targets, head_geometry
@@ -225,15 +226,7 @@ class TrainSet(Dataset):
 
     def _features(self, pts: np.ndarray) -> np.ndarray:
         """Raw columns in the config's order: x, y, z, intensity (times intensity_scale)[, dt = 0]."""
-        cols = []
-        for name in self.config.point_features:
-            if name in ("x", "y", "z"):
-                cols.append(pts[:, "xyz".index(name)])
-            elif name == "intensity":
-                cols.append(pts[:, 3] * np.float32(self.config.intensity_scale))
-            else:  # dt: single sweep
-                cols.append(np.zeros(len(pts), np.float32))
-        return np.ascontiguousarray(np.stack(cols, axis=1), dtype=np.float32)
+        return model_columns(pts, self.config.point_features, self.config.intensity_scale)
 
 
 def outside_wedge(geo: HeadGeometry, axis: float, half_angle: float) -> np.ndarray:

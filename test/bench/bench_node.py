@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import print_header, print_ratio, time_ms
 from real_data import real_file
 
-from fastpillars_ros.pointcloud import DRIVER_LAYOUTS, make_cloud, read_points
+from fastpillars_ros.cloud_messages import make_cloud
+from fastpillars_ros.pointcloud import DRIVER_LAYOUTS, read_points
 from fastpillars_ros.rosenv import apply_loopback_environment, loopback_environment
 
 logging.basicConfig(level=logging.ERROR)

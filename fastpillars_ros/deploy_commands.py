@@ -11,12 +11,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..config import DEFAULT_MODEL
+from .config import DEFAULT_MODEL
+from .runtime.choices import PRECISIONS
 
 
 def _model(config: str, checkpoint: str | None):  # type: ignore[no-untyped-def]
-    from ..detector import default_checkpoint
-    from ..model import build_model, load_checkpoint
+    from .detector import default_checkpoint
+    from .model import build_model, load_checkpoint
 
     model = build_model(config)
     ckpt = checkpoint or default_checkpoint(model.config.name)
@@ -38,7 +39,7 @@ class ExportOnnx:
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        from ..model.export import check_onnx, export_onnx
+        from .model.export import check_onnx, export_onnx
 
         model = _model(args.config, args.checkpoint)
         path = export_onnx(model, Path(args.output), opset=args.opset)
@@ -53,7 +54,7 @@ class BuildEngine:
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--config", default=DEFAULT_MODEL)
         parser.add_argument("--checkpoint", default=None)
-        parser.add_argument("--precision", default="fp16", choices=["fp32", "fp16"])
+        parser.add_argument("--precision", default="fp16", choices=PRECISIONS)
         parser.add_argument("--cache-dir", default=None, help="engine cache (default ~/.cache/fastpillars_ros/engines)")
         parser.add_argument("--workspace-mib", type=int, default=1024)
 
@@ -61,8 +62,8 @@ class BuildEngine:
     def run(args: argparse.Namespace) -> int:
         import torch
 
-        from .engine_cache import EngineCache
-        from .tensorrt_backend import TensorRTDense, tensorrt_version
+        from .runtime.engine_cache import EngineCache
+        from .runtime.tensorrt_backend import TensorRTDense, tensorrt_version
 
         if not torch.cuda.is_available() or tensorrt_version() is None:
             print("build-engine needs a CUDA GPU and the TensorRT Python package (pip install tensorrt); "
