@@ -210,7 +210,7 @@ def available_models() -> list[str]:
 
 
 #: The embedded default model: what ``Detector()``, the node and every command use when no model is named.
-DEFAULT_MODEL = "tiny"
+DEFAULT_MODEL = "tiny360"
 
 
 def load_model_config(name_or_path: str | Path | ModelConfig) -> ModelConfig:

@@ -36,7 +36,7 @@ from .evaluation import FrameBoxes, evaluate
 from .pointcloud import model_columns
 
 __all__ = ["DEV_SETS", "LOOSE_IOU", "MAX_RANGE", "Calibrate", "RealSet", "SetReport", "add_arguments",
-           "calibrate_thresholds", "evaluate_set", "false_objects", "run"]
+           "calibrate_thresholds", "evaluate_set", "false_objects", "in_labelled_view", "run"]
 
 MAX_RANGE = 50.0
 #: BEV IoU at which a detection "finds" an object of its class (and is not a false object).
@@ -105,7 +105,8 @@ def _turn_boxes_back(boxes: np.ndarray) -> np.ndarray:
     return out
 
 
-def _in_view(boxes: np.ndarray, calib: Any, image_size: tuple[int, int]) -> np.ndarray:
+def in_labelled_view(boxes: np.ndarray, calib: Any, image_size: tuple[int, int]) -> np.ndarray:
+    """(K,) bool: the box centre projects into camera 2's image and lies within :data:`MAX_RANGE` metres."""
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 7)
     return in_camera_fov(b, calib, image_size) & (np.hypot(b[:, 0], b[:, 1]) <= MAX_RANGE)
 
@@ -185,8 +186,8 @@ def evaluate_set(detector: Any, real: RealSet, root: Path, *, progress: bool = F
             detector.mounting_source = None
         pred = FrameBoxes(out.boxes.astype(np.float64), out.labels.astype(np.int64), out.scores.astype(np.float64))
         gt = ground_truth(frame, class_names, real.max_difficulty)
-        pred = _select(pred, _in_view(pred.boxes, frame.calib, real.image_size))
-        gt.ignore = gt.ignore | ~_in_view(gt.boxes, frame.calib, real.image_size)  # type: ignore[operator]
+        pred = _select(pred, in_labelled_view(pred.boxes, frame.calib, real.image_size))
+        gt.ignore = gt.ignore | ~in_labelled_view(gt.boxes, frame.calib, real.image_size)  # type: ignore[operator]
         preds.append(pred)
         truths.append(gt)
         pub = _published(pred, thresholds)
@@ -201,7 +202,7 @@ def evaluate_set(detector: Any, real: RealSet, root: Path, *, progress: bool = F
             out_t = detector.detect(_turn(pts))
             pred_t = FrameBoxes(_turn_boxes_back(out_t.boxes), out_t.labels.astype(np.int64),
                                 out_t.scores.astype(np.float64))
-            pred_t = _select(pred_t, _in_view(pred_t.boxes, frame.calib, real.image_size))
+            pred_t = _select(pred_t, in_labelled_view(pred_t.boxes, frame.calib, real.image_size))
             pub_t = _published(pred_t, thresholds)
             turned_false += int(false_objects(pub_t, frame, class_names).sum())
             turned.append(pub_t)

@@ -213,7 +213,7 @@ class DetectorNode(Node):
             describe = getattr(self.sweeps.pose_source, "describe", None)
             sweeps_text = (f"{self.sweeps.buffer.num_sweeps} sweeps (poses: "
                            f"{describe() if describe else type(self.sweeps.pose_source).__name__})")
-        weights = ckpt or "RANDOM WEIGHTS"
+        weights = str(ckpt) if ckpt else "RANDOM WEIGHTS"
         if ckpt:
             weights += f", weights licence: {getattr(det, 'weights_licence', None) or 'not stated'}"
         log.info(

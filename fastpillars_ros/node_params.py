@@ -127,7 +127,7 @@ _FIELD_NOTE = _XYZ_NOTE + "; empty = always use the fill value"
 SPECS: tuple[ParamSpec, ...] = (
     # --- model and runtime --------------------------------------------------------------------------
     ParamSpec("model", DEFAULT_MODEL, "string",
-              "Model config: a bundled name (tiny, kitti, nuscenes_official) or a path to a model .yaml.",
+              "Model config: a bundled name (tiny360, tiny, kitti, nuscenes_official) or a path to a model .yaml.",
               check=_not_empty("a bundled model name (e.g. tiny) or a path to a model .yaml")),
     ParamSpec("checkpoint", "", "string",
               "Weights file (.pt/.pth) matching the model; empty = the weights shipped for the model "
@@ -151,7 +151,7 @@ SPECS: tuple[ParamSpec, ...] = (
     # --- detection output ---------------------------------------------------------------------------
     ParamSpec("score_threshold", -1.0, "double",
               "Minimum score of a published detection, all classes (per class: score_thresholds.<class>).",
-              range=(-1.0, 1.0), runtime=True, note="negative = the model config's default"),
+              range=(-1.0, 1.0), runtime=True, note="negative = the model's default, calibrated with its weights"),
     ParamSpec("nms_kind", "", "string",
               "Non-maximum suppression: rotate (rotated BEV IoU), 3d (3D IoU), circle (centre distance), none.",
               choices=NMS_KINDS, note="empty = the model config's choice"),

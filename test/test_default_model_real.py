@@ -14,7 +14,7 @@ from real_data import real_data_dir
 from fastpillars_ros.config import DEFAULT_MODEL
 from fastpillars_ros.datasets.kitti import KittiDataset
 from fastpillars_ros.detector import Detector
-from fastpillars_ros.eval_real import false_objects
+from fastpillars_ros.eval_real import false_objects, in_labelled_view
 from fastpillars_ros.evaluation import FrameBoxes
 from fastpillars_ros.ops.iou import rotated_iou_bev
 
@@ -55,10 +55,8 @@ def test_finds_the_near_labelled_cars_on_a_real_kitti_scan(scan):
 
 
 def test_few_false_objects_in_the_labelled_view(scan):
-    from fastpillars_ros.eval_real import _in_view
-
     frame, det, out = scan
-    keep = _in_view(out.boxes, frame.calib, (1242, 375))
+    keep = in_labelled_view(out.boxes, frame.calib, (1242, 375))
     pred = FrameBoxes(out.boxes[keep].astype(np.float64), out.labels[keep], out.scores[keep])
     false = false_objects(pred, frame, det.class_names)
     assert len(pred.boxes) > int(false.sum())  # something true was published

@@ -15,21 +15,24 @@ from pathlib import Path
 import pytest
 
 from fastpillars_ros.bagtools import SAMPLE_BAG
+from fastpillars_ros.config import DEFAULT_MODEL
 from fastpillars_ros.demo import replay_through_node
 from fastpillars_ros.detector import default_checkpoint
+from fastpillars_ros.model import checkpoint_meta
 from fastpillars_ros.regression import compare, detections_from_bag, load_detections
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "test" / "data" / "golden_sample.json"
 AP_TOLERANCE = 2.0
-# Boxes published by the node have score >= the config's 0.1; comparing from 0.15 leaves a margin so that score
-# noise between the two processes cannot turn a borderline box into a missing or an extra one.
-COMPARE_FROM_SCORE = 0.15
+# Boxes published by the node have scores >= the model's calibrated default thresholds; comparing from 0.05 above
+# the highest of them leaves a margin so that score noise between the two processes cannot turn a borderline box
+# into a missing or an extra one.
+SCORE_MARGIN = 0.05
 
 
 @pytest.fixture(scope="module")
 def replayed(tmp_path_factory):
-    assert default_checkpoint("tiny") is not None, "the shipped tiny checkpoint is missing"
+    assert default_checkpoint(DEFAULT_MODEL) is not None, f"the shipped {DEFAULT_MODEL} checkpoint is missing"
     out = tmp_path_factory.mktemp("regression")
     stats = replay_through_node(SAMPLE_BAG, out / "answers.mcap", out / "node.log", start_timeout_s=120.0)
     assert stats.answered == stats.sent == 30, (out / "node.log").read_text()[-3000:]
@@ -40,7 +43,9 @@ def replayed(tmp_path_factory):
 @pytest.mark.slow
 def test_replayed_detections_match_the_golden_detections(replayed):
     _, received = replayed
-    report = compare(received, load_detections(GOLDEN), iou_threshold=0.9, score_threshold=COMPARE_FROM_SCORE)
+    thresholds = checkpoint_meta(default_checkpoint(DEFAULT_MODEL)).score_thresholds
+    compare_from = max(thresholds.values(), default=0.1) + SCORE_MARGIN
+    report = compare(received, load_detections(GOLDEN), iou_threshold=0.9, score_threshold=compare_from)
     assert report.golden_boxes > 0
     assert report.ok, report.format()
 
