@@ -39,7 +39,7 @@ def scan(request) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def original(scan):
-    return Detector("tiny", device="cpu", warmup=False).detect(scan)
+    return Detector("tiny", device="cpu", precision="fp32", warmup=False).detect(scan)
 
 
 def _same_objects(found, expected_boxes, expected, min_score=0.5, max_distance=1.0) -> list[str]:
@@ -117,7 +117,7 @@ def test_ground_fit_of_a_cloud_without_ground_is_none():
 
 def test_stated_mounting_gives_the_original_detections_of_a_low_pitched_sensor(scan, original):
     seen = as_seen_by(scan, LOW_PITCHED)
-    got = Detector("tiny", device="cpu", warmup=False, mounting=LOW_PITCHED).detect(seen)
+    got = Detector("tiny", device="cpu", precision="fp32", warmup=False, mounting=LOW_PITCHED).detect(seen)
     expected, _ = boxes_to_cloud(original.boxes, LOW_PITCHED, KITTI_HEIGHT)
     assert len(original) > 0 and len(got) == len(original)
     np.testing.assert_allclose(got.boxes[:, :3], expected[:, :3], atol=0.02)
@@ -128,7 +128,7 @@ def test_stated_mounting_gives_the_original_detections_of_a_low_pitched_sensor(s
 
 def test_without_the_mounting_the_low_pitched_sensor_loses_the_objects(scan, original):
     """The contrast that makes the test above meaningful: the model does need the correction."""
-    got = Detector("tiny", device="cpu", warmup=False).detect(as_seen_by(scan, LOW_PITCHED))
+    got = Detector("tiny", device="cpu", precision="fp32", warmup=False).detect(as_seen_by(scan, LOW_PITCHED))
     expected, _ = boxes_to_cloud(original.boxes, LOW_PITCHED, KITTI_HEIGHT)
     assert len(_same_objects(got, expected, original)) >= 3
 
@@ -146,8 +146,8 @@ def test_ground_fit_of_the_low_pitched_scan_finds_its_mounting(scan):
 
 
 def test_auto_mounting_finds_the_same_objects_whatever_the_mounting(scan):
-    on_level = Detector("tiny", device="cpu", warmup=False, mounting=AutoMounting()).detect(scan)
-    det = Detector("tiny", device="cpu", warmup=False, mounting=AutoMounting())
+    on_level = Detector("tiny", device="cpu", precision="fp32", warmup=False, mounting=AutoMounting()).detect(scan)
+    det = Detector("tiny", device="cpu", precision="fp32", warmup=False, mounting=AutoMounting())
     got = det.detect(as_seen_by(scan, LOW_PITCHED))
     assert det.mounting is not None and det.mounting.height == pytest.approx(0.6, abs=0.1)
     expected, _ = boxes_to_cloud(on_level.boxes, LOW_PITCHED, KITTI_HEIGHT)

@@ -261,7 +261,7 @@ def test_driver_layouts_give_the_offline_detections_with_the_input_header(probe,
 def test_diagnostics_report_backend_mapping_latency_and_counts(probe, kitti):
     probe.send(layout_cloud(kitti, "velodyne"))
     diag = probe.latest_diagnostics(after=time.time() + 0.01)
-    assert diag["backend"] == "onnxruntime" and diag["device"] == "cpu" and diag["precision"] == "fp32"
+    assert diag["backend"] == "onnxruntime" and diag["device"] == "cpu" and diag["precision"] == "int8"
     assert diag["model"] == "tiny" and diag["classes"] == "car,pedestrian,cyclist" and diag["cpu_threads"] == "1"
     assert diag["field_mapping"].startswith("x<-x (FLOAT32)")
     assert diag["input_topic"] == TOPIC

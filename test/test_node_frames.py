@@ -103,7 +103,8 @@ def make_node(monkeypatch):
 def _cloud(frame="velodyne"):
     from std_msgs.msg import Header
 
-    from fastpillars_ros.pointcloud import DRIVER_LAYOUTS, make_cloud
+    from fastpillars_ros.cloud_messages import make_cloud
+    from fastpillars_ros.pointcloud import DRIVER_LAYOUTS
 
     lay = DRIVER_LAYOUTS["velodyne"]
     pts = np.random.default_rng(0).uniform(-20, 20, (2000, 3)).astype(np.float32)

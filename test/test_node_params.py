@@ -241,7 +241,7 @@ def test_ros_descriptors_carry_ranges_choices_and_read_only():
     d = descriptor(node_params.SPEC_BY_NAME["score_threshold"])
     assert d.type == ParameterType.PARAMETER_DOUBLE and not d.read_only
     assert (d.floating_point_range[0].from_value, d.floating_point_range[0].to_value) == (-1.0, 1.0)
-    assert "model config's default" in d.description
+    assert "the model's default" in d.description
     d = descriptor(node_params.SPEC_BY_NAME["max_points"])
     assert d.read_only and (d.integer_range[0].from_value, d.integer_range[0].to_value) == (1000, 10_000_000)
     d = descriptor(node_params.SPEC_BY_NAME["backend"])
