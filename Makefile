@@ -31,7 +31,8 @@ REAL := out/real/kitti_drives
 KITTI_LICENCE := CC BY-NC-SA 3.0 (non-commercial): trained on KITTI raw drives 2011_09_26_0005 and 0052 (Geiger et al.) and simulated scenes
 # Re-train the embedded default tiny360 (MODEL_CARD.md): simulated scenes mixed with real KITTI drives (extracted from
 # public repositories at pinned commits by scripts/extract_real_kitti.py; needs network once), fine-tuned from the
-# shipped sim-only tiny weights in two stages, thresholds calibrated on the held-out drive 0048; ~100 min, 2 cores.
+# shipped sim-only tiny weights in two stages, thresholds calibrated on the held-out drive 0048; ~105 min, 2 cores.
+# Every epoch is checkpointed: `make model RESUME=--resume` continues an interrupted run.
 model: setup
 	$(FP) simulate --out out/sim/train --scenes 1500 --seed 0 --sensor hdl64 --workers 2 --skip-existing
 	$(FP) simulate --out out/sim/test_fresh --scenes 200 --seed 2000 --sensor hdl64 --workers 2 --skip-existing
