@@ -27,7 +27,7 @@ setup(
     entry_points={
         "console_scripts": [
             "fastpillars-ros = fastpillars_ros.cli:main",
-            "detector_node = fastpillars_ros.node:main",
+            "detector_node = fastpillars_ros.ros.node:main",
         ],
     },
 )

@@ -1,4 +1,4 @@
-"""The one class colour table: RViz markers (``messages.py``) and BEV pictures (``viz.py``) use it, so a class
+"""The one class colour table: RViz markers (``ros/messages.py``) and BEV pictures (``tools/viz.py``) use it, so a class
 has the same colour in both, unknown classes included."""
 
 from __future__ import annotations

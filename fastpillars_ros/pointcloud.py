@@ -28,7 +28,7 @@ Conventions used by every function here:
 
 Nothing here imports rclpy or a ``*_msgs`` package (messages are read by attribute access), so the readers
 also work on machines without ROS (offline evaluation, training); building PointCloud2 messages from arrays
-is :mod:`fastpillars_ros.cloud_messages`.
+is :mod:`fastpillars_ros.ros.cloud_messages`.
 """
 
 from __future__ import annotations

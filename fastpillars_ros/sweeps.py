@@ -489,7 +489,7 @@ class SweepInput:
     """Per-frame glue the node calls: look the cloud's pose up, push, return the model input.
 
     ``pose_source`` is any object with ``query(stamp_s, frame_id, stamp_ns) -> (pose | None, reason)``
-    (:mod:`fastpillars_ros.pose_sources`). A change of the cloud's ``frame_id`` resets the history.
+    (:mod:`fastpillars_ros.ros.pose_sources`). A change of the cloud's ``frame_id`` resets the history.
     """
 
     def __init__(self, buffer: SweepBuffer, pose_source: Any):

@@ -16,7 +16,7 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from fastpillars_ros.launcher import (
+from fastpillars_ros.tools.launch import (
     LAUNCH_ARGUMENTS,
     file_use_sim_time,
     node_overrides,
@@ -72,7 +72,7 @@ def _setup(context):
 
 
 def generate_launch_description():
-    # The arguments of fastpillars-ros launch (fastpillars_ros.launcher), so the two cannot drift apart.
+    # The arguments of fastpillars-ros launch (fastpillars_ros.tools.launch), so the two cannot drift apart.
     default = {"params_file": _share("config", "fastpillars.yaml")}
     return LaunchDescription([
         *(DeclareLaunchArgument(a.name, default_value=default.get(a.name, a.default), description=a.description)

@@ -2,7 +2,7 @@
 # Runs a command inside a private network namespace in which only loopback exists, so that no DDS
 # packet of the tests, demo or benchmarks can leave through a real network card, whatever a process
 # configures. Falls back to the current namespace (with a notice) where namespaces are not permitted;
-# the loopback-only DDS settings (fastpillars_ros.rosenv) still apply there.
+# the loopback-only DDS settings (fastpillars_ros.ros.rosenv) still apply there.
 set -euo pipefail
 if [ "${FASTPILLARS_NETNS:-}" = 1 ]; then exec "$@"; fi
 inner='ip link set lo up 2>/dev/null || true; export FASTPILLARS_NETNS=1; exec "$@"'

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 from cuda_harness import compiler
 
-from fastpillars_ros.rosenv import apply_loopback_environment
+from fastpillars_ros.ros.rosenv import apply_loopback_environment
 
 # A domain of our own per test session keeps parallel runs on one machine apart.
 apply_loopback_environment(domain_id=10 + os.getpid() % 80)

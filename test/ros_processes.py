@@ -7,7 +7,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from fastpillars_ros.rosenv import is_loopback_environment, loopback_environment
+from fastpillars_ros.ros.rosenv import is_loopback_environment, loopback_environment
 
 
 def spawn_python(code_or_args: str | Sequence[str], *, env_extra: dict[str, str] | None = None) -> subprocess.Popen:

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from fastpillars_ros import bagtools
 from fastpillars_ros.datasets.kitti import KittiDataset
+from fastpillars_ros.tools import bags
 
 DETECTION3DARRAY_RIHS01 = "RIHS01_793f5eab9595ac1c0da07873cc859db42eae51f0ee76056db8562515d830e018"
 
@@ -33,19 +33,19 @@ def _same_boxes(a: np.ndarray, b: np.ndarray) -> None:
 
 def test_make_bag_round_trip_equals_kitti_input(kitti_dir, tmp_path):
     out = tmp_path / "rt.mcap"
-    summary = bagtools.kitti_to_bag(kitti_dir, out, topic="/lidar/points", frame_id="lidar", rate=5.0)
+    summary = bags.kitti_to_bag(kitti_dir, out, topic="/lidar/points", frame_id="lidar", rate=5.0)
     assert summary.frames == 3 and out.is_file()
-    assert bagtools.topic_types(out) == {"/lidar/points": bagtools.POINTCLOUD2,
-                                         "/ground_truth": bagtools.DETECTION3DARRAY}
+    assert bags.topic_types(out) == {"/lidar/points": bags.POINTCLOUD2,
+                                         "/ground_truth": bags.DETECTION3DARRAY}
     ds = KittiDataset(kitti_dir)
-    clouds = list(bagtools.read_clouds(out))
-    truth = bagtools.read_detections(out)
+    clouds = list(bags.read_clouds(out))
+    truth = bags.read_detections(out)
     assert len(clouds) == len(truth) == 3
     for i, (cloud, gt) in enumerate(zip(clouds, truth, strict=True)):
         frame = ds[i]
         np.testing.assert_array_equal(cloud.points, frame.points)
         assert cloud.frame_id == gt.frame_id == "lidar"
-        assert cloud.stamp_ns == gt.stamp_ns == cloud.bag_time_ns == bagtools.DEFAULT_START_NS + i * 200_000_000
+        assert cloud.stamp_ns == gt.stamp_ns == cloud.bag_time_ns == bags.DEFAULT_START_NS + i * 200_000_000
         _same_boxes(gt.boxes, frame.boxes)
         assert gt.names == list(frame.names)
         np.testing.assert_array_equal(gt.scores, 1.0)
@@ -54,9 +54,9 @@ def test_make_bag_round_trip_equals_kitti_input(kitti_dir, tmp_path):
 def test_make_bag_crop_keeps_points_and_boxes_inside_and_quantises(kitti_dir, tmp_path):
     rng = [0.0, -25.6, -3.0, 51.2, 25.6, 1.0]
     out = tmp_path / "crop.mcap"
-    bagtools.kitti_to_bag(kitti_dir, out, crop=rng, quantize=1 / 64, max_frames=1)
-    (cloud,) = bagtools.read_clouds(out)
-    (gt,) = bagtools.read_detections(out)
+    bags.kitti_to_bag(kitti_dir, out, crop=rng, quantize=1 / 64, max_frames=1)
+    (cloud,) = bags.read_clouds(out)
+    (gt,) = bags.read_detections(out)
     p = cloud.points
     assert len(p) and (p[:, 0] >= 0).all() and (p[:, 0] < 51.2).all() and (np.abs(p[:, 1]) <= 25.6).all()
     np.testing.assert_array_equal(p[:, :3] * 64, np.round(p[:, :3] * 64))
@@ -66,27 +66,27 @@ def test_make_bag_crop_keeps_points_and_boxes_inside_and_quantises(kitti_dir, tm
 
 def test_make_bag_compressed_directory_bag_reads_back(kitti_dir, tmp_path):
     plain, packed = tmp_path / "plain.mcap", tmp_path / "packed_dir"
-    bagtools.kitti_to_bag(kitti_dir, plain)
+    bags.kitti_to_bag(kitti_dir, plain)
     parser = argparse.ArgumentParser()
-    bagtools.add_arguments(parser)
-    assert bagtools.run(parser.parse_args(["--kitti", str(kitti_dir), "--out", str(packed), "--compress",
+    bags.add_arguments(parser)
+    assert bags.run(parser.parse_args(["--kitti", str(kitti_dir), "--out", str(packed), "--compress",
                                            "--rate", "10"])) == 0
     assert (packed / "metadata.yaml").is_file()
     size = sum(p.stat().st_size for p in packed.rglob("*.mcap"))
     assert size < plain.stat().st_size
-    for a, b in zip(bagtools.read_clouds(plain), bagtools.read_clouds(packed), strict=True):
+    for a, b in zip(bags.read_clouds(plain), bags.read_clouds(packed), strict=True):
         np.testing.assert_array_equal(a.points, b.points)
-    assert bagtools.run(parser.parse_args(["--kitti", str(kitti_dir), "--out", str(packed)])) == 1  # exists
+    assert bags.run(parser.parse_args(["--kitti", str(kitti_dir), "--out", str(packed)])) == 1  # exists
 
 
 def test_vision_msgs_type_hash_matches_upstream():
-    assert bagtools.typestore().hash_rihs01("vision_msgs/msg/Detection3DArray") == DETECTION3DARRAY_RIHS01
+    assert bags.typestore().hash_rihs01("vision_msgs/msg/Detection3DArray") == DETECTION3DARRAY_RIHS01
 
 
 def test_header_from_cdr_reads_stamp_and_frame():
-    msg = bagtools.detections_message(np.zeros((2, 7)), [0.5, 0.4], ["car", "cyclist"], 1_234_567_890_123, "base")
-    raw = bagtools.typestore().serialize_cdr(msg, bagtools.DETECTION3DARRAY)
-    assert bagtools.header_from_cdr(raw) == (1_234_567_890_123, "base")
+    msg = bags.detections_message(np.zeros((2, 7)), [0.5, 0.4], ["car", "cyclist"], 1_234_567_890_123, "base")
+    raw = bags.typestore().serialize_cdr(msg, bags.DETECTION3DARRAY)
+    assert bags.header_from_cdr(raw) == (1_234_567_890_123, "base")
 
 
 def test_bag_with_rclpy_messages_matches_rclpy_deserialisation(tmp_path):
@@ -97,29 +97,29 @@ def test_bag_with_rclpy_messages_matches_rclpy_deserialisation(tmp_path):
     from fastpillars_ros.pointcloud import cloud_to_array
 
     pts = np.random.default_rng(1).random((50, 4), dtype=np.float32)
-    raw = bagtools.typestore().serialize_cdr(bagtools.cloud_message(pts, 5_000_000_001, "velodyne"),
-                                             bagtools.POINTCLOUD2)
+    raw = bags.typestore().serialize_cdr(bags.cloud_message(pts, 5_000_000_001, "velodyne"),
+                                             bags.POINTCLOUD2)
     msg = deserialize_message(bytes(raw), PointCloud2)
     assert (msg.header.stamp.sec, msg.header.stamp.nanosec, msg.header.frame_id) == (5, 1, "velodyne")
     np.testing.assert_array_equal(cloud_to_array(msg), pts)
 
 
 def test_sample_bag_is_shipped_with_ground_truth():
-    assert bagtools.SAMPLE_BAG.is_file()
-    assert bagtools.SAMPLE_BAG.stat().st_size <= 8_000_000
-    types = bagtools.topic_types(bagtools.SAMPLE_BAG)
-    assert types == {"/points": bagtools.POINTCLOUD2, "/ground_truth": bagtools.DETECTION3DARRAY}
-    truth = bagtools.read_detections(bagtools.SAMPLE_BAG)
-    assert len(truth) >= bagtools.SAMPLE_RECIPE["frames"] >= 30
+    assert bags.SAMPLE_BAG.is_file()
+    assert bags.SAMPLE_BAG.stat().st_size <= 8_000_000
+    types = bags.topic_types(bags.SAMPLE_BAG)
+    assert types == {"/points": bags.POINTCLOUD2, "/ground_truth": bags.DETECTION3DARRAY}
+    truth = bags.read_detections(bags.SAMPLE_BAG)
+    assert len(truth) >= bags.SAMPLE_RECIPE["frames"] >= 30
     assert sum(len(t.names) for t in truth) > 0
-    first = next(bagtools.read_clouds(bagtools.SAMPLE_BAG))
+    first = next(bags.read_clouds(bags.SAMPLE_BAG))
     assert first.points.shape[1] == 4 and len(first.points) > 10_000 and first.frame_id == "velodyne"
 
 
 def test_make_bag_is_byte_for_byte_reproducible(kitti_dir, tmp_path):
     a, b = tmp_path / "a" / "s.mcap", tmp_path / "b" / "s.mcap"
     for out in (a, b):
-        bagtools.kitti_to_bag(kitti_dir, out, compress=True, level=3, crop=[0, -20, -3, 40, 20, 1], quantize=1 / 64)
+        bags.kitti_to_bag(kitti_dir, out, compress=True, level=3, crop=[0, -20, -3, 40, 20, 1], quantize=1 / 64)
     assert a.read_bytes() == b.read_bytes()
 
 
@@ -128,13 +128,13 @@ def test_make_sample_bag_recipe_is_the_shipped_one():
     from fastpillars_ros.config import load_model_config
     from fastpillars_ros.sim.generate import simulate_frame
 
-    r = bagtools.SAMPLE_RECIPE
-    first = next(bagtools.read_clouds(bagtools.SAMPLE_BAG))
+    r = bags.SAMPLE_RECIPE
+    first = next(bags.read_clouds(bags.SAMPLE_BAG))
     sim = simulate_frame(r["seed"], 0, r["sensor"]).points
-    expected = bagtools.quantize_points(bagtools.crop_points(sim, load_model_config(r["model"]).pc_range),
+    expected = bags.quantize_points(bags.crop_points(sim, load_model_config(r["model"]).pc_range),
                                         r["quantize"])
     np.testing.assert_array_equal(first.points, expected)
-    assert first.stamp_ns == bagtools.DEFAULT_START_NS
+    assert first.stamp_ns == bags.DEFAULT_START_NS
 
 
 def test_reads_sqlite3_bags_directory_and_db3_file(tmp_path):
@@ -142,15 +142,15 @@ def test_reads_sqlite3_bags_directory_and_db3_file(tmp_path):
 
     pts = np.random.default_rng(3).random((100, 4), dtype=np.float32)
     path = tmp_path / "sq"
-    store = bagtools.typestore()
+    store = bags.typestore()
     with Writer(path, version=9, storage_plugin=StoragePlugin.SQLITE3) as writer:
-        conn = writer.add_connection("/cloud", bagtools.POINTCLOUD2, typestore=store)
+        conn = writer.add_connection("/cloud", bags.POINTCLOUD2, typestore=store)
         for i in range(3):
             t = 10**9 * (i + 1)
-            writer.write(conn, t, store.serialize_cdr(bagtools.cloud_message(pts + i, t, "lidar"),
-                                                      bagtools.POINTCLOUD2))
+            writer.write(conn, t, store.serialize_cdr(bags.cloud_message(pts + i, t, "lidar"),
+                                                      bags.POINTCLOUD2))
     (db3,) = path.glob("*.db3")
     for bag in (path, db3):
-        clouds = list(bagtools.read_clouds(bag))
+        clouds = list(bags.read_clouds(bag))
         assert [c.stamp_ns for c in clouds] == [10**9, 2 * 10**9, 3 * 10**9]
         np.testing.assert_array_equal(clouds[2].points, pts + 2)

@@ -14,9 +14,9 @@ from real_data import real_data_dir
 from fastpillars_ros.config import DEFAULT_MODEL
 from fastpillars_ros.datasets.kitti import KittiDataset
 from fastpillars_ros.detector import Detector
-from fastpillars_ros.eval_real import false_objects, in_labelled_view
 from fastpillars_ros.evaluation import FrameBoxes
 from fastpillars_ros.ops.iou import rotated_iou_bev
+from fastpillars_ros.tools.eval_real import false_objects, in_labelled_view
 
 FRAME = "000010"
 NEAR_CARS = 25.0  # m: the labelled cars closer than this are well sampled (>= 200 points each)

@@ -1,4 +1,4 @@
-"""Evaluation (fastpillars_ros.evaluation) and the ``eval`` command (fastpillars_ros.eval_command)."""
+"""Evaluation (fastpillars_ros.evaluation) and the ``eval`` command (fastpillars_ros.tools.eval)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastpillars_ros import eval_command
 from fastpillars_ros.boxes import KittiCalib
 from fastpillars_ros.datasets.kitti import format_label_line, labels_from_lidar_boxes
 from fastpillars_ros.detections_file import FrameDetections, load_detections, save_detections
 from fastpillars_ros.evaluation import FrameBoxes, evaluate, plot_pr_curves
 from fastpillars_ros.ops.iou import iou_3d, rotated_iou_bev
+from fastpillars_ros.tools import eval as eval_tool
 
 CLASSES = ["car", "pedestrian", "cyclist"]
 CAR, PED = 0, 1
@@ -193,8 +193,8 @@ def _write_kitti(root: Path, van: list[float] | None = None) -> KittiCalib:
 
 def _run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
-    eval_command.add_arguments(parser)
-    return eval_command.run(parser.parse_args(argv))
+    eval_tool.add_arguments(parser)
+    return eval_tool.run(parser.parse_args(argv))
 
 
 def test_command_evaluates_json_detections(tmp_path, capsys):
@@ -267,7 +267,7 @@ def test_saved_detections_are_read_back_by_eval_and_viz(tmp_path, monkeypatch):
     import sys
     import types
 
-    from fastpillars_ros import viz
+    from fastpillars_ros.tools import viz
 
     class FakeDetector:
         class_names, point_features, intensity_scale = ("car",), ("x", "y", "z", "intensity"), 1.0

@@ -7,11 +7,11 @@ import pytest
 from real_data import real_file
 from std_msgs.msg import Header
 
-from fastpillars_ros.cloud_messages import make_cloud
-from fastpillars_ros.diagnostics import ERROR, OK, WARN, NodeStats, Throttle
-from fastpillars_ros.frame_input import FrameInput, FrameRejected
-from fastpillars_ros.node_params import NodeParams, parse
 from fastpillars_ros.pointcloud import DRIVER_LAYOUTS, FLOAT32, FLOAT64, INT16, UINT8, even_indices, read_points
+from fastpillars_ros.ros.cloud_messages import make_cloud
+from fastpillars_ros.ros.diagnostics import ERROR, OK, WARN, NodeStats, Throttle
+from fastpillars_ros.ros.frame_input import FrameInput, FrameRejected
+from fastpillars_ros.ros.node_params import NodeParams, parse
 
 FEATURES = ["x", "y", "z", "intensity"]
 

@@ -13,13 +13,6 @@ import torch
 
 from fastpillars_ros.cli import main as cli_main
 from fastpillars_ros.config import load_model_config
-from fastpillars_ros.memcheck_command import (
-    MeasuredMemory,
-    estimate_error,
-    estimate_errors,
-    format_measured,
-    measured_groups,
-)
 from fastpillars_ros.model import build_model
 from fastpillars_ros.runtime.memory import (
     MIB,
@@ -30,6 +23,13 @@ from fastpillars_ros.runtime.memory import (
     insufficient_message,
     parameter_count,
     resolve_backend,
+)
+from fastpillars_ros.tools.memcheck import (
+    MeasuredMemory,
+    estimate_error,
+    estimate_errors,
+    format_measured,
+    measured_groups,
 )
 
 

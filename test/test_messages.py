@@ -15,7 +15,7 @@ from visualization_msgs.msg import Marker
 
 from fastpillars_ros.colors import class_color
 from fastpillars_ros.message_codec import quaternion_to_yaw
-from fastpillars_ros.messages import (
+from fastpillars_ros.ros.messages import (
     detections_to_markers,
     detections_to_msg,
     msg_to_detections,
@@ -139,12 +139,12 @@ def test_markers_are_coloured_by_class(header, detections):
 
 
 def test_node_and_bag_detection_messages_have_one_layout(header, detections):
-    from fastpillars_ros import bagtools
+    from fastpillars_ros.tools import bags
 
     boxes, scores, labels = detections
     names = [CLASSES[k] for k in labels]
     node = detections_to_msg(boxes, scores, labels, CLASSES, header)
-    bag = bagtools.detections_message(boxes, scores, names, 1700000000123456789, "velodyne")
+    bag = bags.detections_message(boxes, scores, names, 1700000000123456789, "velodyne")
     assert [d.id for d in node.detections] == [d.id for d in bag.detections] == ["0", "1", "2"]
     for a, b in zip(node.detections, bag.detections, strict=True):
         assert (a.bbox.center.orientation.z, a.bbox.center.orientation.w) == (
@@ -155,7 +155,7 @@ def test_node_and_bag_detection_messages_have_one_layout(header, detections):
 
 
 def test_rviz_markers_and_pictures_colour_every_class_alike(header):
-    from fastpillars_ros import viz
+    from fastpillars_ros.tools import viz
 
     names = ("car", "pedestrian", "forklift")
     markers = detections_to_markers(np.tile([0.0, 0, 0, 1, 1, 1, 0], (3, 1)), np.ones(3), np.arange(3), names,

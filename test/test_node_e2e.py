@@ -18,10 +18,10 @@ import pytest
 from real_data import real_file
 from ros_processes import spawn_python, stop
 
-from fastpillars_ros.cloud_messages import make_cloud
-from fastpillars_ros.messages import msg_to_detections
 from fastpillars_ros.pointcloud import DRIVER_LAYOUTS, FLOAT32, FLOAT64, INT16, UINT8, read_points
-from fastpillars_ros.regression import FrameDetections, compare, offline_path
+from fastpillars_ros.ros.cloud_messages import make_cloud
+from fastpillars_ros.ros.messages import msg_to_detections
+from fastpillars_ros.tools.regression import FrameDetections, compare, offline_path
 
 pytestmark = pytest.mark.ros
 
@@ -174,7 +174,7 @@ def kitti() -> np.ndarray:
 def detector_node():
     """The node process (via the launcher) and this process's probe, ready when /detections is offered."""
     overrides = [arg for name, value in NODE_OVERRIDES.items() if name != "model" for arg in ("-p", f"{name}:={value}")]
-    proc = spawn_python(["-m", "fastpillars_ros.launcher", "--loopback", "--input-topic", TOPIC,
+    proc = spawn_python(["-m", "fastpillars_ros.tools.launch", "--loopback", "--input-topic", TOPIC,
                          "--model", MODEL, *overrides])
     probe = Probe()
     try:
@@ -612,7 +612,7 @@ def test_inference_is_skipped_while_nobody_listens(probe, kitti):
     (["-p", "checkpoint:=/nonexistent/weights.pt"], 1, ["cannot start the detector", "/nonexistent/weights.pt"]),
 ])
 def test_invalid_parameters_end_the_node_with_a_specific_message(args, rc, expected):
-    proc = spawn_python(["-m", "fastpillars_ros.node", "--ros-args", *args])
+    proc = spawn_python(["-m", "fastpillars_ros.ros.node", "--ros-args", *args])
     try:
         proc.wait(timeout=60)
     finally:
@@ -634,7 +634,7 @@ def test_sweeps_accumulate_with_odometry_poses(probe, kitti, tmp_path):
     model = tmp_path / "tiny_sweeps.yaml"
     model.write_text(yaml.safe_dump(cfg))
     name = "fastpillars_sweeps"
-    proc = spawn_python(["-m", "fastpillars_ros.node", "--ros-args", "-r", f"__node:={name}",
+    proc = spawn_python(["-m", "fastpillars_ros.ros.node", "--ros-args", "-r", f"__node:={name}",
                          "-r", "points:=/sw/points", "-r", "detections:=/sw/detections",
                          "-r", "detection_markers:=/sw/markers", "-p", f"model:={model}", "-p", "cpu_threads:=1",
                          "-p", "sweeps.pose_source:=odometry", "-p", "sweeps.odometry_topic:=/sw/odom",
@@ -712,7 +712,7 @@ def test_auto_mounting_is_estimated_on_a_pitched_scan_and_reported_in_diagnostic
     seen = kitti.copy()
     seen[:, :3] = (kitti[:, :3] + [0.0, 0.0, 1.73 - 0.6]) @ pitched.rotation
     name = "fastpillars_auto"
-    proc = spawn_python(["-m", "fastpillars_ros.node", "--ros-args", "-r", f"__node:={name}",
+    proc = spawn_python(["-m", "fastpillars_ros.ros.node", "--ros-args", "-r", f"__node:={name}",
                          "-r", "points:=/auto/points", "-r", "detections:=/auto/detections",
                          "-r", "detection_markers:=/auto/markers", "-p", "mounting.auto:=true",
                          "-p", "cpu_threads:=1", "-p", "max_input_age_ms:=0.0", "-p", "diagnostics_period:=0.5"])
@@ -750,7 +750,7 @@ def test_ctrl_c_to_the_whole_process_group_stops_node_and_launcher_quietly(probe
     import signal
 
     topic = "/double_sigint/points"
-    proc = spawn_python(["-m", "fastpillars_ros.launcher", "--loopback", "--input-topic", topic, "-p",
+    proc = spawn_python(["-m", "fastpillars_ros.tools.launch", "--loopback", "--input-topic", topic, "-p",
                          "cpu_threads:=1", "-p", "warmup:=false"])
     deadline = time.time() + START_TIMEOUT
     while probe.node.count_publishers(topic) + probe.node.count_subscribers(topic) == 0:

@@ -64,7 +64,7 @@ class StandInTf:
 def _transform(xyz, rpy):
     from geometry_msgs.msg import Transform
 
-    from fastpillars_ros.pose_sources import quat_from_rpy
+    from fastpillars_ros.ros.pose_sources import quat_from_rpy
 
     t = Transform()
     t.translation.x, t.translation.y, t.translation.z = xyz
@@ -76,7 +76,7 @@ def _transform(xyz, rpy):
 def make_node(monkeypatch):
     from rclpy.parameter import Parameter
 
-    import fastpillars_ros.node as node_module
+    import fastpillars_ros.ros.node as node_module
 
     monkeypatch.setattr(node_module, "tf2_available", lambda: True)
     rclpy.init()
@@ -103,8 +103,8 @@ def make_node(monkeypatch):
 def _cloud(frame="velodyne"):
     from std_msgs.msg import Header
 
-    from fastpillars_ros.cloud_messages import make_cloud
     from fastpillars_ros.pointcloud import DRIVER_LAYOUTS
+    from fastpillars_ros.ros.cloud_messages import make_cloud
 
     lay = DRIVER_LAYOUTS["velodyne"]
     pts = np.random.default_rng(0).uniform(-20, 20, (2000, 3)).astype(np.float32)

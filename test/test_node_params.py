@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fastpillars_ros import launcher, node_params
-from fastpillars_ros.node_params import SPECS, NodeParams, ParamError, coerce, parse
-from fastpillars_ros.sweep_params import SweepParams
+from fastpillars_ros.ros import node_params
+from fastpillars_ros.ros.node_params import SPECS, NodeParams, ParamError, coerce, parse
+from fastpillars_ros.ros.sweep_params import SweepParams
+from fastpillars_ros.tools import launch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -167,8 +168,8 @@ def test_flatten_nested_parameter_files():
 
 def test_launch_file_and_launcher_expose_the_same_arguments_and_defaults(launch_file):
     declared = {args[0]: kw for args, kw in launch_file.module.generate_launch_description()[:-1]}
-    assert list(declared) == [a.name for a in launcher.LAUNCH_ARGUMENTS]
-    for arg in launcher.LAUNCH_ARGUMENTS:
+    assert list(declared) == [a.name for a in launch.LAUNCH_ARGUMENTS]
+    for arg in launch.LAUNCH_ARGUMENTS:
         assert declared[arg.name]["description"] == arg.description, arg.name
         expected = str(ROOT / "config" / "fastpillars.yaml") if arg.name == "params_file" else arg.default
         assert declared[arg.name]["default_value"] == expected, arg.name
@@ -176,9 +177,9 @@ def test_launch_file_and_launcher_expose_the_same_arguments_and_defaults(launch_
     import argparse
 
     parser = argparse.ArgumentParser()
-    launcher.add_arguments(parser)
+    launch.add_arguments(parser)
     ns = parser.parse_args([])
-    for arg in launcher.LAUNCH_ARGUMENTS:
+    for arg in launch.LAUNCH_ARGUMENTS:
         value = getattr(ns, arg.name)
         if arg.name == "params_file":
             assert Path(value) == ROOT / "config" / "fastpillars.yaml"
@@ -192,11 +193,11 @@ def test_launcher_builds_the_node_command_with_params_file_remap_and_overrides()
     import argparse
 
     parser = argparse.ArgumentParser()
-    launcher.add_arguments(parser)
+    launch.add_arguments(parser)
     ns = parser.parse_args(["--input-topic", "/lidar/top", "--model", "kitti", "--checkpoint", "123",
                             "--use-sim-time", "-p", "score_threshold:=0.3"])
-    cmd = launcher.node_command(ns)
-    assert cmd[1:4] == ["-m", "fastpillars_ros.node", "--ros-args"]
+    cmd = launch.node_command(ns)
+    assert cmd[1:4] == ["-m", "fastpillars_ros.ros.node", "--ros-args"]
     text = " ".join(cmd)
     assert f"--params-file {ROOT / 'config' / 'fastpillars.yaml'}" in text
     assert "-r points:=/lidar/top" in text
@@ -205,17 +206,17 @@ def test_launcher_builds_the_node_command_with_params_file_remap_and_overrides()
     assert "-p use_sim_time:=true" in text
     assert "-p score_threshold:=0.3" in text
     assert "backend" not in text  # empty = keep the parameter file's value
-    assert launcher.node_overrides() == {}  # use_sim_time too: the parameter file's value holds
+    assert launch.node_overrides() == {}  # use_sim_time too: the parameter file's value holds
 
 
 def test_launcher_does_not_force_loopback_unless_asked(monkeypatch):
     monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "SUBNET")
-    assert launcher._environment(False)["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "SUBNET"
-    assert launcher._environment(True)["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
+    assert launch._environment(False)["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "SUBNET"
+    assert launch._environment(True)["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
 
 
 def test_launcher_rejects_a_missing_params_file(tmp_path, capsys):
-    assert launcher.main(["--params-file", str(tmp_path / "nope.yaml")]) == 2
+    assert launch.main(["--params-file", str(tmp_path / "nope.yaml")]) == 2
     assert "nope.yaml does not exist" in capsys.readouterr().err
 
 
@@ -226,7 +227,7 @@ def test_rviz_config_is_valid_and_shows_cloud_markers_and_detections():
     # Relative topics: under a namespaced launch RViz (in the same namespace) shows that detector's topics.
     assert displays["rviz_default_plugins/MarkerArray"]["Topic"]["Value"] == "detection_markers"
     assert displays["vision_msgs_rviz_plugins/Detection3DArray"]["Topic"]["Value"] == "detections"
-    text = launcher.rviz_config_text("lidar/top", "velodyne")
+    text = launch.rviz_config_text("lidar/top", "velodyne")
     data = yaml.safe_load(text)
     assert data["Visualization Manager"]["Global Options"]["Fixed Frame"] == "velodyne"
     cloud = next(d for d in data["Visualization Manager"]["Displays"] if d["Class"].endswith("PointCloud2"))
@@ -236,7 +237,7 @@ def test_rviz_config_is_valid_and_shows_cloud_markers_and_detections():
 def test_ros_descriptors_carry_ranges_choices_and_read_only():
     from rcl_interfaces.msg import ParameterType
 
-    from fastpillars_ros.node import descriptor
+    from fastpillars_ros.ros.node import descriptor
 
     d = descriptor(node_params.SPEC_BY_NAME["score_threshold"])
     assert d.type == ParameterType.PARAMETER_DOUBLE and not d.read_only
@@ -288,7 +289,7 @@ def test_the_removed_relabelling_parameter_is_an_error_naming_output_frame():
 
 def test_node_uses_only_rclpy_api_that_humble_has():
     """Humble's rclpy has no post/pre-set parameter callbacks; private attributes may vanish in any release."""
-    source = (ROOT / "fastpillars_ros" / "node.py").read_text()
+    source = (ROOT / "fastpillars_ros" / "ros" / "node.py").read_text()
     used = {n.attr for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Attribute)}
     assert not used & {"add_post_set_parameters_callback", "add_pre_set_parameters_callback", "_parameter_overrides"}
 
@@ -332,7 +333,7 @@ def launch_file(monkeypatch, tmp_path):
     params.write_text("/**:\n  ros__parameters:\n    use_sim_time: true\n")
 
     def setup(**arguments):
-        context = {a.name: a.default for a in launcher.LAUNCH_ARGUMENTS} | {"params_file": str(params)}
+        context = {a.name: a.default for a in launch.LAUNCH_ARGUMENTS} | {"params_file": str(params)}
         module._setup(context | arguments)
         return made
 
@@ -364,9 +365,9 @@ def test_launch_backend_choices_are_the_nodes():
     import argparse
 
     parser = argparse.ArgumentParser()
-    launcher.add_arguments(parser)
+    launch.add_arguments(parser)
     assert parser.parse_args(["--backend", "onnxruntime"]).backend == "onnxruntime"
-    description = next(a.description for a in launcher.LAUNCH_ARGUMENTS if a.name == "backend")
+    description = next(a.description for a in launch.LAUNCH_ARGUMENTS if a.name == "backend")
     assert all(b in description for b in node_params.BACKENDS)
 
 

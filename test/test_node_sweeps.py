@@ -12,12 +12,12 @@ from builtin_interfaces.msg import Time as TimeMsg
 from nav_msgs.msg import Odometry
 from std_msgs.msg import Header
 
-from fastpillars_ros import sweep_params
-from fastpillars_ros.cloud_messages import array_to_cloud
 from fastpillars_ros.config import load_model_config
-from fastpillars_ros.frame_input import FrameInput
-from fastpillars_ros.node_params import NodeParams, ParamError, flatten
-from fastpillars_ros.pose_sources import (
+from fastpillars_ros.ros import sweep_params
+from fastpillars_ros.ros.cloud_messages import array_to_cloud
+from fastpillars_ros.ros.frame_input import FrameInput
+from fastpillars_ros.ros.node_params import NodeParams, ParamError, flatten
+from fastpillars_ros.ros.pose_sources import (
     OdometryPoseSource,
     make_odometry_callback,
     make_transform,
@@ -25,7 +25,7 @@ from fastpillars_ros.pose_sources import (
     quat_from_rpy,
     transform_from_xyz_rpy,
 )
-from fastpillars_ros.sweep_params import SweepParams, build_sweep_input
+from fastpillars_ros.ros.sweep_params import SweepParams, build_sweep_input
 
 # nuScenes-like mounting: lidar 1 m ahead of the base, 1.84 m up, rotated -90 deg about z (x right, y forward).
 S2B = (0.986, 0.0, 1.84, 0.0, 0.0, -math.pi / 2)
@@ -167,7 +167,7 @@ def test_forcing_sweeps_on_a_model_without_dt_is_an_error():
 def test_the_parameter_file_lists_every_sweeps_parameter_with_a_valid_default():
     import yaml
 
-    from fastpillars_ros.node_params import coerce, default_yaml
+    from fastpillars_ros.ros.node_params import coerce, default_yaml
 
     flat = flatten(yaml.safe_load(default_yaml())["/**"]["ros__parameters"]["sweeps"], "sweeps.")
     assert flat == {f"sweeps.{k}": v for k, v in sweep_params.defaults().items()}

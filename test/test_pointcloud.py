@@ -13,8 +13,8 @@ import pytest
 from sensor_msgs.msg import PointCloud2, PointField
 from std_msgs.msg import Header
 
-from fastpillars_ros.cloud_messages import PAD_BYTE, array_to_cloud, make_cloud
 from fastpillars_ros.pointcloud import DRIVER_LAYOUTS, cloud_fields, cloud_to_array, field_layout, structured_view
+from fastpillars_ros.ros.cloud_messages import PAD_BYTE, array_to_cloud, make_cloud
 
 TYPECODES = {PointField.INT8: "i1", PointField.UINT8: "u1", PointField.INT16: "i2", PointField.UINT16: "u2",
              PointField.INT32: "i4", PointField.UINT32: "u4", PointField.FLOAT32: "f4", PointField.FLOAT64: "f8"}

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from real_data import real_data_dir, real_file
 
-from fastpillars_ros.cloud_messages import make_cloud
 from fastpillars_ros.pointcloud import (
     FLOAT32,
     FLOAT64,
@@ -22,6 +21,7 @@ from fastpillars_ros.pointcloud import (
     read_pcd_structured,
     read_points,
 )
+from fastpillars_ros.ros.cloud_messages import make_cloud
 
 # Real PCDs: (relative path, POINTS in the header, intensity (min, max) or None when the file has none).
 # Intensity ranges are those documented in shared/data/real/README.md (fast_gicp 0..215) or read once

@@ -14,8 +14,8 @@ from builtin_interfaces.msg import Time as TimeMsg
 from geometry_msgs.msg import TransformStamped
 from nav_msgs.msg import Odometry
 
-from fastpillars_ros import pose_sources as ps
-from fastpillars_ros.pose_sources import (
+from fastpillars_ros.ros import pose_sources as ps
+from fastpillars_ros.ros.pose_sources import (
     OdometryPoseSource,
     PoseSourceError,
     Tf2PoseSource,

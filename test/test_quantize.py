@@ -12,9 +12,9 @@ from real_data import real_file
 from fastpillars_ros.detector import Detector
 from fastpillars_ros.model.export import export_onnx
 from fastpillars_ros.pointcloud import read_points
-from fastpillars_ros.regression import FrameDetections, compare
 from fastpillars_ros.runtime.engine_cache import EngineCache
 from fastpillars_ros.runtime.quantize import calibration_canvases, quantize_dense
+from fastpillars_ros.tools.regression import FrameDetections, compare
 
 # Agreement tolerance, int8 vs fp32, tiny on KITTI 000000/000001 (measured: 51/53 and 47/47 matched, lowest
 # IoU 0.77, largest score difference 0.068). Boxes near the score threshold swap places in NMS with score

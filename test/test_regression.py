@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fastpillars_ros import bagtools
-from fastpillars_ros.regression import (
+from fastpillars_ros.tools import bags
+from fastpillars_ros.tools.regression import (
     FrameDetections,
     compare,
     detections_from_bag,
@@ -96,10 +96,10 @@ def test_detections_json_round_trip(tmp_path):
 
 def test_detections_from_recorded_bag(tmp_path):
     path = tmp_path / "rec.mcap"
-    with bagtools.open_writer(path) as bag:
+    with bags.open_writer(path) as bag:
         for f in _golden()[::-1]:  # received out of order
-            bag.write("/detections", bagtools.DETECTION3DARRAY, 5 + f.stamp_ns,
-                      bagtools.detections_message(f.boxes, f.scores, f.names, f.stamp_ns, f.frame_id))
+            bag.write("/detections", bags.DETECTION3DARRAY, 5 + f.stamp_ns,
+                      bags.detections_message(f.boxes, f.scores, f.names, f.stamp_ns, f.frame_id))
     frames = detections_from_bag(path)
     assert [f.stamp_ns for f in frames] == [100, 200]
     assert compare(frames, _golden()).ok
@@ -126,11 +126,11 @@ class _FixedDetector:
 
 def test_golden_from_bag_runs_the_detector_over_every_cloud(tmp_path):
     detector = _FixedDetector()
-    frames, names = golden_from_bag(bagtools.SAMPLE_BAG, detector=detector, max_frames=3)
+    frames, names = golden_from_bag(bags.SAMPLE_BAG, detector=detector, max_frames=3)
     assert names == list(_FixedDetector.CLASSES) and len(frames) == 3 and len(detector.seen) == 3
-    truth = bagtools.read_detections(bagtools.SAMPLE_BAG)[:3]
+    truth = bags.read_detections(bags.SAMPLE_BAG)[:3]
     assert [f.stamp_ns for f in frames] == [t.stamp_ns for t in truth]
-    clouds = list(bagtools.read_clouds(bagtools.SAMPLE_BAG, frames=[0]))
+    clouds = list(bags.read_clouds(bags.SAMPLE_BAG, frames=[0]))
     assert detector.seen[0].shape == clouds[0].points.shape
     assert all(f.names == ["car"] and f.frame_id == "velodyne" for f in frames)
     path = save_detections(frames, tmp_path / "golden.json", class_names=names)
@@ -144,7 +144,7 @@ def test_golden_from_bag_with_the_tiny_detector_is_deterministic():
     runs = []
     for _ in range(2):
         torch.manual_seed(0)  # the same (random until a checkpoint ships) weights for both detectors
-        runs.append(golden_from_bag(bagtools.SAMPLE_BAG, overrides={"device": "cpu", "warmup": False},
+        runs.append(golden_from_bag(bags.SAMPLE_BAG, overrides={"device": "cpu", "warmup": False},
                                     max_frames=1))
     (frames, names), (again, _) = runs
     assert names == ["car", "pedestrian", "cyclist"] and len(frames) == 1
@@ -155,7 +155,7 @@ def test_golden_from_bag_with_the_tiny_detector_is_deterministic():
 def test_regression_check_command_exit_codes(tmp_path, capsys):
     import argparse
 
-    from fastpillars_ros.regression import Check
+    from fastpillars_ros.tools.regression import Check
 
     golden = save_detections(_golden(), tmp_path / "g.json")
     broken = _golden()

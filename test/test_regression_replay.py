@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from fastpillars_ros.bagtools import SAMPLE_BAG
 from fastpillars_ros.config import DEFAULT_MODEL
-from fastpillars_ros.demo import replay_through_node
 from fastpillars_ros.detector import default_checkpoint
 from fastpillars_ros.model import checkpoint_meta
-from fastpillars_ros.regression import compare, detections_from_bag, load_detections
+from fastpillars_ros.tools.bags import SAMPLE_BAG
+from fastpillars_ros.tools.demo import replay_through_node
+from fastpillars_ros.tools.regression import compare, detections_from_bag, load_detections
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "test" / "data" / "golden_sample.json"

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from ros_processes import spawn_python, stop
 
-from fastpillars_ros import bagtools
-from fastpillars_ros.replay import (
+from fastpillars_ros.tools import bags
+from fastpillars_ros.tools.replay import (
     AnswerTracker,
     Pacer,
     ReplayOptions,
@@ -26,7 +26,7 @@ TOPIC = "/replay_test/points"
 DETECTIONS = "/replay_test/detections"
 MARKERS = "/replay_test/markers"
 PERIOD_NS = 50_000_000  # 20 Hz bag
-T0 = bagtools.DEFAULT_START_NS
+T0 = bags.DEFAULT_START_NS
 
 # The echo detector: answers each cloud with one detection (header copied), also a MarkerArray, and
 # counts /clock messages; prints a JSON line with what it saw when interrupted.
@@ -59,13 +59,13 @@ print(json.dumps(seen), flush=True)
 
 def _write_bag(path, n=10, period_ns=PERIOD_NS, points=2000):
     rng = np.random.default_rng(0)
-    with bagtools.open_writer(path) as bag:
+    with bags.open_writer(path) as bag:
         for i in range(n):
             t = T0 + i * period_ns
-            bag.write(TOPIC, bagtools.POINTCLOUD2, t,
-                      bagtools.cloud_message(rng.random((points, 4), dtype=np.float32), t, "velodyne"))
-            bag.write("/ground_truth", bagtools.DETECTION3DARRAY, t,
-                      bagtools.detections_message(np.zeros((1, 7)), [1.0], ["car"], t, "velodyne"))
+            bag.write(TOPIC, bags.POINTCLOUD2, t,
+                      bags.cloud_message(rng.random((points, 4), dtype=np.float32), t, "velodyne"))
+            bag.write("/ground_truth", bags.DETECTION3DARRAY, t,
+                      bags.detections_message(np.zeros((1, 7)), [1.0], ["car"], t, "velodyne"))
     return path
 
 
@@ -150,18 +150,18 @@ def test_tracker_latency_percentiles_and_report():
 
 def test_count_detections_reads_the_sequence_length():
     for frame in ("", "v", "velodyne", "abc"):
-        msg = bagtools.detections_message(np.zeros((3, 7)), [1, 1, 1], ["a", "b", "c"], 7, frame)
-        assert count_detections_cdr(bagtools.typestore().serialize_cdr(msg, bagtools.DETECTION3DARRAY)) == 3
+        msg = bags.detections_message(np.zeros((3, 7)), [1, 1, 1], ["a", "b", "c"], 7, frame)
+        assert count_detections_cdr(bags.typestore().serialize_cdr(msg, bags.DETECTION3DARRAY)) == 3
 
 
 def test_evaluate_answers_against_ground_truth_counts_missing_answers_as_misses():
     boxes = np.array([[10.0, 0.0, -1.0, 4.0, 1.8, 1.5, 0.0], [20.0, 3.0, -1.0, 0.8, 0.7, 1.7, 1.0]])
-    truth = [bagtools.DetectionRecord(t, t, "v", boxes, np.ones(2), ["car", "pedestrian"]) for t in (1, 2)]
-    store = bagtools.typestore()
+    truth = [bags.DetectionRecord(t, t, "v", boxes, np.ones(2), ["car", "pedestrian"]) for t in (1, 2)]
+    store = bags.typestore()
 
     def answer(stamp):
-        msg = bagtools.detections_message(boxes, [0.9, 0.8], ["car", "pedestrian"], stamp, "v")
-        return bytes(store.serialize_cdr(msg, bagtools.DETECTION3DARRAY))
+        msg = bags.detections_message(boxes, [0.9, 0.8], ["car", "pedestrian"], stamp, "v")
+        return bytes(store.serialize_cdr(msg, bags.DETECTION3DARRAY))
 
     full = evaluate_answers(truth, {1: answer(1), 2: answer(2)})
     assert full.ap("car", "3d") == pytest.approx(100.0) and full.ap("pedestrian", "bev") == pytest.approx(100.0)
@@ -195,12 +195,12 @@ def test_replay_max_rate_gets_every_answer_and_records_them(echo, bag, tmp_path)
     assert stats.detections == 10
     assert len(stats.latencies_ms) == 10 and 0 < stats.latency(50) <= stats.latency(95) < 3000
     assert stats.recorded == {DETECTIONS: 10, MARKERS: 10}
-    records = bagtools.read_detections(out, DETECTIONS)
+    records = bags.read_detections(out, DETECTIONS)
     assert sorted(r.stamp_ns for r in records) == [T0 + i * PERIOD_NS for i in range(10)]
     assert all(r.frame_id == "velodyne" and len(r.boxes) == 1 for r in records)
     t_now = time.time_ns()
     assert all(t_now - 120 * 10**9 < r.bag_time_ns <= t_now for r in records)  # receive time
-    assert bagtools.topic_types(out)[MARKERS] == bagtools.MARKERARRAY
+    assert bags.topic_types(out)[MARKERS] == bags.MARKERARRAY
 
 
 @pytest.mark.ros
@@ -262,7 +262,7 @@ def test_replay_counts_unanswered_frames_as_dropped(bag):
 @pytest.mark.parametrize("signum", [2, 15], ids=["SIGINT", "SIGTERM"])
 def test_replay_command_loops_until_signal_and_keeps_the_record(echo, bag, tmp_path, signum):
     out = tmp_path / "loop.mcap"
-    proc = spawn_python(["-m", "fastpillars_ros.replay", str(bag), "--loopback", "--loop", "--rate", "4",
+    proc = spawn_python(["-m", "fastpillars_ros.tools.replay", str(bag), "--loopback", "--loop", "--rate", "4",
                          "--detections-topic", DETECTIONS, "--timeout-s", "2", "--record", str(out)])
     try:
         line = proc.stderr.readline()
@@ -277,5 +277,5 @@ def test_replay_command_loops_until_signal_and_keeps_the_record(echo, bag, tmp_p
     sent = int(stdout.split("frames sent ")[1].split(",")[0])
     answered = int(stdout.split("answered ")[1].split(",")[0])
     assert sent > 10 and answered >= sent - 2, stdout
-    records = bagtools.read_detections(out, DETECTIONS)
+    records = bags.read_detections(out, DETECTIONS)
     assert len(records) == answered

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from ros_processes import spawn_python, stop
 
-from fastpillars_ros.rosenv import is_loopback_environment, loopback_environment, profile_path
+from fastpillars_ros.ros.rosenv import is_loopback_environment, loopback_environment, profile_path
 
 NS = {"d": "http://www.eprosima.com"}
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fastpillars_ros.pointcloud import even_indices
-from fastpillars_ros.pose_sources import make_transform, quat_from_rpy
+from fastpillars_ros.ros.pose_sources import make_transform, quat_from_rpy
 from fastpillars_ros.sweeps import SweepBuffer, cap_counts, check_pose, rigid_inverse, rotation_angle
 
 T0 = 1_700_000_000.0  # a realistic Unix stamp: dt must survive float64 seconds of this size

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastpillars_ros import bagtools, viz
-from fastpillars_ros.regression import FrameDetections, save_detections
+from fastpillars_ros.tools import bags, viz
+from fastpillars_ros.tools.regression import FrameDetections, save_detections
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +44,8 @@ def test_viz_point_file_picks_up_kitti_labels(kitti_dir, tmp_path):
 
 
 def test_viz_bag_frame_with_detections_writes_png(tmp_path):
-    bag = bagtools.SAMPLE_BAG
-    gt = bagtools.read_detections(bag)[2]
+    bag = bags.SAMPLE_BAG
+    gt = bags.read_detections(bag)[2]
     dets = tmp_path / "dets.json"
     save_detections([FrameDetections(2, gt.stamp_ns, gt.boxes[:3], [0.9, 0.5, 0.2], ["car", "pedestrian", "cyclist"])],
                     dets)
@@ -59,7 +59,7 @@ def test_viz_bag_frame_with_detections_writes_png(tmp_path):
 
 
 def test_viz_overview_tiles_frames(tmp_path):
-    views = [viz.load_view(bagtools.SAMPLE_BAG, k) for k in (0, 1, 2, 3)]
+    views = [viz.load_view(bags.SAMPLE_BAG, k) for k in (0, 1, 2, 3)]
     out = viz.overview(views, tmp_path / "ov.png", cols=2, tile_px=300, title="t")
     assert Image.open(out).size == (600, 640)
 

@@ -1,4 +1,4 @@
-"""Per-stage timing of a detector frame (the library's clock; the ``profile`` command lives in profile_command.py)."""
+"""Per-stage timing of a detector frame (the library's clock; the ``profile`` command lives in tools/profile.py)."""
 
 from __future__ import annotations
 

@@ -25,10 +25,10 @@ from real_data import real_file
 from std_msgs.msg import Header
 
 from fastpillars_ros.detector import STAGES, Detector, default_checkpoint
-from fastpillars_ros.messages import detections_to_msg
 from fastpillars_ros.model.mape import MAPE
 from fastpillars_ros.ops import decorate, pillarize
 from fastpillars_ros.pointcloud import read_points
+from fastpillars_ros.ros.messages import detections_to_msg
 
 logging.basicConfig(level=logging.ERROR)
 DEFAULT = "tiny360"

@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import print_header, print_ratio, time_ms
 from real_data import real_file
 
-from fastpillars_ros.cloud_messages import make_cloud
 from fastpillars_ros.pointcloud import DRIVER_LAYOUTS, read_points
-from fastpillars_ros.rosenv import apply_loopback_environment, loopback_environment
+from fastpillars_ros.ros.cloud_messages import make_cloud
+from fastpillars_ros.ros.rosenv import apply_loopback_environment, loopback_environment
 
 logging.basicConfig(level=logging.ERROR)
 TOPIC = "/bench/points"
@@ -76,7 +76,7 @@ def main() -> int:
     from sensor_msgs.msg import PointCloud2
     from vision_msgs.msg import Detection3DArray
 
-    proc = subprocess.Popen([sys.executable, "-m", "fastpillars_ros.launcher", "--loopback", "--input-topic", TOPIC,
+    proc = subprocess.Popen([sys.executable, "-m", "fastpillars_ros.tools.launch", "--loopback", "--input-topic", TOPIC,
                              "--model", "tiny", "-p", "max_input_age_ms:=1000.0"],
                             env=loopback_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     rclpy.init()

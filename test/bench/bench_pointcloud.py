@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository, 
 
 from common import print_header, print_ratio, time_ms
 
-from fastpillars_ros.cloud_messages import make_cloud
 from fastpillars_ros.pointcloud import DRIVER_LAYOUTS, FLOAT32, cloud_to_array
+from fastpillars_ros.ros.cloud_messages import make_cloud
 
 N = 120_000
 FIELDS = ("x", "y", "z", "intensity")

@@ -2,7 +2,7 @@
 
 Anchor: reading the sample bag's clouds with rosbags (raw CDR bytes, and decoded to (N, 4) numpy arrays),
 i.e. the fastest the replay could go if DDS and the detector cost nothing.
-Candidate: :func:`fastpillars_ros.replay.replay` with ``max_rate`` (back-pressure: each cloud waits for the
+Candidate: :func:`fastpillars_ros.tools.replay.replay` with ``max_rate`` (back-pressure: each cloud waits for the
 answer to the previous one) against the echo detector of ``test/test_replay.py`` (a separate process that
 answers every cloud with a Detection3DArray carrying its header), over loopback DDS: frames/s and the
 latency percentiles (cloud sent -> answer received).
@@ -20,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import print_header
 
-from fastpillars_ros import bagtools
-from fastpillars_ros.rosenv import apply_loopback_environment
+from fastpillars_ros.ros.rosenv import apply_loopback_environment
+from fastpillars_ros.tools import bags
 
 GOAL_FPS = 50.0
 GOAL_P95_MS = 50.0
@@ -35,9 +35,9 @@ def read_rate(decode: bool) -> tuple[float, int]:
     for _ in range(3):
         t0 = time.perf_counter()
         if decode:
-            n = sum(1 for _ in bagtools.read_clouds(bagtools.SAMPLE_BAG))
+            n = sum(1 for _ in bags.read_clouds(bags.SAMPLE_BAG))
         else:
-            n = sum(1 for _ in bagtools.iter_raw(bagtools.SAMPLE_BAG, None))
+            n = sum(1 for _ in bags.iter_raw(bags.SAMPLE_BAG, None))
         best = max(best, n / (time.perf_counter() - t0))
     return best, n
 
@@ -47,12 +47,12 @@ def main() -> int:
     from ros_processes import spawn_python, stop
     from test_replay import DETECTIONS, ECHO, TOPIC
 
-    from fastpillars_ros.replay import ReplayOptions, replay
+    from fastpillars_ros.tools.replay import ReplayOptions, replay
 
-    print_header(f"replay --max-rate vs bag reading ({bagtools.SAMPLE_BAG.name}, {LOOPS} loops)")
+    print_header(f"replay --max-rate vs bag reading ({bags.SAMPLE_BAG.name}, {LOOPS} loops)")
     raw_fps, n = read_rate(decode=False)
     dec_fps, _ = read_rate(decode=True)
-    clouds = list(bagtools.read_clouds(bagtools.SAMPLE_BAG))
+    clouds = list(bags.read_clouds(bags.SAMPLE_BAG))
     mean_points = sum(len(c.points) for c in clouds) / len(clouds)
     print(f"sample bag: {n} clouds, {mean_points:.0f} points each on average")
     print(f"anchor  bag read (raw CDR)          {raw_fps:9.1f} frames/s")
@@ -63,7 +63,7 @@ def main() -> int:
         if echo.stdout.readline().strip() != "ready":
             print("echo detector did not start:", stop(echo)[1][-2000:])
             return 1
-        opts = ReplayOptions(bag=bagtools.SAMPLE_BAG, publish_topic=TOPIC, detections_topic=DETECTIONS,
+        opts = ReplayOptions(bag=bags.SAMPLE_BAG, publish_topic=TOPIC, detections_topic=DETECTIONS,
                              max_rate=True, loops=LOOPS, timeout_s=5.0, wait_s=30.0, quiet=True)
         stats = replay(opts)
     finally:

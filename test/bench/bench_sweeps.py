@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository, 
 
 from common import print_header, print_ratio, time_ms
 
-from fastpillars_ros.pose_sources import make_transform, quat_from_rpy
+from fastpillars_ros.ros.pose_sources import make_transform, quat_from_rpy
 from fastpillars_ros.sweeps import SweepBuffer
 
 N = 35_000

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fastpillars_ros.rosenv import loopback_environment
+from fastpillars_ros.ros.rosenv import loopback_environment
 
 
 def main() -> int:

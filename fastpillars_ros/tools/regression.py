@@ -1,7 +1,7 @@
 """Replay regression: compare the detections a detector sent during a replay with golden detections.
 
 Golden detections come from the offline path (:func:`golden_from_bag`: the bag's clouds through the node's
-own input conversion, :class:`~fastpillars_ros.frame_input.FrameInput`, and a
+own input conversion, :class:`~fastpillars_ros.ros.frame_input.FrameInput`, and a
 :class:`~fastpillars_ros.detector.Detector` built from the same node parameters), stored as JSON
 (:func:`save_detections`). :func:`compare` then checks, frame by frame (matched by header stamp):
 
@@ -45,15 +45,15 @@ __all__ = [
 def detections_from_bag(path: str | os.PathLike, topic: str | None = None) -> list[FrameDetections]:
     """The Detection3DArray messages of a bag (e.g. one recorded by ``replay --record``) as frames, in
     stamp order; ``topic`` None picks the only Detection3DArray topic other than ``/ground_truth``."""
-    from fastpillars_ros import bagtools
+    from fastpillars_ros.tools import bags
 
     if topic is None:
-        types = bagtools.topic_types(path)
-        topics = [t for t, m in types.items() if m == bagtools.DETECTION3DARRAY and t != bagtools.GROUND_TRUTH_TOPIC]
+        types = bags.topic_types(path)
+        topics = [t for t, m in types.items() if m == bags.DETECTION3DARRAY and t != bags.GROUND_TRUTH_TOPIC]
         if len(topics) != 1:
             raise ValueError(f"{path}: expected one Detection3DArray topic besides /ground_truth, found {topics}")
         topic = topics[0]
-    records = sorted(bagtools.read_detections(path, topic), key=lambda r: r.stamp_ns)
+    records = sorted(bags.read_detections(path, topic), key=lambda r: r.stamp_ns)
     return [FrameDetections(i, r.stamp_ns, r.boxes, r.scores, r.names, r.frame_id) for i, r in enumerate(records)]
 
 
@@ -62,8 +62,8 @@ def detections_from_bag(path: str | os.PathLike, topic: str | None = None) -> li
 def _node_params(params_file: str | os.PathLike | None, overrides: Mapping[str, Any] | None) -> Any:
     import yaml
 
-    from fastpillars_ros import node_params
-    from fastpillars_ros.launcher import share_file
+    from fastpillars_ros.ros import node_params
+    from fastpillars_ros.tools.launch import share_file
 
     path = Path(params_file) if params_file is not None else share_file("config/fastpillars.yaml")
     tree = yaml.safe_load(Path(path).read_text()) or {}
@@ -80,10 +80,10 @@ def offline_path(*, params_file: str | os.PathLike | None = None, overrides: Map
     The node parameters come from ``params_file`` (default: the package's ``config/fastpillars.yaml``)
     plus ``overrides`` (flat ROS names, e.g. ``{"device": "cpu"}``). ``detector`` replaces the Detector
     built from them (it needs ``detect``, ``class_names``, ``point_features`` and ``intensity_scale``).
-    The :class:`~fastpillars_ros.frame_input.FrameInput` carries state between frames like the node's (the
+    The :class:`~fastpillars_ros.ros.frame_input.FrameInput` carries state between frames like the node's (the
     automatic intensity scale only widens), so feed it the frames the node saw, in the same order.
     """
-    from fastpillars_ros.frame_input import FrameInput
+    from fastpillars_ros.ros.frame_input import FrameInput
 
     params = _node_params(params_file, overrides)
     if detector is None:
@@ -104,16 +104,16 @@ def golden_from_bag(bag: str | os.PathLike, *, topic: str | None = None, params_
     ``params_file``, ``overrides`` and ``detector`` as for :func:`offline_path`. One frame input sees all
     frames in order, like the node with ``replay --max-rate``.
     """
-    from fastpillars_ros import bagtools
-    from fastpillars_ros.frame_input import FrameRejected
+    from fastpillars_ros.ros.frame_input import FrameRejected
+    from fastpillars_ros.tools import bags
 
     detector, converter, _ = offline_path(params_file=params_file, overrides=overrides, detector=detector)
     names = list(detector.class_names)
     frames: list[FrameDetections] = []
-    for i, (_topic, _t, raw) in enumerate(bagtools.iter_raw(bag, topic, bagtools.POINTCLOUD2)):
+    for i, (_topic, _t, raw) in enumerate(bags.iter_raw(bag, topic, bags.POINTCLOUD2)):
         if max_frames is not None and i >= max_frames:
             break
-        msg = bagtools.typestore().deserialize_cdr(raw, bagtools.POINTCLOUD2)
+        msg = bags.typestore().deserialize_cdr(raw, bags.POINTCLOUD2)
         stamp = stamp_to_ns(msg.header.stamp)
         frame_id = msg.header.frame_id  # offline there is no tf: detections stay in the cloud frame
         try:

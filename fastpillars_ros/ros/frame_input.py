@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from fastpillars_ros.node_params import NodeParams
 from fastpillars_ros.pointcloud import DATATYPE_NAMES, cloud_to_array, even_indices, field_layout
+from fastpillars_ros.ros.node_params import NodeParams
 
 FLOAT32, FLOAT64, UINT8, INT8 = 7, 8, 2, 1
 

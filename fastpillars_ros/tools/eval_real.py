@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from .eval_command import ground_truth, in_camera_fov
-from .evaluation import FrameBoxes, evaluate
-from .pointcloud import model_columns
+from fastpillars_ros.evaluation import FrameBoxes, evaluate
+from fastpillars_ros.pointcloud import model_columns
+from fastpillars_ros.tools.eval import ground_truth, in_camera_fov
 
 __all__ = ["DEV_SETS", "LOOSE_IOU", "MAX_RANGE", "Calibrate", "RealSet", "SetReport", "add_arguments",
            "calibrate_thresholds", "evaluate_set", "false_objects", "in_labelled_view", "run"]
@@ -128,7 +128,7 @@ def _in_dontcare(boxes: np.ndarray, frame: Any) -> np.ndarray:
 def false_objects(pred: FrameBoxes, frame: Any, class_names: Sequence[str]) -> np.ndarray:
     """(K,) bool over ``pred``: detections that overlap no labelled or ignored object of the frame (any type)
     at BEV IoU :data:`LOOSE_IOU` of the detection's class and do not point into a DontCare region."""
-    from .ops.iou import rotated_iou_bev
+    from fastpillars_ros.ops.iou import rotated_iou_bev
 
     objects = np.concatenate([np.asarray(frame.boxes, np.float64).reshape(-1, 7),
                               np.asarray(frame.ignored_boxes, np.float64).reshape(-1, 7)])
@@ -159,8 +159,8 @@ def evaluate_set(detector: Any, real: RealSet, root: Path, *, progress: bool = F
     """
     from tqdm import tqdm
 
-    from .datasets.kitti import KittiDataset
-    from .mounting import estimate_ground
+    from fastpillars_ros.datasets.kitti import KittiDataset
+    from fastpillars_ros.mounting import estimate_ground
 
     class_names = list(detector.class_names)
     thresholds = np.array([detector.default_score_thresholds[c] for c in class_names])
@@ -250,7 +250,7 @@ def format_reports(reports: Sequence[SetReport], thresholds: dict[str, float]) -
 
 
 def _pictures(frames: list[dict[str, Any]], set_name: str, path: Path) -> Path:
-    from .viz import SceneView, overview
+    from fastpillars_ros.tools.viz import SceneView, overview
 
     views = [SceneView(points=f["points"], gt_boxes=f["gt_boxes"], gt_names=f["gt_names"], det_boxes=f["det_boxes"],
                        det_scores=f["det_scores"], det_names=f["det_names"],
@@ -275,12 +275,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def default_real_data() -> Path:
     """``shared/data/real`` beside the repository (the development checkout's layout)."""
-    return Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+    return Path(__file__).resolve().parents[3] / "shared" / "data" / "real"
 
 
 def run(args: argparse.Namespace) -> int:
-    from .config import DEFAULT_MODEL
-    from .detector import Detector
+    from fastpillars_ros.config import DEFAULT_MODEL
+    from fastpillars_ros.detector import Detector
 
     root = Path(args.real_data) if args.real_data else default_real_data()
     wanted = [s.strip() for s in args.sets.split(",") if s.strip()]
@@ -292,7 +292,7 @@ def run(args: argparse.Namespace) -> int:
     if not (root / sets[0].folder).is_dir():
         print(f"eval-real: real data not found under {root} (give --real-data)", file=sys.stderr)
         return 2
-    from .config import load_model_config
+    from fastpillars_ros.config import load_model_config
 
     config = load_model_config(args.config or DEFAULT_MODEL)
     detector = Detector(config, args.checkpoint, score_threshold=config.decode.score_threshold)
@@ -343,9 +343,9 @@ class Calibrate:
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        from .config import DEFAULT_MODEL, load_model_config
-        from .detector import Detector
-        from .model import update_checkpoint_meta
+        from fastpillars_ros.config import DEFAULT_MODEL, load_model_config
+        from fastpillars_ros.detector import Detector
+        from fastpillars_ros.model import update_checkpoint_meta
 
         config = load_model_config(args.config or DEFAULT_MODEL)
         try:

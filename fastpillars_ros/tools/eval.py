@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from .detections_file import FrameDetections, load_detections, save_detections
-from .evaluation import FrameBoxes, evaluate, plot_pr_curves
-from .pointcloud import model_columns
-from .runtime.choices import BACKENDS, DEVICES, PRECISIONS
+from fastpillars_ros.detections_file import FrameDetections, load_detections, save_detections
+from fastpillars_ros.evaluation import FrameBoxes, evaluate, plot_pr_curves
+from fastpillars_ros.pointcloud import model_columns
+from fastpillars_ros.runtime.choices import BACKENDS, DEVICES, PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +159,8 @@ def save_json_detections(path: str | Path, detections: dict[str, FrameBoxes], cl
 def load_kitti_detections(folder: str | Path, frame_id: str, calib: Any, class_names: Sequence[str],
                           class_map: dict[str, str | None]) -> FrameBoxes:
     """One frame's KITTI result file (label_2 lines + score) -> our boxes; unknown types are skipped."""
-    from .boxes import kitti_to_lidar
-    from .datasets.kitti import read_labels
+    from fastpillars_ros.boxes import kitti_to_lidar
+    from fastpillars_ros.datasets.kitti import read_labels
 
     path = Path(folder) / f"{frame_id}.txt"
     objs = read_labels(path) if path.is_file() else []
@@ -185,10 +185,10 @@ def _class_names(args: argparse.Namespace) -> list[str]:
     if args.classes:
         return [c.strip() for c in args.classes.split(",") if c.strip()]
     if args.config:
-        from .config import load_model_config
+        from fastpillars_ros.config import load_model_config
 
         return list(load_model_config(args.config).class_names)
-    from .datasets.kitti import DEFAULT_CLASSES
+    from fastpillars_ros.datasets.kitti import DEFAULT_CLASSES
 
     return list(DEFAULT_CLASSES)
 
@@ -196,7 +196,7 @@ def _class_names(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .datasets.kitti import KittiDataset
+    from fastpillars_ros.datasets.kitti import KittiDataset
 
     if args.detections is None and args.config is None:
         print("eval: give --config (run the detector) or --detections (stored results)", file=sys.stderr)
@@ -230,8 +230,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"eval: {exc}", file=sys.stderr)
             return 2
     else:
-        from .config import load_model_config
-        from .detector import Detector
+        from fastpillars_ros.config import load_model_config
+        from fastpillars_ros.detector import Detector
 
         # AP needs every candidate: the decode floor, not the (higher) default published thresholds.
         floor = load_model_config(args.config).decode.score_threshold

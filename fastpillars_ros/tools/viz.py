@@ -268,7 +268,7 @@ def _detections(source: Path, stamp: int | None, sample: str, frame: int
     from fastpillars_ros.detections_file import find_frame, load_detections
 
     if _is_bag(source):
-        from fastpillars_ros.regression import detections_from_bag
+        from fastpillars_ros.tools.regression import detections_from_bag
 
         frames = detections_from_bag(source)
     else:
@@ -288,16 +288,16 @@ def load_view(source: str | os.PathLike, frame: int | str = 0, *, detections: st
     stamp = None
     gt_boxes, gt_names = np.zeros((0, 7)), []
     if _is_bag(src):
-        from fastpillars_ros import bagtools
+        from fastpillars_ros.tools import bags
 
         index = int(frame)
-        rec = next(bagtools.read_clouds(src, frames=[index]), None)
+        rec = next(bags.read_clouds(src, frames=[index]), None)
         if rec is None:
             raise ValueError(f"{src} has no cloud number {index}")
         points, stamp = rec.points, rec.stamp_ns
         title = f"{src.name} #{index} ({stamp / 1e9:.2f} s, {rec.frame_id})"
-        if bagtools.GROUND_TRUTH_TOPIC in bagtools.topic_types(src):
-            gt = [g for g in bagtools.read_detections(src) if g.stamp_ns == stamp]
+        if bags.GROUND_TRUTH_TOPIC in bags.topic_types(src):
+            gt = [g for g in bags.read_detections(src) if g.stamp_ns == stamp]
             if gt:
                 gt_boxes, gt_names = gt[0].boxes, gt[0].names
         stem = str(index)

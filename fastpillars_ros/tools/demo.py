@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .replay import ReplayStats
+    from fastpillars_ros.tools.replay import ReplayStats
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .bagtools import SAMPLE_BAG
+    from fastpillars_ros.tools.bags import SAMPLE_BAG
 
     parser.add_argument("--bag", type=Path, default=SAMPLE_BAG, help="bag to replay (default: the sample bag)")
     parser.add_argument("--out", type=Path, default=Path("out/demo"), help="folder for pictures and results")
@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _start_node(model: str, checkpoint: str, log_path: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "fastpillars_ros.launcher", "--loopback", "--use-sim-time",
+    cmd = [sys.executable, "-m", "fastpillars_ros.tools.launch", "--loopback", "--use-sim-time",
            "--input-topic", "/points", "-p", "cpu_threads:=2"]
     if model:
         cmd += ["--model", model]
@@ -54,9 +54,9 @@ def replay_through_node(bag: Path, record: Path, node_log: Path, *, model: str =
     """Start the detector node as its own process (loopback DDS, simulated time), replay ``bag`` into it
     with back-pressure and ``/clock``, record its answers to ``record`` and score them against the bag's
     ``/ground_truth``; the node is stopped afterwards. Used by the demo and the CI regression test."""
-    from .launcher import stop_process
-    from .replay import ReplayOptions, replay
-    from .rosenv import apply_loopback_environment
+    from fastpillars_ros.ros.rosenv import apply_loopback_environment
+    from fastpillars_ros.tools.launch import stop_process
+    from fastpillars_ros.tools.replay import ReplayOptions, replay
 
     apply_loopback_environment()
     if record.exists():
@@ -70,8 +70,8 @@ def replay_through_node(bag: Path, record: Path, node_log: Path, *, model: str =
 
 
 def _summary(stats: ReplayStats, record: Path, bag: Path) -> str:
-    from .bagtools import read_detections
-    from .regression import detections_from_bag
+    from fastpillars_ros.tools.bags import read_detections
+    from fastpillars_ros.tools.regression import detections_from_bag
 
     answered = detections_from_bag(record, "/detections")
     stamps = {f.stamp_ns for f in answered}
@@ -93,7 +93,7 @@ def _summary(stats: ReplayStats, record: Path, bag: Path) -> str:
 
 
 def _pictures(bag: Path, record: Path, out: Path, count: int, answered: int) -> list[Path]:
-    from .viz import load_view, overview, render
+    from fastpillars_ros.tools.viz import load_view, overview, render
 
     frames = sorted({round(i * (answered - 1) / max(count - 1, 1)) for i in range(count)}) if answered else []
     views = [load_view(bag, k, detections=record) for k in frames]
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     print(stats.format())
     print(_summary(stats, record, args.bag))
     if stats.evaluation is not None:
-        from .evaluation import plot_pr_curves
+        from fastpillars_ros.evaluation import plot_pr_curves
 
         plot_pr_curves(stats.evaluation, args.out / "pr_curves.png")
     pictures = _pictures(args.bag, record, args.out, args.pictures, stats.answered)

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from .config import DEFAULT_MODEL, ModelConfig
-from .runtime.memory import (
+from fastpillars_ros.config import DEFAULT_MODEL, ModelConfig
+from fastpillars_ros.runtime.memory import (
     BYTES_PER_ELEMENT,
     DEFAULT_WORKSPACE_MIB,
     GPU_BACKENDS,
@@ -93,7 +93,7 @@ def measure_memory(config: str | Path | ModelConfig, precision: str = "fp32", *,
         raise RuntimeError("measuring GPU memory needs a CUDA device; torch sees none")
     if torch.cuda.is_initialized():
         raise RuntimeError("CUDA is already initialised in this process: measure in a fresh process")
-    from .detector import Detector
+    from fastpillars_ros.detector import Detector
 
     if resolve_backend(backend) not in GPU_BACKENDS:
         raise ValueError(f"backend {backend!r} does not run on the GPU: measure torch or tensorrt")

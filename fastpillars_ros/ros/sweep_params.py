@@ -1,7 +1,7 @@
 """Multi-sweep settings (``sweeps.*``): the typed settings object and its use, without ROS.
 
 The parameters themselves (names, defaults, kinds, ranges, descriptions) are rows of the one table in
-:mod:`fastpillars_ros.node_params`, which validates them (``node_params.coerce``) and keeps their values in
+:mod:`fastpillars_ros.ros.node_params`, which validates them (``node_params.coerce``) and keeps their values in
 ``NodeParams.sweeps`` (keyed by the part after ``sweeps.``). :class:`SweepParams` is that dict typed.
 
 Vector-valued settings are separate doubles under a common prefix (``sweeps.sensor_to_base.x`` ...
@@ -20,14 +20,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fastpillars_ros.node_params import (
+from fastpillars_ros.ros.node_params import (
     EGO_BOX_KEYS,
     SENSOR_TO_BASE_KEYS,
     SWEEPS_PREFIX,
     ParamError,
     group_defaults,
 )
-from fastpillars_ros.node_params import (
+from fastpillars_ros.ros.node_params import (
     parse as parse_node_params,
 )
 
@@ -116,11 +116,11 @@ def build_sweep_input(params: SweepParams, *, model_num_sweeps: int, point_featu
     """The node's per-frame glue, or None when accumulation is off.
 
     Returns a :class:`fastpillars_ros.sweeps.SweepInput`; when its ``pose_source`` is an
-    :class:`~fastpillars_ros.pose_sources.OdometryPoseSource` the caller subscribes
-    ``params.odometry_topic`` with :func:`~fastpillars_ros.pose_sources.make_odometry_callback`.
+    :class:`~fastpillars_ros.ros.pose_sources.OdometryPoseSource` the caller subscribes
+    ``params.odometry_topic`` with :func:`~fastpillars_ros.ros.pose_sources.make_odometry_callback`.
     ``point_features`` decide the dt column (the points passed to ``process`` are in that order).
     """
-    from fastpillars_ros.pose_sources import make_pose_source
+    from fastpillars_ros.ros.pose_sources import make_pose_source
     from fastpillars_ros.sweeps import SweepBuffer, SweepInput
 
     enabled, num = params.resolve(model_num_sweeps, point_features, model)

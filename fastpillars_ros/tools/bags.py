@@ -79,7 +79,7 @@ CLOUD_FIELDS = ("x", "y", "z", "intensity")
 GROUND_TRUTH_TOPIC = "/ground_truth"
 #: Bag time of the first frame written by make-bag unless told otherwise (fixed, so bags are reproducible).
 DEFAULT_START_NS = 1_700_000_000 * 1_000_000_000
-SAMPLE_BAG = Path(__file__).resolve().parent / "data" / "sample.mcap"
+SAMPLE_BAG = Path(__file__).resolve().parents[1] / "data" / "sample.mcap"
 
 # The vision_msgs 3D message definitions (upstream vision_msgs 4.x field layout; comments left out, they do
 # not enter the type hash).
@@ -346,7 +346,7 @@ def open_writer(path: str | Path, *, compress: bool = False, level: int | None =
 def _set_zstd_level(writer: Any, level: int) -> None:
     storage = getattr(writer, "storage", None)
     if storage is None or not hasattr(storage, "compressor"):
-        print("bagtools: this rosbags version does not expose the zstd level; using its default", file=sys.stderr)
+        print("make-bag: this rosbags version does not expose the zstd level; using its default", file=sys.stderr)
         return
     try:
         from compression import zstd  # type: ignore[import-not-found]

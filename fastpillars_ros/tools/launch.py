@@ -2,7 +2,7 @@
 
 Where ROS 2's ``launch``/``launch_ros`` are installed, use ``ros2 launch fastpillars_ros detect.launch.py``.
 Where they are not (a pip-installed ROS), this command starts the same node with the same parameter
-file and arguments: ``python -m fastpillars_ros.node --ros-args --params-file F -r points:=T -p ...``.
+file and arguments: ``python -m fastpillars_ros.ros.node --ros-args --params-file F -r points:=T -p ...``.
 Both read their arguments from :data:`LAUNCH_ARGUMENTS` semantics (a test checks the launch file
 declares the same names and defaults).
 
@@ -29,8 +29,8 @@ from typing import Any
 
 import yaml
 
-from .node_params import file_values
-from .runtime.choices import BACKENDS
+from fastpillars_ros.ros.node_params import file_values
+from fastpillars_ros.runtime.choices import BACKENDS
 
 PACKAGE = "fastpillars_ros"
 PARAMS_FILE = "fastpillars.yaml"
@@ -66,7 +66,7 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
 
 def share_file(relative: str) -> Path:
     """A file of the package's share directory: the source tree first, then the installed share dir."""
-    source = Path(__file__).resolve().parents[1] / relative
+    source = Path(__file__).resolve().parents[2] / relative
     if source.is_file():
         return source
     try:
@@ -165,7 +165,7 @@ def _ros_value(value: Any) -> str:
 
 def node_command(args: argparse.Namespace) -> list[str]:
     """The detector node's command line for parsed ``launch`` arguments."""
-    cmd = [sys.executable, "-m", "fastpillars_ros.node", "--ros-args", "--params-file", str(args.params_file),
+    cmd = [sys.executable, "-m", "fastpillars_ros.ros.node", "--ros-args", "--params-file", str(args.params_file),
            "-r", f"points:={args.input_topic}"]
     for name, value in node_overrides(args.model, args.checkpoint, args.backend, args.use_sim_time).items():
         cmd += ["-p", f"{name}:={_ros_value(value)}"]
@@ -200,7 +200,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _environment(loopback: bool) -> dict[str, str]:
     if loopback:
-        from fastpillars_ros.rosenv import loopback_environment
+        from fastpillars_ros.ros.rosenv import loopback_environment
 
         return loopback_environment()
     return dict(os.environ)
@@ -259,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m fastpillars_ros.launcher``, the same as ``fastpillars-ros launch``."""
+    """``python -m fastpillars_ros.tools.launch``, the same as ``fastpillars-ros launch``."""
     from fastpillars_ros.cli import main as cli_main
 
     return cli_main(["launch", *(sys.argv[1:] if argv is None else argv)])

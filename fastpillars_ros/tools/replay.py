@@ -23,7 +23,7 @@ The DDS environment is the caller's (a robot's replay must reach other machines)
 it to this machine (tests and the demo use it).
 
 Layout: the ROS-free core (:class:`Pacer`, :func:`schedule`, :class:`AnswerTracker`, :class:`ReplayStats`,
-:class:`Recorder`, :func:`bag_frames`) is plain Python on top of :mod:`fastpillars_ros.bagtools`;
+:class:`Recorder`, :func:`bag_frames`) is plain Python on top of :mod:`fastpillars_ros.tools.bags`;
 :func:`replay` is the thin rclpy part.
 """
 
@@ -44,7 +44,10 @@ from typing import Any
 
 import numpy as np
 
-from fastpillars_ros.bagtools import (
+from fastpillars_ros.message_codec import NS_PER_S as NS
+from fastpillars_ros.message_codec import decode_detections, ns_to_stamp
+from fastpillars_ros.ros.diagnostics import percentile
+from fastpillars_ros.tools.bags import (
     DETECTION3DARRAY,
     MARKERARRAY,
     POINTCLOUD2,
@@ -53,9 +56,6 @@ from fastpillars_ros.bagtools import (
     iter_raw,
     open_writer,
 )
-from fastpillars_ros.diagnostics import percentile
-from fastpillars_ros.message_codec import NS_PER_S as NS
-from fastpillars_ros.message_codec import decode_detections, ns_to_stamp
 
 __all__ = [
     "AnswerTracker",
@@ -387,11 +387,11 @@ def count_detections_cdr(raw: bytes) -> int:
 def evaluate_answers(truth: Sequence[Any], answers: dict[int, bytes], class_names: Sequence[str] | None = None,
                      max_range: float | None = None) -> Any:
     """AP of the answers (CDR Detection3DArray by header stamp) against ground-truth records
-    (:class:`~fastpillars_ros.bagtools.DetectionRecord`, one per played frame); a frame without an answer
+    (:class:`~fastpillars_ros.tools.bags.DetectionRecord`, one per played frame); a frame without an answer
     has no detections. Class names default to car, pedestrian, cyclist plus any other name seen."""
-    from fastpillars_ros.bagtools import typestore
     from fastpillars_ros.datasets.kitti import DEFAULT_CLASSES
     from fastpillars_ros.evaluation import FrameBoxes, evaluate
+    from fastpillars_ros.tools.bags import typestore
 
     decoded = {stamp: decode_detections(typestore().deserialize_cdr(raw, DETECTION3DARRAY))
                for stamp, raw in answers.items()}
@@ -456,7 +456,7 @@ def _log(opts: ReplayOptions, text: str) -> None:
 def replay(opts: ReplayOptions) -> ReplayStats:
     """Play ``opts.bag`` to the detector and return what came back (see the module docstring)."""
     if opts.loopback:
-        from fastpillars_ros.rosenv import apply_loopback_environment
+        from fastpillars_ros.ros.rosenv import apply_loopback_environment
 
         apply_loopback_environment()
     import rclpy
@@ -473,7 +473,7 @@ def replay(opts: ReplayOptions) -> ReplayStats:
     answers: dict[int, bytes] | None = {} if opts.evaluate else None
     truth = None
     if opts.evaluate:
-        from fastpillars_ros.bagtools import GROUND_TRUTH_TOPIC, read_detections, topic_types
+        from fastpillars_ros.tools.bags import GROUND_TRUTH_TOPIC, read_detections, topic_types
 
         if topic_types(opts.bag).get(GROUND_TRUTH_TOPIC) != DETECTION3DARRAY:
             raise ValueError(f"--eval needs ground truth on {GROUND_TRUTH_TOPIC} in {opts.bag} (see make-bag)")
@@ -740,7 +740,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m fastpillars_ros.replay``, the same as ``fastpillars-ros replay``."""
+    """``python -m fastpillars_ros.tools.replay``, the same as ``fastpillars-ros replay``."""
     from fastpillars_ros.cli import main as cli_main
 
     return cli_main(["replay", *(sys.argv[1:] if argv is None else argv)])

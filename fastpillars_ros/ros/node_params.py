@@ -11,12 +11,12 @@ The table is the only statement of the parameters: :func:`coerce` (one, with eac
 ``ParamSpec.check``) validates from it, :class:`NodeParams` holds its values (dotted groups as dicts, e.g.
 ``NodeParams.sweeps``; a test keeps the dataclass equal to the table), :func:`default_yaml` writes the
 parameter file and :func:`parameters_markdown` the README table. Multi-sweep parameters (``sweeps.*``) are in
-it too; :mod:`fastpillars_ros.sweep_params` turns their values into the sweep settings object.
+it too; :mod:`fastpillars_ros.ros.sweep_params` turns their values into the sweep settings object.
 
 Per-class score thresholds (``score_thresholds.<class>``) depend on the model's classes, so they are not
 in the table; :func:`check_class_thresholds` validates them once the model config is known.
 
-``python -m fastpillars_ros.node_params`` prints the default parameter file.
+``python -m fastpillars_ros.ros.node_params`` prints the default parameter file.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import DEFAULT_MODEL
-from .mounting import AutoMounting, Mounting
-from .runtime.choices import BACKENDS, DEVICES, PRECISIONS
-from .runtime.choices import ON_INSUFFICIENT_MEMORY as MEMORY_POLICIES
+from fastpillars_ros.config import DEFAULT_MODEL
+from fastpillars_ros.mounting import AutoMounting, Mounting
+from fastpillars_ros.runtime.choices import BACKENDS, DEVICES, PRECISIONS
+from fastpillars_ros.runtime.choices import ON_INSUFFICIENT_MEMORY as MEMORY_POLICIES
 
 #: Node name (parameter files may also key the node's parameters by it; the shipped one uses ``/**``).
 NODE_NAME = "fastpillars_detector"
@@ -238,7 +238,7 @@ SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("warning_period", 5.0, "double",
               "Minimum seconds between two log warnings of the same kind (e.g. a bad input).",
               range=(0.0, 3600.0), runtime=True),
-    # --- multi-sweep input (fastpillars_ros.sweep_params) ---------------------------------------------
+    # --- multi-sweep input (fastpillars_ros.ros.sweep_params) ---------------------------------------------
     ParamSpec("sweeps.enabled", "auto", "string",
               "Accumulate ego-motion-compensated past sweeps into each cloud (with a dt column): auto = when "
               "the model was trained on several sweeps (model config num_sweeps > 1).", choices=SWEEPS_ENABLED),
@@ -335,7 +335,7 @@ class NodeParams:
     skip_when_unsubscribed: bool = True
     diagnostics_period: float = 1.0
     warning_period: float = 5.0
-    #: ``sweeps.*`` values keyed by the part after ``sweeps.`` (settings object: fastpillars_ros.sweep_params).
+    #: ``sweeps.*`` values keyed by the part after ``sweeps.`` (settings object: fastpillars_ros.ros.sweep_params).
     sweeps: dict[str, Any] = field(default_factory=lambda: group_defaults("sweeps"))
 
     # --- flat ROS names <-> attributes ---------------------------------------------------------------
@@ -638,7 +638,7 @@ def default_yaml() -> str:
     """The default parameter file (``config/fastpillars.yaml``): every parameter with its default."""
     lines = [
         "# Parameters of the fastpillars_ros detector node, every one with its default value.",
-        "# Generated from fastpillars_ros/node_params.py (python -m fastpillars_ros.node_params);",
+        "# Generated from fastpillars_ros/ros/node_params.py (python -m fastpillars_ros.ros.node_params);",
         "# a test keeps this file and the code's defaults equal. (runtime) = may be changed while running.",
         "# Keyed '/**' (any node name, any namespace): it applies under PushRosNamespace, __ns:= and renames.",
         "/**:",

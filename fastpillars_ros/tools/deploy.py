@@ -11,13 +11,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import DEFAULT_MODEL
-from .runtime.choices import PRECISIONS
+from fastpillars_ros.config import DEFAULT_MODEL
+from fastpillars_ros.runtime.choices import PRECISIONS
 
 
 def _model(config: str, checkpoint: str | None):  # type: ignore[no-untyped-def]
-    from .detector import default_checkpoint
-    from .model import build_model, load_checkpoint
+    from fastpillars_ros.detector import default_checkpoint
+    from fastpillars_ros.model import build_model, load_checkpoint
 
     model = build_model(config)
     ckpt = checkpoint or default_checkpoint(model.config.name)
@@ -39,7 +39,7 @@ class ExportOnnx:
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        from .model.export import check_onnx, export_onnx
+        from fastpillars_ros.model.export import check_onnx, export_onnx
 
         model = _model(args.config, args.checkpoint)
         path = export_onnx(model, Path(args.output), opset=args.opset)
@@ -62,8 +62,8 @@ class BuildEngine:
     def run(args: argparse.Namespace) -> int:
         import torch
 
-        from .runtime.engine_cache import EngineCache
-        from .runtime.tensorrt_backend import TensorRTDense, tensorrt_version
+        from fastpillars_ros.runtime.engine_cache import EngineCache
+        from fastpillars_ros.runtime.tensorrt_backend import TensorRTDense, tensorrt_version
 
         if not torch.cuda.is_available() or tensorrt_version() is None:
             print("build-engine needs a CUDA GPU and the TensorRT Python package (pip install tensorrt); "

@@ -24,7 +24,7 @@ PROFILE_NAME = "fastdds_loopback.xml"
 
 def profile_path() -> Path:
     """Absolute path of the loopback Fast DDS profile (source tree first, then the installed share dir)."""
-    source = Path(__file__).resolve().parents[1] / "config" / PROFILE_NAME
+    source = Path(__file__).resolve().parents[2] / "config" / PROFILE_NAME
     if source.is_file():
         return source
     try:

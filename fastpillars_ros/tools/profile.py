@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import DEFAULT_MODEL
-from .runtime.choices import DEVICES, PRECISIONS
+from fastpillars_ros.config import DEFAULT_MODEL
+from fastpillars_ros.runtime.choices import DEVICES, PRECISIONS
 
 
 def layer_table(samples: dict[str, list[float]], runs: int) -> list[dict[str, Any]]:
@@ -148,12 +148,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .detector import STAGES, Detector
+    from fastpillars_ros.detector import STAGES, Detector
 
     det = Detector(args.config, args.checkpoint, backend=args.backend, device=args.device,
                    precision=args.precision, warmup=True)
     if args.input:
-        from .pointcloud import read_points
+        from fastpillars_ros.pointcloud import read_points
 
         points = read_points(args.input, det.point_features, defaults={"dt": 0.0})
     else:

@@ -1,0 +1,1 @@
+"""The ROS node and its helpers (the only modules besides tools/ that import ROS)."""
