@@ -1,6 +1,6 @@
 """ROS message contents without ROS: header stamps, yaw quaternions and the ``vision_msgs/Detection3DArray``
 codec, written once for any message classes (rclpy's generated ones in ``ros/messages.py``, the rosbags
-dataclasses in ``tools/bags.py``).
+dataclasses in ``bags.py``).
 
 Reading works on any object shaped like the message (attribute access only); writing takes the message
 classes as a :class:`DetectionTypes`. Nothing here imports rclpy or a ``*_msgs`` package.

@@ -8,8 +8,9 @@ import math
 import numpy as np
 import pytest
 
+from fastpillars_ros import bags
 from fastpillars_ros.datasets.kitti import KittiDataset
-from fastpillars_ros.tools import bags
+from fastpillars_ros.tools import make_bag
 
 DETECTION3DARRAY_RIHS01 = "RIHS01_793f5eab9595ac1c0da07873cc859db42eae51f0ee76056db8562515d830e018"
 
@@ -68,15 +69,15 @@ def test_make_bag_compressed_directory_bag_reads_back(kitti_dir, tmp_path):
     plain, packed = tmp_path / "plain.mcap", tmp_path / "packed_dir"
     bags.kitti_to_bag(kitti_dir, plain)
     parser = argparse.ArgumentParser()
-    bags.add_arguments(parser)
-    assert bags.run(parser.parse_args(["--kitti", str(kitti_dir), "--out", str(packed), "--compress",
+    make_bag.add_arguments(parser)
+    assert make_bag.run(parser.parse_args(["--kitti", str(kitti_dir), "--out", str(packed), "--compress",
                                            "--rate", "10"])) == 0
     assert (packed / "metadata.yaml").is_file()
     size = sum(p.stat().st_size for p in packed.rglob("*.mcap"))
     assert size < plain.stat().st_size
     for a, b in zip(bags.read_clouds(plain), bags.read_clouds(packed), strict=True):
         np.testing.assert_array_equal(a.points, b.points)
-    assert bags.run(parser.parse_args(["--kitti", str(kitti_dir), "--out", str(packed)])) == 1  # exists
+    assert make_bag.run(parser.parse_args(["--kitti", str(kitti_dir), "--out", str(packed)])) == 1  # exists
 
 
 def test_vision_msgs_type_hash_matches_upstream():
@@ -110,7 +111,7 @@ def test_sample_bag_is_shipped_with_ground_truth():
     types = bags.topic_types(bags.SAMPLE_BAG)
     assert types == {"/points": bags.POINTCLOUD2, "/ground_truth": bags.DETECTION3DARRAY}
     truth = bags.read_detections(bags.SAMPLE_BAG)
-    assert len(truth) >= bags.SAMPLE_RECIPE["frames"] >= 30
+    assert len(truth) >= make_bag.SAMPLE_RECIPE["frames"] >= 30
     assert sum(len(t.names) for t in truth) > 0
     first = next(bags.read_clouds(bags.SAMPLE_BAG))
     assert first.points.shape[1] == 4 and len(first.points) > 10_000 and first.frame_id == "velodyne"
@@ -128,7 +129,7 @@ def test_make_sample_bag_recipe_is_the_shipped_one():
     from fastpillars_ros.config import load_model_config
     from fastpillars_ros.sim.generate import simulate_frame
 
-    r = bags.SAMPLE_RECIPE
+    r = make_bag.SAMPLE_RECIPE
     first = next(bags.read_clouds(bags.SAMPLE_BAG))
     sim = simulate_frame(r["seed"], 0, r["sensor"]).points
     expected = bags.quantize_points(bags.crop_points(sim, load_model_config(r["model"]).pc_range),

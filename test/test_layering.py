@@ -33,10 +33,10 @@ def _ros_facing(module: str) -> bool:
 
 
 #: Cycles known to exist, with the issue that removes them. Any other cycle fails.
-KNOWN_CYCLES = {
-    # issue #16 item 3 (one parameter schema) merges the node and sweep parameter tables.
-    frozenset({f"{PACKAGE}.ros.node_params", f"{PACKAGE}.ros.sweep_params"}),
-}
+KNOWN_CYCLES: set[frozenset[str]] = set()
+#: Entry points on top of everything: the ``fastpillars-ros`` dispatcher and the ``python -m fastpillars_ros.node``
+#: shim. Every other module outside ros/ and tools/ is library and must not reach up into them.
+ENTRY_POINTS = {f"{PACKAGE}.cli", f"{PACKAGE}.node"}
 #: Packages under the detector: they must not import it.
 BELOW_DETECTOR = ("runtime", "model", "ops")
 ROS_LIBRARIES = ("rclpy", "launch", "launch_ros", "tf2_ros")
@@ -122,11 +122,18 @@ def test_the_layer_tables_name_existing_modules():
     assert all(f"{PACKAGE}.{p}" in modules() for p in ROS_PACKAGES)
     assert COMMANDS_ELSEWHERE <= set(modules()), sorted(COMMANDS_ELSEWHERE - set(modules()))
     assert all(c <= set(modules()) for c in KNOWN_CYCLES)
+    assert ENTRY_POINTS <= set(modules())
 
 
 def test_only_ros_facing_modules_import_ros():
     offenders = {m: sorted(t for t in imports(m) if _is_ros(t)) for m in modules() if not _ros_facing(m)}
     assert {m: ts for m, ts in offenders.items() if ts} == {}
+
+
+def test_the_library_does_not_import_the_node_or_the_tools():
+    library = [m for m in modules() if not _ros_facing(m) and m not in ENTRY_POINTS and m != PACKAGE]
+    upward = {m: sorted(t for t in imports(m) if t in modules() and _ros_facing(t)) for m in library}
+    assert {m: ts for m, ts in upward.items() if ts} == {}
 
 
 @pytest.mark.parametrize("package", BELOW_DETECTOR)

@@ -139,7 +139,7 @@ def test_markers_are_coloured_by_class(header, detections):
 
 
 def test_node_and_bag_detection_messages_have_one_layout(header, detections):
-    from fastpillars_ros.tools import bags
+    from fastpillars_ros import bags
 
     boxes, scores, labels = detections
     names = [CLASSES[k] for k in labels]

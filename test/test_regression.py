@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fastpillars_ros.tools import bags
+from fastpillars_ros import bags
 from fastpillars_ros.tools.regression import (
     FrameDetections,
     compare,

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from fastpillars_ros.bags import SAMPLE_BAG
 from fastpillars_ros.config import DEFAULT_MODEL
 from fastpillars_ros.detector import default_checkpoint
 from fastpillars_ros.model import checkpoint_meta
-from fastpillars_ros.tools.bags import SAMPLE_BAG
 from fastpillars_ros.tools.demo import replay_through_node
 from fastpillars_ros.tools.regression import compare, detections_from_bag, load_detections
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from ros_processes import spawn_python, stop
 
-from fastpillars_ros.tools import bags
+from fastpillars_ros import bags
 from fastpillars_ros.tools.replay import (
     AnswerTracker,
     Pacer,

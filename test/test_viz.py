@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastpillars_ros.tools import bags, viz
+from fastpillars_ros import bags
+from fastpillars_ros.tools import viz
 from fastpillars_ros.tools.regression import FrameDetections, save_detections
 
 

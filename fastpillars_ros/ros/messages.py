@@ -4,7 +4,7 @@ Boxes use the package-wide convention ``[x, y, z_center, length, width, height, 
 the frame of the input cloud, yaw in radians counter-clockwise from +x about +z, length along the heading).
 Output messages copy the input header, and ``class_id`` is the class *name* so that vision_msgs RViz
 plugins and downstream consumers see meaningful labels. The Detection3DArray layout itself (and the rosbags
-twin in ``tools/bags.py``) is :mod:`fastpillars_ros.message_codec`; class colours are :mod:`fastpillars_ros.colors`.
+twin in ``bags.py``) is :mod:`fastpillars_ros.message_codec`; class colours are :mod:`fastpillars_ros.colors`.
 """
 
 from __future__ import annotations

@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..bags import SAMPLE_BAG, read_clouds
 from ..model.fastpillars import FastPillars
 from ..ops import decorate, pillarize
-from ..tools.bags import SAMPLE_BAG, read_clouds
 from .engine_cache import EngineKey, sha256_file
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from fastpillars_ros.tools.bags import SAMPLE_BAG
+    from fastpillars_ros.bags import SAMPLE_BAG
 
     parser.add_argument("--bag", type=Path, default=SAMPLE_BAG, help="bag to replay (default: the sample bag)")
     parser.add_argument("--out", type=Path, default=Path("out/demo"), help="folder for pictures and results")
@@ -70,7 +70,7 @@ def replay_through_node(bag: Path, record: Path, node_log: Path, *, model: str =
 
 
 def _summary(stats: ReplayStats, record: Path, bag: Path) -> str:
-    from fastpillars_ros.tools.bags import read_detections
+    from fastpillars_ros.bags import read_detections
     from fastpillars_ros.tools.regression import detections_from_bag
 
     answered = detections_from_bag(record, "/detections")

@@ -45,7 +45,7 @@ __all__ = [
 def detections_from_bag(path: str | os.PathLike, topic: str | None = None) -> list[FrameDetections]:
     """The Detection3DArray messages of a bag (e.g. one recorded by ``replay --record``) as frames, in
     stamp order; ``topic`` None picks the only Detection3DArray topic other than ``/ground_truth``."""
-    from fastpillars_ros.tools import bags
+    from fastpillars_ros import bags
 
     if topic is None:
         types = bags.topic_types(path)
@@ -104,8 +104,8 @@ def golden_from_bag(bag: str | os.PathLike, *, topic: str | None = None, params_
     ``params_file``, ``overrides`` and ``detector`` as for :func:`offline_path`. One frame input sees all
     frames in order, like the node with ``replay --max-rate``.
     """
+    from fastpillars_ros import bags
     from fastpillars_ros.ros.frame_input import FrameRejected
-    from fastpillars_ros.tools import bags
 
     detector, converter, _ = offline_path(params_file=params_file, overrides=overrides, detector=detector)
     names = list(detector.class_names)

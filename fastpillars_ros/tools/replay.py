@@ -23,7 +23,7 @@ The DDS environment is the caller's (a robot's replay must reach other machines)
 it to this machine (tests and the demo use it).
 
 Layout: the ROS-free core (:class:`Pacer`, :func:`schedule`, :class:`AnswerTracker`, :class:`ReplayStats`,
-:class:`Recorder`, :func:`bag_frames`) is plain Python on top of :mod:`fastpillars_ros.tools.bags`;
+:class:`Recorder`, :func:`bag_frames`) is plain Python on top of :mod:`fastpillars_ros.bags`;
 :func:`replay` is the thin rclpy part.
 """
 
@@ -44,10 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from fastpillars_ros.message_codec import NS_PER_S as NS
-from fastpillars_ros.message_codec import decode_detections, ns_to_stamp
-from fastpillars_ros.ros.diagnostics import percentile
-from fastpillars_ros.tools.bags import (
+from fastpillars_ros.bags import (
     DETECTION3DARRAY,
     MARKERARRAY,
     POINTCLOUD2,
@@ -56,6 +53,9 @@ from fastpillars_ros.tools.bags import (
     iter_raw,
     open_writer,
 )
+from fastpillars_ros.message_codec import NS_PER_S as NS
+from fastpillars_ros.message_codec import decode_detections, ns_to_stamp
+from fastpillars_ros.ros.diagnostics import percentile
 
 __all__ = [
     "AnswerTracker",
@@ -387,11 +387,11 @@ def count_detections_cdr(raw: bytes) -> int:
 def evaluate_answers(truth: Sequence[Any], answers: dict[int, bytes], class_names: Sequence[str] | None = None,
                      max_range: float | None = None) -> Any:
     """AP of the answers (CDR Detection3DArray by header stamp) against ground-truth records
-    (:class:`~fastpillars_ros.tools.bags.DetectionRecord`, one per played frame); a frame without an answer
+    (:class:`~fastpillars_ros.bags.DetectionRecord`, one per played frame); a frame without an answer
     has no detections. Class names default to car, pedestrian, cyclist plus any other name seen."""
+    from fastpillars_ros.bags import typestore
     from fastpillars_ros.datasets.kitti import DEFAULT_CLASSES
     from fastpillars_ros.evaluation import FrameBoxes, evaluate
-    from fastpillars_ros.tools.bags import typestore
 
     decoded = {stamp: decode_detections(typestore().deserialize_cdr(raw, DETECTION3DARRAY))
                for stamp, raw in answers.items()}
@@ -473,7 +473,7 @@ def replay(opts: ReplayOptions) -> ReplayStats:
     answers: dict[int, bytes] | None = {} if opts.evaluate else None
     truth = None
     if opts.evaluate:
-        from fastpillars_ros.tools.bags import GROUND_TRUTH_TOPIC, read_detections, topic_types
+        from fastpillars_ros.bags import GROUND_TRUTH_TOPIC, read_detections, topic_types
 
         if topic_types(opts.bag).get(GROUND_TRUTH_TOPIC) != DETECTION3DARRAY:
             raise ValueError(f"--eval needs ground truth on {GROUND_TRUTH_TOPIC} in {opts.bag} (see make-bag)")

@@ -288,7 +288,7 @@ def load_view(source: str | os.PathLike, frame: int | str = 0, *, detections: st
     stamp = None
     gt_boxes, gt_names = np.zeros((0, 7)), []
     if _is_bag(src):
-        from fastpillars_ros.tools import bags
+        from fastpillars_ros import bags
 
         index = int(frame)
         rec = next(bags.read_clouds(src, frames=[index]), None)

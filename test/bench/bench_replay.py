@@ -20,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import print_header
 
+from fastpillars_ros import bags
 from fastpillars_ros.ros.rosenv import apply_loopback_environment
-from fastpillars_ros.tools import bags
 
 GOAL_FPS = 50.0
 GOAL_P95_MS = 50.0

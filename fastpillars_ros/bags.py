@@ -12,19 +12,18 @@ Bags:
 * messages are stored as CDR bytes; :func:`header_from_cdr` reads a message's ``std_msgs/Header`` straight
   from those bytes (every message this project cares about starts with one).
 
-Commands (see :mod:`fastpillars_ros.cli`):
+Commands built on it (:mod:`fastpillars_ros.tools.make_bag`):
 
 * ``fastpillars-ros make-bag --kitti DIR --out BAG``: KITTI-layout folder -> PointCloud2 (x, y, z,
   intensity float32) at a fixed rate, plus the ground truth as ``vision_msgs/Detection3DArray`` on
   ``/ground_truth`` with the same header, so a bag carries its own labels (``class_id`` = class name,
   ``score`` = 1, ``id`` = the object's index in the frame).
 * ``fastpillars-ros make-sample-bag``: regenerates ``fastpillars_ros/data/sample.mcap`` deterministically
-  (:data:`SAMPLE_RECIPE`: simulator seed, frame count, crop, quantisation, compression).
+  (``tools.make_bag.SAMPLE_RECIPE``: simulator seed, frame count, crop, quantisation, compression).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import shutil
@@ -51,22 +50,16 @@ from fastpillars_ros.message_codec import (
 __all__ = [
     "CLOUD_FIELDS",
     "SAMPLE_BAG",
-    "SAMPLE_RECIPE",
     "CloudRecord",
     "DetectionRecord",
-    "MakeBag",
-    "MakeSampleBag",
-    "add_arguments",
     "cloud_message",
     "detections_message",
     "header_from_cdr",
     "kitti_to_bag",
-    "make_sample_bag",
     "open_reader",
     "open_writer",
     "read_clouds",
     "read_detections",
-    "run",
     "topic_types",
     "typestore",
 ]
@@ -79,7 +72,7 @@ CLOUD_FIELDS = ("x", "y", "z", "intensity")
 GROUND_TRUTH_TOPIC = "/ground_truth"
 #: Bag time of the first frame written by make-bag unless told otherwise (fixed, so bags are reproducible).
 DEFAULT_START_NS = 1_700_000_000 * 1_000_000_000
-SAMPLE_BAG = Path(__file__).resolve().parents[1] / "data" / "sample.mcap"
+SAMPLE_BAG = Path(__file__).resolve().parent / "data" / "sample.mcap"
 
 # The vision_msgs 3D message definitions (upstream vision_msgs 4.x field layout; comments left out, they do
 # not enter the type hash).
@@ -457,91 +450,3 @@ def kitti_to_bag(kitti_dir: str | Path, out: str | Path, *, topic: str = "/point
 #: How ``fastpillars_ros/data/sample.mcap`` is made: simulator scenes ``0..frames-1`` of run seed ``seed``
 #: (a seed range no training run uses), cropped to the tiny model's range, x/y/z on a 1/64 m grid and
 #: intensity in 1/256 steps (below the HDL-64's ~2 cm range noise), zstd level 19 chunks, 10 Hz.
-SAMPLE_RECIPE: dict[str, Any] = {
-    "seed": 900000, "frames": 30, "sensor": "hdl64", "model": "tiny", "quantize": 1.0 / 64.0, "level": 19,
-    "rate": 10.0, "topic": "/points", "frame_id": "velodyne",
-}
-
-
-def make_sample_bag(out: str | Path = SAMPLE_BAG, *, workdir: str | Path | None = None, frames: int | None = None,
-                    workers: int = 1, progress: bool = True) -> BagSummary:
-    """Regenerate the sample bag from :data:`SAMPLE_RECIPE` (deterministic: same bytes each run)."""
-    from fastpillars_ros.config import load_model_config
-    from fastpillars_ros.sim.cli import generate
-
-    r = SAMPLE_RECIPE
-    n = int(r["frames"] if frames is None else frames)
-    pc_range = list(load_model_config(r["model"]).pc_range)
-    with tempfile.TemporaryDirectory(prefix="sample-bag-") as tmp:
-        kitti = Path(workdir) if workdir is not None else Path(tmp) / "kitti"
-        generate(kitti, n, seed=r["seed"], sensor=r["sensor"], workers=workers, progress=progress,
-                 skip_existing=True)
-        return kitti_to_bag(kitti, out, topic=r["topic"], frame_id=r["frame_id"], rate=r["rate"], max_frames=n,
-                            compress=True, level=r["level"], crop=pc_range, quantize=r["quantize"],
-                            overwrite=True, progress=progress)
-
-
-# ---- commands ------------------------------------------------------------------------------------------
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``make-bag`` options."""
-    parser.add_argument("--kitti", required=True, type=Path, help="KITTI-layout folder (velodyne/, label_2/, calib/)")
-    parser.add_argument("--out", required=True, type=Path,
-                        help="output bag: FILE.mcap (one file) or a folder name (rosbag2 directory)")
-    parser.add_argument("--topic", default="/points", help="PointCloud2 topic (default /points)")
-    parser.add_argument("--frame-id", default="velodyne", help="header frame_id (default velodyne)")
-    parser.add_argument("--rate", type=float, default=10.0, help="frames per second of bag time (default 10)")
-    parser.add_argument("--max-frames", type=int, default=None, help="write at most N frames")
-    parser.add_argument("--compress", action="store_true", help="zstd chunk compression")
-    parser.add_argument("--compress-level", type=int, default=None, help="zstd level (with --compress)")
-    parser.add_argument("--crop", type=float, nargs=6, default=None,
-                        metavar=("XMIN", "YMIN", "ZMIN", "XMAX", "YMAX", "ZMAX"), help="keep only points in this box")
-    parser.add_argument("--quantize", type=float, default=None,
-                        help="round x/y/z to this step in metres (and intensity to 1/256) to compress better")
-    parser.add_argument("--start-time", type=float, default=DEFAULT_START_NS / 1e9,
-                        help="bag time / stamp of the first frame in seconds since the epoch")
-    parser.add_argument("--force", action="store_true", help="replace an existing output")
-
-
-def run(args: argparse.Namespace) -> int:
-    """``make-bag``."""
-    if args.rate <= 0:
-        print("make-bag: --rate must be > 0", file=sys.stderr)
-        return 2
-    try:
-        summary = kitti_to_bag(args.kitti, args.out, topic=args.topic, frame_id=args.frame_id, rate=args.rate,
-                               max_frames=args.max_frames, compress=args.compress, level=args.compress_level,
-                               crop=args.crop, quantize=args.quantize, start_ns=round(args.start_time * 1e9),
-                               overwrite=args.force, progress=sys.stderr.isatty())
-    except (FileNotFoundError, FileExistsError, ValueError) as exc:
-        print(f"make-bag: {exc}", file=sys.stderr)
-        return 1
-    print(summary)
-    return 0
-
-
-class MakeBag:
-    """``fastpillars-ros make-bag``."""
-
-    add_arguments = staticmethod(add_arguments)
-    run = staticmethod(run)
-
-
-class MakeSampleBag:
-    """``fastpillars-ros make-sample-bag``: regenerate the shipped sample bag."""
-
-    @staticmethod
-    def add_arguments(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--out", type=Path, default=SAMPLE_BAG, help=f"output .mcap (default {SAMPLE_BAG})")
-        parser.add_argument("--frames", type=int, default=None,
-                            help=f"number of frames (default {SAMPLE_RECIPE['frames']})")
-        parser.add_argument("--workdir", type=Path, default=None,
-                            help="keep the simulated KITTI folder here (default: a temporary folder)")
-        parser.add_argument("--workers", type=int, default=1, help="simulator processes")
-
-    @staticmethod
-    def run(args: argparse.Namespace) -> int:
-        summary = make_sample_bag(args.out, workdir=args.workdir, frames=args.frames, workers=max(1, args.workers),
-                                  progress=sys.stderr.isatty())
-        print(summary)
-        return 0
