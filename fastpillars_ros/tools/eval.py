@@ -100,16 +100,22 @@ def _in_xy_range(boxes: np.ndarray, pc_range: Sequence[float]) -> np.ndarray:
     return ((b[:, 0] >= pc_range[0]) & (b[:, 0] < pc_range[3]) & (b[:, 1] >= pc_range[1]) & (b[:, 1] < pc_range[4]))
 
 
+def project_centres(boxes: np.ndarray, calib: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Box centres (LiDAR frame) in camera 2: ``(depth m, u px, v px)``, each ``(K,)`` (u, v meaningless where
+    depth <= 0)."""
+    t = calib.velo_to_rect
+    rect = np.asarray(boxes, dtype=np.float64).reshape(-1, 7)[:, :3] @ t[:3, :3].T + t[:3, 3]
+    uvw = np.hstack([rect, np.ones((len(rect), 1))]) @ calib.p2.T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return rect[:, 2], uvw[:, 0] / uvw[:, 2], uvw[:, 1] / uvw[:, 2]
+
+
 def in_camera_fov(boxes: np.ndarray, calib: Any, image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -> np.ndarray:
     """(K,) bool: the box centre is in front of camera 2 and projects inside its image."""
     if not len(boxes):
         return np.zeros(0, dtype=bool)
-    t = calib.velo_to_rect
-    rect = boxes[:, :3] @ t[:3, :3].T + t[:3, 3]
-    uvw = np.hstack([rect, np.ones((len(rect), 1))]) @ calib.p2.T
-    with np.errstate(divide="ignore", invalid="ignore"):
-        u, v = uvw[:, 0] / uvw[:, 2], uvw[:, 1] / uvw[:, 2]
-    return (rect[:, 2] > 0.1) & (u >= 0) & (u < image_size[0]) & (v >= 0) & (v < image_size[1])
+    depth, u, v = project_centres(boxes, calib)
+    return (depth > 0.1) & (u >= 0) & (u < image_size[0]) & (v >= 0) & (v < image_size[1])
 
 
 def ground_truth(frame: Any, class_names: Sequence[str], max_difficulty: int | None) -> FrameBoxes:

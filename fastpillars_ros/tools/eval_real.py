@@ -33,7 +33,7 @@ import numpy as np
 
 from fastpillars_ros.evaluation import FrameBoxes, evaluate
 from fastpillars_ros.pointcloud import model_columns
-from fastpillars_ros.tools.eval import ground_truth, in_camera_fov
+from fastpillars_ros.tools.eval import ground_truth, in_camera_fov, project_centres
 
 __all__ = ["DEV_SETS", "LOOSE_IOU", "MAX_RANGE", "Calibrate", "RealSet", "SetReport", "add_arguments",
            "calibrate_thresholds", "evaluate_set", "false_objects", "in_labelled_view", "run"]
@@ -116,10 +116,7 @@ def _in_dontcare(boxes: np.ndarray, frame: Any) -> np.ndarray:
     rects = np.asarray(frame.dontcare_bboxes, dtype=np.float64).reshape(-1, 4)
     if not len(boxes) or not len(rects):
         return np.zeros(len(boxes), dtype=bool)
-    t = frame.calib.velo_to_rect
-    rect = np.asarray(boxes)[:, :3] @ t[:3, :3].T + t[:3, 3]
-    uvw = np.hstack([rect, np.ones((len(rect), 1))]) @ frame.calib.p2.T
-    u, v = uvw[:, 0] / uvw[:, 2], uvw[:, 1] / uvw[:, 2]
+    _, u, v = project_centres(boxes, frame.calib)
     inside = ((u[:, None] >= rects[None, :, 0]) & (u[:, None] <= rects[None, :, 2])
               & (v[:, None] >= rects[None, :, 1]) & (v[:, None] <= rects[None, :, 3]))
     return inside.any(axis=1)
@@ -166,7 +163,7 @@ def evaluate_set(detector: Any, real: RealSet, root: Path, *, progress: bool = F
     thresholds = np.array([detector.default_score_thresholds[c] for c in class_names])
     dataset = KittiDataset(root / real.folder, classes=class_names)
     gain = detector.intensity_scale / real.intensity_max
-    preds, truths, turned, frames_out, mounts = [], [], [], [], []
+    preds, pubs, truths, turned, frames_out, mounts = [], [], [], [], [], []
     n_false = np.zeros(len(class_names), dtype=np.int64)
     n_pub = 0
     turned_false = 0
@@ -191,6 +188,7 @@ def evaluate_set(detector: Any, real: RealSet, root: Path, *, progress: bool = F
         preds.append(pred)
         truths.append(gt)
         pub = _published(pred, thresholds)
+        pubs.append(pub)
         false = false_objects(pub, frame, class_names)
         np.add.at(n_false, pub.labels[false], 1)
         n_pub += len(pub.boxes)
@@ -209,8 +207,7 @@ def evaluate_set(detector: Any, real: RealSet, root: Path, *, progress: bool = F
 
     ap_res = evaluate(preds, truths, class_names, iou_thresholds={c: AP_IOU.get(c, (0.5,)) for c in class_names})
     ap = {f"{c}@{t:g}": ap_res.get(c, "bev", t).ap for c in class_names for t in AP_IOU.get(c, (0.5,))}
-    pub_all = [_published(p, thresholds) for p in preds]
-    loose = evaluate(pub_all, truths, class_names, iou_thresholds={c: LOOSE_IOU.get(c, 0.5) for c in class_names})
+    loose = evaluate(pubs, truths, class_names, iou_thresholds={c: LOOSE_IOU.get(c, 0.5) for c in class_names})
     recall = {c: loose.get(c, "bev", LOOSE_IOU.get(c, 0.5)).max_recall for c in class_names}
     counts = {c: loose.get(c, "bev", LOOSE_IOU.get(c, 0.5)).num_gt for c in class_names}
     n = len(dataset)
@@ -361,12 +358,12 @@ class Calibrate:
             return 2
         floor = config.decode.score_threshold
         detector = Detector(config, args.checkpoint, score_threshold=floor)
+        # Every candidate is "published" at the floor, so that each false object's score is seen.
+        detector.default_score_thresholds = {c: floor for c in detector.class_names}
         scores: dict[str, list[float]] = {}
         frames = 0
         for folder in args.data:
             real = RealSet(Path(folder).name, str(Path(folder).resolve()), 1.0, (1242, 375), False, False, 2)
-            # Every candidate is "published" at the floor, so that each false object's score is seen.
-            detector.default_score_thresholds = {c: floor for c in detector.class_names}
             _, per_frame = evaluate_set(detector, real, Path("/"))
             frames += len(per_frame)
             for f in per_frame:
