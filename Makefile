@@ -39,12 +39,12 @@ model: setup
 	$(PY) scripts/extract_real_kitti.py --out $(REAL)
 	$(FP) train --config config/training/tiny360_stage1.yaml --init fastpillars_ros/weights/tiny.pt \
 	  --data out/sim/train --max-frames 1000 --camera-view-data $(REAL)/2011_09_26_drive_0005 \
-	  --camera-view-data $(REAL)/2011_09_26_drive_0052 --camera-view-repeat 3 \
+	  --camera-view-data $(REAL)/2011_09_26_drive_0052 --real-repeat 3 \
 	  --val $(REAL)/2011_09_26_drive_0048 --val-camera-view --epochs 6 --max-steps 1104 --lr 1e-3 \
 	  --out out/train/tiny360 --threads 2 --workers 1 --gt-sampling --seed 0 $(RESUME)
 	$(FP) train --config tiny360 --init out/train/tiny360/epoch_003.pt \
 	  --data out/sim/train --max-frames 1000 --camera-view-data $(REAL)/2011_09_26_drive_0005 \
-	  --camera-view-data $(REAL)/2011_09_26_drive_0052 --camera-view-repeat 3 \
+	  --camera-view-data $(REAL)/2011_09_26_drive_0052 --real-repeat 3 \
 	  --val $(REAL)/2011_09_26_drive_0048 --val-camera-view --epochs 5 --lr 8e-4 \
 	  --pct-start 0.15 --out out/train/tiny360_s2 --threads 2 --workers 1 --gt-sampling --seed 1 \
 	  --weights-licence "$(KITTI_LICENCE)" $(RESUME)

@@ -34,6 +34,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                   "the real development scans: AP, recall and false objects per frame, 180-degree check"),
     "calibrate": ("fastpillars_ros.tools.eval_real:Calibrate",
                   "default score thresholds per class from held-out real scans, stored with the weights"),
+    "pseudo-label": ("fastpillars_ros.tools.pseudo_label",
+                     "label real scans with a teacher model for self-training (KITTI layout)"),
     "memcheck": ("fastpillars_ros.tools.memcheck", "estimate GPU memory per component and check it fits"),
     "profile": ("fastpillars_ros.tools.profile", "per-layer and per-stage timings (trtexec JSON shape)"),
     "export-onnx": ("fastpillars_ros.tools.deploy:ExportOnnx",

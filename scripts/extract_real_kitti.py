@@ -5,14 +5,15 @@ Nothing extracted here is part of the repository: it is written under ``out/real
 KITTI data is licensed CC BY-NC-SA 3.0 (Geiger et al.); the repositories below only re-host unchanged KITTI files
 (AB3DMOT adds a non-commercial research licence of its own), so everything trained on them is non-commercial.
 
-Drives (every frame written has official KITTI labels; see MODEL_CARD.md):
+Drives (every frame written has official KITTI labels, except the ``_unlabelled`` folder; see MODEL_CARD.md):
 
 * ``2011_09_26_drive_0005`` = KITTI tracking training sequence 0000: 154 scans (binary PCD, x y z intensity
   0..1) from udacity/SFND_Lidar_Obstacle_Detection, labels and calibration from xinshuoweng/AB3DMOT;
 * ``2011_09_26_drive_0048``: raw frames 2, 4, ..., 20 = KITTI object frames 006920 ... 001584; scans from
   udacity/SFND_Lidar_Obstacle_Detection (``data_1``), ``label_2``/calib from swordlidev/Vote3Deep_lidar;
 * ``2011_09_26_drive_0052``: raw frames 7, 14, 21, 31 = object frames 001497, 004587, 001206, 001966; scans
-  (KITTI .bin) from udacity/SFND_3D_Object_Tracking, labels/calib from swordlidev/Vote3Deep_lidar.
+  (KITTI .bin) from udacity/SFND_3D_Object_Tracking, labels/calib from swordlidev/Vote3Deep_lidar; its other 74
+  scans (0-77) without labels go to ``2011_09_26_drive_0052_unlabelled`` (calibration of object frame 001497).
 
 None of these drives holds a frame of the real development set (object frames 000000, 000001, 000006, 000007,
 000009, 000010, 000021) or of the reserved evaluation frames (checked against the object devkit's
@@ -118,6 +119,18 @@ def extract(out: Path, mirrors: Path | None) -> dict[str, int]:
         _write(root, f"{frame:06d}", scan, v3d.read(f"training/label_2/{obj}.txt").decode(),
                v3d.read(f"data_object_calib/training/calib/{obj}.txt"))
     counts[root.name] = len(DRIVE_0052)
+
+    # The other 74 scans of drive 0052 have no labels (for pseudo-labelling); same drive, same calibration.
+    root = out / "2011_09_26_drive_0052_unlabelled"
+    calib = v3d.read(f"data_object_calib/training/calib/{DRIVE_0052[7]}.txt")
+    unlabelled = [f for f in range(78) if f not in DRIVE_0052]
+    for frame in unlabelled:
+        scan = tracking.read(f"images/KITTI/2011_09_26/velodyne_points/data/{frame:010d}.bin")
+        for sub in ("velodyne", "calib"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        (root / "velodyne" / f"{frame:06d}.bin").write_bytes(scan)
+        (root / "calib" / f"{frame:06d}.txt").write_bytes(calib)
+    counts[root.name] = len(unlabelled)
     tmp.unlink(missing_ok=True)
     return counts
 
@@ -129,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     counts = extract(Path(args.out), Path(args.mirrors) if args.mirrors else None)
     for drive, n in counts.items():
-        print(f"{drive}: {n} labelled scans")
+        print(f"{drive}: {n} {'unlabelled' if drive.endswith('_unlabelled') else 'labelled'} scans")
     return 0
 
 

@@ -25,8 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--camera-view-data", action="append", default=[], metavar="DIR",
                         help="training data folder labelled only in the front camera's view (real KITTI): the "
                         "unlabelled rest of each scan is masked out of the heatmap loss; repeatable")
-    parser.add_argument("--camera-view-repeat", type=int, default=1,
-                        help="times each --camera-view-data frame is used per epoch (default 1)")
+    parser.add_argument("--real-data", action="append", default=[], metavar="DIR",
+                        help="real scans labelled all around the sensor (e.g. by `fastpillars-ros pseudo-label`); "
+                        "not limited by --max-frames; repeatable")
+    parser.add_argument("--real-repeat", type=int, default=1,
+                        help="times each --real-data and --camera-view-data frame is used per epoch (default 1)")
     parser.add_argument("--init", default=None, metavar="CHECKPOINT",
                         help="start from these weights (fine-tuning; the config must match their layers)")
     parser.add_argument("--weights-licence", default=None, metavar="TEXT",
@@ -75,11 +78,11 @@ def run(args: argparse.Namespace) -> int:
                         max_frames=args.max_frames, max_val_frames=args.max_val_frames, device=args.device,
                         threads=args.threads, gt_sampling=args.gt_sampling, min_points=args.min_points,
                         progress=not args.no_progress, max_steps=args.max_steps, init=args.init,
-                        camera_view_repeat=args.camera_view_repeat, licence=args.weights_licence,
+                        real_repeat=args.real_repeat, licence=args.weights_licence,
                         pct_start=args.pct_start)
     try:
         summary = train(opts, data=args.data, val=args.val, camera_view=args.camera_view_data,
-                        camera_view_val=args.val_camera_view)
+                        camera_view_val=args.val_camera_view, real=args.real_data)
     except (ValueError, FileNotFoundError) as exc:
         print(f"fastpillars-ros train: {exc}", file=sys.stderr)
         return 2

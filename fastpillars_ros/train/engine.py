@@ -34,7 +34,7 @@ from .data import CameraViewFrames, ConcatFrames, EpochSampler, TrainSet, collat
 from .losses import LossWeights, compute_losses
 from .targets import head_geometry
 
-__all__ = ["TrainOptions", "train"]
+__all__ = ["TrainOptions", "epoch_indices", "train"]
 
 HM_BIAS_INIT = -2.19  # CenterNet: sigmoid(-2.19) ~ 0.1 prior on every heatmap cell
 
@@ -66,7 +66,7 @@ class TrainOptions:
     progress: bool = True
     max_steps: int | None = None  # stop after this many optimizer steps in total (smoke tests, profiling)
     init: str | None = None  # start from these weights (fine-tuning) instead of a random init
-    camera_view_repeat: int = 1  # each camera-view (real KITTI) frame is seen this many times per epoch
+    real_repeat: int = 1  # each real frame (``real`` and ``camera_view`` folders) is seen this many times per epoch
     licence: str | None = None  # terms of the trained weights (those of the training data), stored in checkpoints
     loss_weights: LossWeights = field(default_factory=LossWeights)
 
@@ -100,8 +100,9 @@ def _cpu_threads(requested: int | None) -> int:
 
 
 def _source(root: str | Sequence[str], config: ModelConfig, camera_view: Sequence[str] = ()) -> Any:
-    """KITTI-layout folders as one frame source: ``root`` (labelled all around, e.g. simulator output), then
-    ``camera_view`` folders (labelled in the front camera's view only, e.g. real KITTI)."""
+    """KITTI-layout folders as one frame source: ``root`` (labelled all around, e.g. simulator output or
+    pseudo-labelled real scans), then ``camera_view`` folders (labelled in the front camera's view only, e.g.
+    real KITTI)."""
     from ..datasets.kitti import KittiDataset
 
     roots = [root] if isinstance(root, str) else list(root)
@@ -152,15 +153,24 @@ def evaluate_loss(model: torch.nn.Module, loader: DataLoader, config: ModelConfi
     return {k: v / max(n, 1) for k, v in sums.items()}
 
 
+def epoch_indices(n_plain: int, n_real: int, max_frames: int | None, real_repeat: int) -> list[int]:
+    """Source indices one epoch draws from: the first ``n_plain`` frames (at most ``max_frames`` of them), then
+    each of the ``n_real`` real frames that follow them ``real_repeat`` times (real scans are few and dear)."""
+    n_used = n_plain if max_frames is None else min(n_plain, max_frames)
+    return list(range(n_used)) + [n_plain + k for k in range(n_real) for _ in range(max(1, real_repeat))]
+
+
 def train(opts: TrainOptions, train_source: Any = None, val_source: Any = None, data: str | Sequence[str] | None = None,
-          val: str | None = None, camera_view: Sequence[str] = (), camera_view_val: bool = False) -> dict[str, Any]:
+          val: str | None = None, camera_view: Sequence[str] = (), camera_view_val: bool = False,
+          real: Sequence[str] = ()) -> dict[str, Any]:
     """Train; returns a summary (``epochs_done``, ``steps``, ``history`` of per-epoch log records, ``run_dir``).
 
     ``train_source``/``val_source``: random-access frame sequences (tests); otherwise KITTI-layout folders
-    ``data`` (one or several, labelled all around) and ``camera_view`` (labelled in the camera's view only;
-    each frame used ``opts.camera_view_repeat`` times per epoch) and ``val`` (camera view if
+    ``data`` (one or several, labelled all around), ``real`` (real scans labelled all around, e.g. by
+    pseudo-labels) and ``camera_view`` (labelled in the camera's view only) and ``val`` (camera view if
     ``camera_view_val``) are read with :class:`~fastpillars_ros.datasets.kitti.KittiDataset`.
-    ``opts.max_frames`` limits the frames taken from ``data``.
+    ``opts.max_frames`` limits the frames taken from ``data``; each ``real`` and ``camera_view`` frame is used
+    ``opts.real_repeat`` times per epoch.
     """
     config = load_model_config(opts.config)
     run_dir = Path(opts.out)
@@ -170,19 +180,17 @@ def train(opts: TrainOptions, train_source: Any = None, val_source: Any = None, 
         # The CPU kernels used (conv, BN, index_add_/scatter_reduce_ segment reductions) are deterministic;
         # torch.use_deterministic_algorithms is not called: it imports torch._inductor (~10 s).
         torch.set_num_threads(_cpu_threads(opts.threads))
-    n_camera = 0
+    n_real = 0
     if train_source is None:
         if data is None:
             raise ValueError("no training data: give a data folder")
-        train_source = _source(data, config, camera_view)
-        if camera_view:
-            n_camera = sum(len(s) for s in train_source.sources[-len(camera_view):])
+        data = [data] if isinstance(data, str) else list(data)
+        train_source = _source([*data, *real], config, camera_view)
+        if real or camera_view:
+            n_real = sum(len(s) for s in train_source.sources[len(data):])
     if val_source is None and val is not None:
         val_source = _source([], config, [val]) if camera_view_val else _source(val, config)
-    n_plain = len(train_source) - n_camera
-    n_plain = n_plain if opts.max_frames is None else min(n_plain, opts.max_frames)
-    indices = list(range(n_plain)) + [len(train_source) - n_camera + k for k in range(n_camera)
-                                      for _ in range(max(1, opts.camera_view_repeat))]
+    indices = epoch_indices(len(train_source) - n_real, n_real, opts.max_frames, opts.real_repeat)
     n_frames = len(indices)
     if n_frames < opts.batch_size:
         raise ValueError(f"{n_frames} training frames is fewer than one batch of {opts.batch_size}")
