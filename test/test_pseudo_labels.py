@@ -10,11 +10,13 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from real_data import real_file
+import pytest
+from real_data import real_data_dir, real_file
 
 from fastpillars_ros.boxes import points_in_boxes
 from fastpillars_ros.datasets.kitti import KittiDataset
 from fastpillars_ros.tools import pseudo_label
+from fastpillars_ros.tools.eval_real import parse_class_values
 from fastpillars_ros.train.data import camera_half_fov
 from fastpillars_ros.train.engine import epoch_indices
 from fastpillars_ros.train.pseudo_labels import (
@@ -131,3 +133,19 @@ def test_pseudo_label_command_keeps_camera_labels_and_labels_the_rest_of_a_real_
 def test_an_epoch_caps_the_plain_frames_and_repeats_every_real_frame():
     assert epoch_indices(5, 2, max_frames=3, real_repeat=2) == [0, 1, 2, 5, 5, 6, 6]
     assert epoch_indices(2, 0, max_frames=None, real_repeat=3) == [0, 1]
+
+
+def test_pseudo_label_command_refuses_a_keep_list_without_every_class(tmp_path: Path, capsys):
+    args = argparse.ArgumentParser()
+    pseudo_label.add_arguments(args)
+    parsed = args.parse_args(["--data", str(real_data_dir() / "kitti"), "--out", str(tmp_path), "--keep", "car=0.5"])
+    assert pseudo_label.run(parsed) == 2
+    assert "--keep 'car=0.5'" in capsys.readouterr().err and not any(tmp_path.iterdir())
+
+
+def test_class_value_lists_name_the_flag_when_a_class_or_number_is_wrong():
+    assert parse_class_values("car=0.5, cyclist=0.2", ["car", "pedestrian", "cyclist"], "--x") == {
+        "car": 0.5, "cyclist": 0.2}
+    for bad in ("truck=0.5", "car=high", "car"):
+        with pytest.raises(ValueError, match="--x"):
+            parse_class_values(bad, ["car"], "--x")

@@ -309,6 +309,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_class_values(text: str, class_names: Sequence[str], flag: str) -> dict[str, float]:
+    """``CLASS=N[,CLASS=N...]`` -> ``{class: N}``; ValueError naming ``flag`` on bad syntax or an unknown class."""
+    out = {}
+    for item in (i.strip() for i in text.split(",") if i.strip()):
+        name, sep, value = item.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if not sep or number is None or name.strip() not in class_names:
+            raise ValueError(f"{flag} {text!r}: expected CLASS=N[,CLASS=N] with CLASS one of {list(class_names)}")
+        out[name.strip()] = number
+    return out
+
+
 def calibrate_thresholds(scores: dict[str, list[float]], num_frames: int, budget: dict[str, float],
                          floor: float) -> dict[str, float]:
     """Per class, the lowest score threshold (>= ``floor``) at which the false objects of that class number at most
@@ -346,15 +361,9 @@ class Calibrate:
 
         config = load_model_config(args.config or DEFAULT_MODEL)
         try:
-            budget = {k.strip(): float(v) for k, _, v in (item.partition("=") for item in
-                                                         args.false_per_frame.split(",") if item.strip())}
-        except ValueError:
-            print(f"calibrate: --false-per-frame {args.false_per_frame!r}: expected CLASS=N[,CLASS=N]",
-                  file=sys.stderr)
-            return 2
-        unknown = sorted(set(budget) - set(config.class_names))
-        if unknown:
-            print(f"calibrate: unknown classes {unknown}; classes: {list(config.class_names)}", file=sys.stderr)
+            budget = parse_class_values(args.false_per_frame, config.class_names, "--false-per-frame")
+        except ValueError as exc:
+            print(f"calibrate: {exc}", file=sys.stderr)
             return 2
         floor = config.decode.score_threshold
         detector = Detector(config, args.checkpoint, score_threshold=floor)

@@ -24,15 +24,6 @@ __all__ = ["add_arguments", "run"]
 MATCH_RADIUS = {"car": 1.5, "pedestrian": 0.6, "cyclist": 0.8}
 
 
-def _parse_per_class(text: str, class_names: list[str], flag: str) -> list[float]:
-    values = {k.strip(): float(v) for k, _, v in (item.partition("=") for item in text.split(",") if item.strip())}
-    unknown = sorted(set(values) - set(class_names))
-    missing = sorted(set(class_names) - set(values))
-    if unknown or missing:
-        raise ValueError(f"{flag} {text!r}: give CLASS=SCORE for exactly the classes {class_names}")
-    return [values[c] for c in class_names]
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="teacher's model config (default: the embedded default)")
     parser.add_argument("--checkpoint", default=None, help="teacher's weights (default: the config's shipped ones)")
@@ -56,13 +47,17 @@ def run(args: argparse.Namespace) -> int:
         labels_from_lidar_boxes,
     )
     from fastpillars_ros.detector import Detector
+    from fastpillars_ros.tools.eval_real import parse_class_values
     from fastpillars_ros.train.data import camera_half_fov
     from fastpillars_ros.train.pseudo_labels import pseudo_labels
 
     config = load_model_config(args.config or DEFAULT_MODEL)
     names = list(config.class_names)
     try:
-        keep = _parse_per_class(args.keep, names, "--keep")
+        keep_by_class = parse_class_values(args.keep, names, "--keep")
+        if set(keep_by_class) != set(names):
+            raise ValueError(f"--keep {args.keep!r}: give a score for each class of {names}")
+        keep = [keep_by_class[c] for c in names]
         source = KittiDataset(args.data, classes=names)
     except (ValueError, FileNotFoundError) as exc:
         print(f"pseudo-label: {exc}", file=sys.stderr)
