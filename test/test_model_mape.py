@@ -1,6 +1,7 @@
 """MAPE pillar encoder against a plain per-pillar loop, and canvas scattering."""
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from fastpillars_ros.model import build_model
 from fastpillars_ros.model.mape import MAPE, scatter_to_canvas
@@ -103,3 +104,18 @@ def test_inference_path_gives_the_autograd_path_result():
     reference = mape(feats, ids, 60)  # grad enabled: the autograd-friendly path
     assert reference.requires_grad
     torch.testing.assert_close(fast, reference.detach(), rtol=0, atol=1e-6)
+
+
+def test_inference_path_allocates_one_point_buffer_and_one_point_temporary_per_frame():
+    # Point-sized ([L, *]) blocks are what glibc must find room for every frame; fewer and fewer distinct sizes
+    # keep its heap from fragmenting and growing (test/test_malloc.py, #17). Before: five [L, C] temporaries more.
+    num_points, channels = 6000, 16
+    mape = randomize_(MAPE(8, channels), seed=3).eval()
+    feats, ids, _ = random_pillars(300, num_points, 8, 40, 40, seed=5)
+    with torch.no_grad():
+        mape(feats, ids, 300)
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            mape(feats, ids, 300)
+    point_tensor = num_points * channels * 4  # bytes of one [L, C] float32 tensor
+    point_sized = sorted(e.self_cpu_memory_usage for e in prof.events() if e.self_cpu_memory_usage >= point_tensor)
+    assert point_sized == [point_tensor, 2 * point_tensor]  # gathered maxima [L, C]; logits + features [L, 2C]

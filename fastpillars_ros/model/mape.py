@@ -58,10 +58,13 @@ class MAPE(nn.Module):
         (one GEMM with bias instead of GEMM + a full pass over ``[L, C]``)."""
         if self.training:
             return self.shared_mlps(features)
+        return F.leaky_relu(F.linear(features, *self._folded_linear()), LEAKY_SLOPE)
+
+    def _folded_linear(self) -> tuple[Tensor, Tensor]:
+        """The eval-mode point Linear with BN folded in: weight ``[C, F]`` and bias ``[C]``."""
         linear, bn = self.shared_mlps[0], self.shared_mlps[1]
         scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        shift = bn.bias - bn.running_mean * scale
-        return F.leaky_relu(F.linear(features, linear.weight * scale[:, None], shift), LEAKY_SLOPE)
+        return linear.weight * scale[:, None], bn.bias - bn.running_mean * scale
 
     def forward(self, features: Tensor, point_pillar: Tensor, num_pillars: int) -> Tensor:
         """Encode points into pillar features.
@@ -97,12 +100,21 @@ class MAPE(nn.Module):
         on a 118k-point scan, test/bench/bench_model.py): logits and features live side by side in one
         ``[L, 2C]`` buffer, so both per-pillar maxima take one scatter pass and both per-pillar sums (softmax
         denominator, weighted features) one ``index_add_``; exp and the weighting are in place. Same
-        arithmetic per element as :meth:`forward`, so the same result."""
+        arithmetic per element as :meth:`forward`, so the same result.
+
+        Both GEMMs write straight into their half of the buffer (``addmm(out=)`` with the buffer's row stride,
+        the same ``addmm`` that ``F.linear`` calls) and the LeakyReLUs run in place: besides the buffer a frame
+        allocates one ``[L, C]`` temporary (the gathered maxima), not five. With glibc's default malloc settings
+        the five made each frame's freed memory exceed the trim threshold, so it went back to the kernel and
+        was faulted in again (7,468 page faults per frame at 60k points; now mostly none after the first
+        frames, test/test_malloc.py)."""
         c = self.num_filters
         buf = features.new_empty((features.shape[0], 2 * c))
         s, f = buf[:, :c], buf[:, c:]
-        f.copy_(self.point_features(features))
-        s.copy_(self.score_fn(f))
+        weight, bias = self._folded_linear()
+        F.leaky_relu_(torch.addmm(bias, features, weight.t(), out=f), LEAKY_SLOPE)
+        score = self.score_fn[0]
+        F.leaky_relu_(torch.addmm(score.bias, f, score.weight.t(), out=s), LEAKY_SLOPE)
         # Floors: -inf for the logits (a true max), 0 for the features (the official zero-initialised max).
         floor = torch.cat([features.new_full((c,), float("-inf")), features.new_zeros(c)])
         maxima = floor.expand(num_pillars, 2 * c).contiguous()
