@@ -19,6 +19,7 @@ def test_test_session_runs_with_loopback_only_dds_settings():
     assert os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
     assert os.environ["RMW_IMPLEMENTATION"] == "rmw_fastrtps_cpp"
     assert Path(os.environ["FASTDDS_DEFAULT_PROFILES_FILE"]) == profile_path()
+    assert Path(os.environ["FASTRTPS_DEFAULT_PROFILES_FILE"]) == profile_path()  # Fast DDS 2 (Humble, Jazzy)
     assert is_loopback_environment()
 
 
@@ -82,3 +83,23 @@ def test_a_child_process_exchanges_messages_over_the_loopback_profile():
         _, err = stop(publisher)
     assert got and got[0].startswith("hello")
     assert "XMLPARSER" not in err and "Error" not in err, err
+
+
+@pytest.mark.ros
+def test_a_child_process_runs_with_the_profiles_32_mib_shared_memory_segment():
+    """The profile is in force whatever the Fast DDS major (2 on Jazzy reads another variable than 3 on Kilted):
+    the participant maps the profile's 32 MiB segment, not the default 512 KiB one."""
+    child = spawn_python("import rclpy, time\n"
+                         "rclpy.init(); n = rclpy.create_node('rosenv_shm')\n"
+                         "print('up', flush=True); time.sleep(60)\n")
+    try:
+        assert child.stdout.readline() == "up\n"
+        segments = []
+        for line in Path(f"/proc/{child.pid}/maps").read_text().splitlines():
+            name = line.split()[-1]
+            if name.startswith(("/dev/shm/fastdds_", "/dev/shm/fastrtps_")) and "port" not in name:
+                start, end = (int(a, 16) for a in line.split()[0].split("-"))
+                segments.append(end - start)
+    finally:
+        stop(child)
+    assert segments and max(segments) >= 32 * 1024 * 1024, segments

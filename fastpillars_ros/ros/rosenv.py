@@ -5,8 +5,9 @@ They call :func:`apply_loopback_environment` (in-process, before ``rclpy.init``)
 :func:`loopback_environment` to a child process. The settings are:
 
 * ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` (Jazzy/Kilted; ``ROS_LOCALHOST_ONLY=1`` for Humble),
-* ``RMW_IMPLEMENTATION=rmw_fastrtps_cpp`` with ``FASTDDS_DEFAULT_PROFILES_FILE`` pointing at
-  ``config/fastdds_loopback.xml`` (UDP allow-listed to 127.0.0.1, built-in transports off, 32 MiB SHM).
+* ``RMW_IMPLEMENTATION=rmw_fastrtps_cpp`` with ``FASTDDS_DEFAULT_PROFILES_FILE`` (Fast DDS 3: Kilted) and
+  ``FASTRTPS_DEFAULT_PROFILES_FILE`` (Fast DDS 2: Humble, Jazzy) pointing at ``config/fastdds_loopback.xml``
+  (UDP allow-listed to 127.0.0.1, built-in transports off, 32 MiB SHM).
 
 The detector node itself does not force these: on a robot it must talk to the other machines.
 This module imports nothing from ROS.
@@ -55,8 +56,9 @@ def loopback_environment(base: Mapping[str, str] | None = None, *, domain_id: in
         # Jazzy and later warn when both the old and the new variable are set.
         env.pop("ROS_LOCALHOST_ONLY", None)
     env["RMW_IMPLEMENTATION"] = "rmw_fastrtps_cpp"
-    env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(profile_path())
-    env.pop("FASTRTPS_DEFAULT_PROFILES_FILE", None)
+    # Each Fast DDS major reads only its own variable: without FASTRTPS_... a Jazzy process runs on the built-in
+    # transports with a 512 KiB segment, which loses almost every best-effort 2 MB cloud.
+    env["FASTDDS_DEFAULT_PROFILES_FILE"] = env["FASTRTPS_DEFAULT_PROFILES_FILE"] = str(profile_path())
     if domain_id is not None:
         env["ROS_DOMAIN_ID"] = str(domain_id)
     # ament_index lookups (e.g. the installed share dir) need the venv prefix when ROS comes from wheels.
@@ -81,5 +83,6 @@ def is_loopback_environment(env: Mapping[str, str] | None = None) -> bool:
     return (
         env.get("ROS_AUTOMATIC_DISCOVERY_RANGE") == "LOCALHOST"
         and env.get("RMW_IMPLEMENTATION") == "rmw_fastrtps_cpp"
-        and Path(env.get("FASTDDS_DEFAULT_PROFILES_FILE", "")).name == PROFILE_NAME
+        and all(Path(env.get(var, "")).name == PROFILE_NAME
+                for var in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE"))
     )
