@@ -14,12 +14,18 @@ setup:
 lint: setup
 	$(PY) -m ruff check .
 
+# Every test on the Kilted wheels, then the ROS-facing ones on the Jazzy wheels (test-jazzy) where no system
+# ROS 2 is sourced (with one, the suite has just run on it).
 test: setup lint
 	$(NETNS) $(PY) -m pytest $(PYTEST_ARGS)
+ifeq ($(ROS_DISTRO),)
+	@$(MAKE) --no-print-directory test-jazzy
+endif
 
-# The ROS-facing tests (marker ros) again on ROS 2 Jazzy wheels (rclpy 7.1.6) in a second venv.
+# The ROS-facing tests (marker ros) again on ROS 2 Jazzy wheels (rclpy 7.1.6) in a second venv, which takes
+# torch and the other distribution-independent packages from .venv (hard links).
 JAZZY_PY := .venv-jazzy/bin/python
-test-jazzy:
+test-jazzy: setup
 	@FASTPILLARS_VENV=$(CURDIR)/.venv-jazzy FASTPILLARS_ROS_DISTRO=jazzy bash scripts/setup_env.sh
 	$(NETNS) $(JAZZY_PY) -m pytest -m ros $(PYTEST_ARGS)
 

