@@ -26,8 +26,8 @@ from real_data import real_file
 from std_msgs.msg import Header
 
 from fastpillars_ros.detector import STAGES, Detector, default_checkpoint
-from fastpillars_ros.model.mape import MAPE
-from fastpillars_ros.ops import decorate, pillarize
+from fastpillars_ros.model.mape import MAPE, scatter_to_canvas
+from fastpillars_ros.ops import decorate, mape_cpu, pillarize
 from fastpillars_ros.pointcloud import read_points
 from fastpillars_ros.ros.messages import detections_to_msg
 
@@ -69,16 +69,23 @@ def _stages(det: Detector, pts: np.ndarray, repeat: int) -> dict[str, float]:
 
 def bench_mape(model: torch.nn.Module, feats: torch.Tensor, ids: torch.Tensor, coords: torch.Tensor, repeat: int
                ) -> None:
-    """MAPE + scatter: the inference path against the autograd path (the MAPE of today's default), interleaved, as
-    wall time with the configured torch threads and as CPU time with one thread (robust to other load)."""
-    for q in model.backbone.pillar_pooling1.parameters():
+    """MAPE + scatter: the inference path (CPU kernel, ops/mape_cpu.py) and its pure-torch fallback against the
+    autograd path (the MAPE of today's default), interleaved, as wall time with the configured torch threads and as
+    CPU time with one thread (robust to other load)."""
+    mape = model.backbone.pillar_pooling1
+    for q in mape.parameters():
         q.requires_grad_(False)
+    _, height, width = model.config.canvas_shape
 
     def autograd_path() -> torch.Tensor:
         with torch.enable_grad():  # nothing requires grad: no graph is recorded, only the path changes
             return model.encode(feats, ids, coords)
 
-    paths = {"autograd": autograd_path, "inference": lambda: model.encode(feats, ids, coords)}
+    def pure_torch_path() -> torch.Tensor:
+        return scatter_to_canvas(mape._forward_torch(feats, ids, len(coords)), coords, height, width)
+
+    paths = {"autograd": autograd_path, "pure torch": pure_torch_path,
+             "inference": lambda: model.encode(feats, ids, coords)}
     wall = time_interleaved(paths, repeat=repeat)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -86,8 +93,10 @@ def bench_mape(model: torch.nn.Module, feats: torch.Tensor, ids: torch.Tensor, c
         cpu = time_interleaved(paths, repeat=repeat, clock=time.thread_time)
     finally:
         torch.set_num_threads(threads)
-    print_ratio(f"  MAPE + scatter, inference path ({DEFAULT})", "today's MAPE", wall["autograd"], wall["inference"])
-    print_ratio("  the same, 1-thread CPU time", "today's MAPE", cpu["autograd"], cpu["inference"])
+    kernel = "CPU kernel" if mape_cpu.kernel() is not None else "no compiler: torch"
+    for label, times in (("", wall), (" (1 thread, CPU time)", cpu)):
+        print_ratio(f"  MAPE+scatter {kernel}{label}", "today's MAPE", times["autograd"], times["inference"])
+        print_ratio(f"  MAPE+scatter pure torch{label}", "today's MAPE", times["autograd"], times["pure torch"])
 
 
 @torch.no_grad()
