@@ -99,8 +99,8 @@ class MAPE(nn.Module):
 
     def _forward_inference(self, features: Tensor, idx: Tensor, num_pillars: int) -> Tensor:
         """:meth:`forward` without autograd: on the CPU the GEMMs in torch and the per-pillar reductions in a
-        compiled kernel (``ops/mape_cpu.py``, two passes over the points), elsewhere or without a C compiler
-        :meth:`_forward_torch`."""
+        compiled kernel (``ops/mape_cpu.py``, two passes over the points; CPU time 11 vs 27 ms of the autograd path
+        on a 118k-point scan, one thread), elsewhere or without a C compiler :meth:`_forward_torch`."""
         if features.device.type == "cpu" and (lib := mape_cpu.kernel()) is not None:
             points = features.new_empty((2, features.shape[0], self.num_filters))
             f, s = self._point_tensors(features, points)
@@ -118,10 +118,10 @@ class MAPE(nn.Module):
         return f, s
 
     def _forward_torch(self, features: Tensor, idx: Tensor, num_pillars: int) -> Tensor:
-        """:meth:`forward` without autograd in pure torch, with the points sorted by pillar (CPU time 21 vs 26 ms of
-        the autograd path on a 118k-point scan, one thread; test/bench/bench_cpu_default.py). Same arithmetic per
-        element as :meth:`forward`, and the sort is stable, so each per-pillar sum adds the same values in the same
-        order (on the real scans tried the results are equal bit for bit).
+        """:meth:`forward` without autograd in pure torch, on the CPU with the points sorted by pillar (CPU time 21
+        vs 27 ms of the autograd path on a 118k-point scan, one thread; test/bench/bench_cpu_default.py). Same
+        arithmetic per element as :meth:`forward`, and the sort is stable, so each per-pillar sum adds the same
+        values in the same order (on the real scan tried the results are equal bit for bit).
 
         Why sorted: torch's CPU scatter reductions with an expanded index sort the index and then reduce segment by
         segment; with sorted points they read the source rows in memory order (a scatter-max over ``[L, C]``
@@ -130,11 +130,12 @@ class MAPE(nn.Module):
         element-wise passes run vectorised (on ``[L, C]`` half-views of an ``[L, 2C]`` buffer, ``exp_`` and the
         gather took several times longer), and one point-sized block per frame keeps glibc's heap from growing
         and fragmenting (test/test_malloc.py)."""
-        # int32 keys: torch's stable CPU sort is a radix sort, and 4-byte keys take half the passes of 8-byte ones.
-        order = torch.argsort(idx.int(), stable=True)
-        idx = idx.index_select(0, order)
+        if features.device.type == "cpu":  # on a GPU the scatters use atomics, which sorted points make collide
+            # int32 keys: torch's stable CPU sort is a radix sort; 4-byte keys take half the passes of 8-byte ones.
+            order = torch.argsort(idx.int(), stable=True)
+            idx, features = idx.index_select(0, order), features.index_select(0, order)
         planes = features.new_empty((3, features.shape[0], self.num_filters))
-        f, s = self._point_tensors(features.index_select(0, order), planes)
+        f, s = self._point_tensors(features, planes)
         s_max = segment_max(s, idx, num_pillars)
         maximum = segment_max(f, idx, num_pillars, floor=0.0)
         e = s.sub_(torch.index_select(s_max, 0, idx, out=planes[2])).exp_()

@@ -79,11 +79,11 @@ def kernel() -> ctypes.CDLL | None:
         return None
     try:
         lib = ctypes.CDLL(str(_build(compiler, cache.directory)))
-    except (OSError, subprocess.SubprocessError) as exc:
+        lib.mape_reduce.restype = None
+    except (OSError, AttributeError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", "") or exc
-        log.warning("building the MAPE CPU kernel failed (%s): MAPE uses its pure-torch path", detail)
+        log.warning("building or loading the MAPE CPU kernel failed (%s): MAPE uses its pure-torch path", detail)
         return None
-    lib.mape_reduce.restype = None
     lib.mape_reduce.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                                 ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
     return lib
