@@ -1,5 +1,7 @@
 """MAPE's compiled CPU kernel (ops/mape_cpu.py) against MAPE's pure-torch path, its build cache and its fallback."""
 
+import shutil
+
 import pytest
 import torch
 
@@ -78,3 +80,12 @@ def test_without_the_kernel_mape_falls_back_to_pure_torch(fresh_kernel, tmp_path
     with torch.no_grad():
         got, pure_torch = mape(feats, ids, 40), mape._forward_torch(feats, ids, 40)
     torch.testing.assert_close(got, pure_torch, rtol=0, atol=0)
+
+
+def test_cc_may_carry_arguments(fresh_kernel, tmp_path, monkeypatch):
+    cc = shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    monkeypatch.setenv("FASTPILLARS_ENGINE_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", f"{cc} -Wall")  # as with CC="ccache gcc"
+    assert fresh_kernel() is not None
