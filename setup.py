@@ -10,7 +10,7 @@ setup(
     name=PACKAGE,
     version="0.1.0",
     packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
-    package_data={PACKAGE: ["cuda/*.cu", "cuda/*.cuh", "data/*.mcap", "weights/*.pt"]},
+    package_data={PACKAGE: ["cuda/*.cu", "cuda/*.cuh", "ops/*.c", "data/*.mcap", "weights/*.pt"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

@@ -42,7 +42,7 @@ def test_the_next_frame_reuses_freed_tensors_instead_of_faulting_fresh_pages():
     default, tuned = _faults_per_frame("default"), _faults_per_frame("tuned")
     assert default > 1000  # ~2,800 4 KiB pages (11 MB) faulted in again every frame with glibc's defaults
     # Measured (5 runs each, under a training run's CPU load and idle): 2,797 faults per frame with glibc's defaults,
-    # 0 tuned. MAPE encoding is no longer the workload: since #17 its inference path allocates 2 point-sized blocks
+    # 0 tuned. MAPE encoding is no longer the workload: since #17 its inference path allocates 1 point-sized block
     # per frame, not 6 (test_model_mape), and with either setting faults only while glibc's heap grows over the first
     # frames (fragmentation: 0-790 per frame over frames 2-11, more often under CPU load; none after frame 60 in
     # 200-frame runs on the idle machine).

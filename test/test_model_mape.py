@@ -1,11 +1,16 @@
 """MAPE pillar encoder against a plain per-pillar loop, and canvas scattering."""
 
+import pytest
 import torch
+from real_data import real_file
 from torch.profiler import ProfilerActivity, profile
 
+from fastpillars_ros.detector import Detector
 from fastpillars_ros.model import build_model
 from fastpillars_ros.model.mape import MAPE, scatter_to_canvas
 from fastpillars_ros.model.testing import random_pillars, randomize_
+from fastpillars_ros.ops import decorate, mape_cpu, pillarize
+from fastpillars_ros.pointcloud import read_points
 
 
 def _reference(mape: MAPE, features, ids, num_pillars):
@@ -106,16 +111,57 @@ def test_inference_path_gives_the_autograd_path_result():
     torch.testing.assert_close(fast, reference.detach(), rtol=0, atol=1e-6)
 
 
-def test_inference_path_allocates_one_point_buffer_and_one_point_temporary_per_frame():
-    # Point-sized ([L, *]) blocks are what glibc must find room for every frame; fewer and fewer distinct sizes
-    # keep its heap from fragmenting and growing (test/test_malloc.py, #17). Before: five [L, C] temporaries more.
+def test_inference_paths_give_the_autograd_path_result_on_a_real_scan():
+    # The shipped default's weights on a 118k-point KITTI scan: logits up to ~90, 10k pillars, points in scan order.
+    det = Detector("tiny360", device="cpu", precision="fp32")
+    cfg, mape = det.config, det.model.backbone.pillar_pooling1
+    scan = read_points(real_file("kitti/training/velodyne/000001.bin"))
+    pillars = pillarize(scan, cfg.pc_range, cfg.pillar_size)
+    feats = torch.from_numpy(decorate(scan, pillars, cfg.pc_range, cfg.pillar_size))
+    ids, num_pillars = torch.from_numpy(pillars.point_pillar), len(pillars.coords)
+    with torch.no_grad():
+        fast, pure_torch = mape(feats, ids, num_pillars), mape._forward_torch(feats, ids, num_pillars)
+    for p in mape.parameters():
+        p.requires_grad_(False)
+    with torch.enable_grad():  # nothing requires grad: only the path changes
+        reference = MAPE.forward(mape, feats, ids, num_pillars)
+    torch.testing.assert_close(pure_torch, reference, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)  # the CPU kernel's own expf
+
+
+@torch.no_grad()
+def test_inference_path_gives_zero_for_pillars_without_points():
+    mape = randomize_(MAPE(8, 16), seed=9).eval()
+    feats, ids, _ = random_pillars(20, 200, 8, 10, 10, seed=6)
+    ids = torch.where(ids == 7, 3, ids)  # pillar 7 loses its points
+    got = mape(feats, ids, 20)
+    assert not got[7].any() and got[3].any()
+    torch.testing.assert_close(got.double(), _reference(mape, feats, ids, 20), rtol=1e-5, atol=1e-5)
+
+
+def _point_sized_allocations(forward) -> list[int]:
+    """Bytes of each allocation of at least one ``[L, C]`` float32 tensor during ``forward`` (6000 points, C = 16),
+    in units of ``[L, C]``."""
     num_points, channels = 6000, 16
     mape = randomize_(MAPE(8, channels), seed=3).eval()
     feats, ids, _ = random_pillars(300, num_points, 8, 40, 40, seed=5)
     with torch.no_grad():
-        mape(feats, ids, 300)
+        forward(mape, feats, ids, 300)
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            mape(feats, ids, 300)
-    point_tensor = num_points * channels * 4  # bytes of one [L, C] float32 tensor
-    point_sized = sorted(e.self_cpu_memory_usage for e in prof.events() if e.self_cpu_memory_usage >= point_tensor)
-    assert point_sized == [point_tensor, 2 * point_tensor]  # gathered maxima [L, C]; logits + features [L, 2C]
+            forward(mape, feats, ids, 300)
+    point_tensor = num_points * channels * 4
+    return sorted(e.self_cpu_memory_usage / point_tensor for e in prof.events()
+                  if e.self_cpu_memory_usage >= point_tensor)
+
+
+# Point-sized ([L, *]) blocks are what glibc must find room for every frame; fewer and fewer distinct sizes keep its
+# heap from fragmenting and growing (test/test_malloc.py, #17). Before #17: six [L, C] blocks.
+def test_pure_torch_inference_path_allocates_one_point_block_per_frame():
+    # features, logits and gathered maxima: planes of one [3, L, C] block
+    assert _point_sized_allocations(MAPE._forward_torch) == [3]
+
+
+def test_cpu_kernel_path_allocates_one_point_block_per_frame():
+    if mape_cpu.kernel() is None:
+        pytest.skip("no C compiler: the CPU kernel is not built")
+    assert _point_sized_allocations(MAPE._forward_inference) == [2]  # features and logits: one [2, L, C] block

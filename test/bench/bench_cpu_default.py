@@ -2,7 +2,7 @@
 
 Anchor ("before"): the tiny model (front 51.2 m square) with the dense part in fp32 onnxruntime and MAPE in
 its autograd-friendly form (two scatter-max and two index_add passes). Candidate: the embedded default
-(tiny360, 81.6 m square around the sensor) with the INT8 dense part and the fused MAPE inference path.
+(tiny360, 81.6 m square around the sensor) with the INT8 dense part and MAPE's inference path.
 Both run on the same real scans in one process, interleaved, with the same thread count. Goal (issue 17):
 end to end at least 2.5x faster than the anchor. Other stages have their own anchors elsewhere:
 PointCloud2 conversion (bench_pointcloud.py), pillarize vs spconv (bench_pillarize.py), NMS vs shapely
@@ -14,19 +14,20 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import print_header, print_ratio, time_ms
+from common import print_header, print_ratio, time_interleaved, time_ms
 from real_data import real_file
 from std_msgs.msg import Header
 
 from fastpillars_ros.detector import STAGES, Detector, default_checkpoint
-from fastpillars_ros.model.mape import MAPE
-from fastpillars_ros.ops import decorate, pillarize
+from fastpillars_ros.model.mape import MAPE, scatter_to_canvas
+from fastpillars_ros.ops import decorate, mape_cpu, pillarize
 from fastpillars_ros.pointcloud import read_points
 from fastpillars_ros.ros.messages import detections_to_msg
 
@@ -40,7 +41,7 @@ def _checkpoint(config: str) -> Path | None:
 
 
 def _with_todays_mape(det: Detector) -> Detector:
-    """Make ``det`` encode with MAPE's autograd-friendly path (today's inference before the fused path)."""
+    """Make ``det`` encode with MAPE's autograd-friendly path (the default's MAPE before issue 17)."""
     mape = det.model.backbone.pillar_pooling1
     for p in mape.parameters():
         p.requires_grad_(False)
@@ -66,9 +67,41 @@ def _stages(det: Detector, pts: np.ndarray, repeat: int) -> dict[str, float]:
     return {k: float(np.median([r[k] for r in runs])) for k in (*STAGES, "total")}
 
 
+def bench_mape(model: torch.nn.Module, feats: torch.Tensor, ids: torch.Tensor, coords: torch.Tensor, repeat: int
+               ) -> None:
+    """MAPE + scatter: the inference path (CPU kernel, ops/mape_cpu.py) and its pure-torch fallback against the
+    autograd path (the MAPE of today's default), interleaved, as wall time with the configured torch threads and as
+    CPU time with one thread (robust to other load)."""
+    mape = model.backbone.pillar_pooling1
+    for q in mape.parameters():
+        q.requires_grad_(False)
+    _, height, width = model.config.canvas_shape
+
+    def autograd_path() -> torch.Tensor:
+        with torch.enable_grad():  # nothing requires grad: no graph is recorded, only the path changes
+            return model.encode(feats, ids, coords)
+
+    def pure_torch_path() -> torch.Tensor:
+        return scatter_to_canvas(mape._forward_torch(feats, ids, len(coords)), coords, height, width)
+
+    paths = {"autograd": autograd_path, "pure torch": pure_torch_path,
+             "inference": lambda: model.encode(feats, ids, coords)}
+    wall = time_interleaved(paths, repeat=repeat)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cpu = time_interleaved(paths, repeat=repeat, clock=time.thread_time)
+    finally:
+        torch.set_num_threads(threads)
+    kernel = "CPU kernel" if mape_cpu.kernel() is not None else "no compiler: torch"
+    for label, times in (("", wall), (" (1 thread, CPU time)", cpu)):
+        print_ratio(f"  MAPE+scatter {kernel}{label}", "today's MAPE", times["autograd"], times["inference"])
+        print_ratio(f"  MAPE+scatter pure torch{label}", "today's MAPE", times["autograd"], times["pure torch"])
+
+
 @torch.no_grad()
 def bench_stages(scan: np.ndarray, repeat: int) -> None:
-    """MAPE (fused vs today's) and the dense part (int8 vs fp32 onnxruntime vs torch) of the default model."""
+    """MAPE (inference path vs today's) and the dense part (int8 vs fp32 onnxruntime vs torch) of the default model."""
     ckpt = _checkpoint(DEFAULT)
     int8 = Detector(DEFAULT, ckpt, device="cpu", precision="int8")
     fp32 = Detector(DEFAULT, ckpt, device="cpu", precision="fp32")
@@ -76,14 +109,8 @@ def bench_stages(scan: np.ndarray, repeat: int) -> None:
     p = pillarize(scan, cfg.pc_range, cfg.pillar_size)
     feats = torch.from_numpy(decorate(scan, p, cfg.pc_range, cfg.pillar_size))
     ids, coords = torch.from_numpy(p.point_pillar), torch.from_numpy(p.coords)
-    mape = model.backbone.pillar_pooling1
-    fused = time_ms(lambda: model.encode(feats, ids, coords), repeat=repeat)
-    with torch.enable_grad():
-        for q in mape.parameters():
-            q.requires_grad_(False)
-        today = time_ms(lambda: model.encode(feats, ids, coords), repeat=repeat)
     print(f"{DEFAULT}: {len(scan):,} points, {len(feats):,} in range, {len(coords):,} pillars")
-    print_ratio(f"  MAPE + scatter, fused ({DEFAULT})", "today's MAPE", today, fused)
+    bench_mape(model, feats, ids, coords, repeat)
     canvas = model.encode(feats, ids, coords)
     t_torch = time_ms(lambda: model.forward_dense(canvas), repeat=repeat)
     t_fp32 = time_ms(lambda: fp32._dense.forward_dense(canvas), repeat=repeat)
@@ -121,7 +148,7 @@ def _merge(acc: dict[str, float], new: dict[str, float]) -> dict[str, float]:
 
 def main() -> None:
     torch.set_grad_enabled(False)
-    print_header("CPU default path by stage (tiny360, int8 dense part, fused MAPE)")
+    print_header("CPU default path by stage (tiny360, int8 dense part, MAPE inference path)")
     print(f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     bench_stages(read_points(real_file("kitti/training/velodyne/000001.bin")), repeat=10)
     print_header("CPU default end to end: new default vs today's (tiny, fp32 onnxruntime, today's MAPE)")

@@ -51,6 +51,23 @@ def time_ms(fn: Callable[[], object], *, repeat: int = 20, warmup: int = 2, sync
     return statistics.median(samples)
 
 
+def time_interleaved(fns: dict[str, Callable[[], object]], *, repeat: int = 20, warmup: int = 2,
+                     clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """Median milliseconds of each of ``fns``, called in turns (one call of each per round), so that a change of
+    the machine's load hits all of them alike. ``clock=time.thread_time`` measures the calling thread's CPU time,
+    which leaves out the time spent waiting for a core (use it with one torch thread)."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            t0 = clock()
+            fn()
+            samples[name].append((clock() - t0) * 1e3)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
 def print_header(title: str) -> None:
     print(f"\n=== {title}")
     print(f"hardware: {hardware()}")

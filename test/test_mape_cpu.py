@@ -1,0 +1,91 @@
+"""MAPE's compiled CPU kernel (ops/mape_cpu.py) against MAPE's pure-torch path, its build cache and its fallback."""
+
+import shutil
+
+import pytest
+import torch
+
+from fastpillars_ros.model.mape import MAPE
+from fastpillars_ros.model.testing import random_pillars, randomize_
+from fastpillars_ros.ops import mape_cpu
+
+
+@pytest.fixture
+def fresh_kernel():
+    """:func:`mape_cpu.kernel` looked up again in the test (and again after it, with the test's environment gone)."""
+    mape_cpu.kernel.cache_clear()
+    yield mape_cpu.kernel
+    mape_cpu.kernel.cache_clear()
+
+
+def _kernel_or_skip():
+    lib = mape_cpu.kernel()
+    if lib is None:
+        pytest.skip("no C compiler: the CPU kernel is not built")
+    return lib
+
+
+@pytest.mark.parametrize("channels", [32, 16])  # a channel count with its own loop, and the general loop
+@torch.no_grad()
+def test_kernel_gives_the_pure_torch_result(channels):
+    lib = _kernel_or_skip()
+    mape = randomize_(MAPE(8, channels), seed=11).eval()
+    feats, ids, _ = random_pillars(80, 900, 8, 20, 20, seed=7)
+    ids = torch.where(ids == 5, 6, ids)  # pillar 5 without points
+    f, s = mape._point_tensors(feats, feats.new_empty((2, len(feats), channels)))
+    got = mape_cpu.mape_reduce(lib, f, s, ids, 80)
+    assert not got[5].any()
+    torch.testing.assert_close(got, mape._forward_torch(feats, ids, 80), rtol=1e-5, atol=1e-6)
+
+
+@torch.no_grad()
+def test_kernel_keeps_the_softmax_stable_for_large_logits():
+    lib = _kernel_or_skip()
+    mape = randomize_(MAPE(8, 32), seed=12).eval()
+    mape.score_fn[0].weight.mul_(1e3)  # logits in the thousands: exp without the per-pillar max overflows
+    feats, ids, _ = random_pillars(30, 300, 8, 10, 10, seed=8)
+    f, s = mape._point_tensors(feats, feats.new_empty((2, len(feats), 32)))
+    got = mape_cpu.mape_reduce(lib, f, s, ids, 30)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, mape._forward_torch(feats, ids, 30), rtol=1e-4, atol=1e-4)
+
+
+def test_kernel_is_built_once_into_the_engine_cache(fresh_kernel, tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTPILLARS_ENGINE_CACHE", str(tmp_path / "cache"))
+    if fresh_kernel() is None:
+        pytest.skip("no C compiler: the CPU kernel is not built")
+    built = list((tmp_path / "cache").glob("mape_cpu_*.so"))
+    assert len(built) == 1 and (tmp_path / "cache").stat().st_mode & 0o777 == 0o700
+    stamp = built[0].stat().st_mtime_ns
+    fresh_kernel.cache_clear()
+    assert fresh_kernel() is not None and built[0].stat().st_mtime_ns == stamp  # loaded, not rebuilt
+
+
+def test_kernel_is_not_loaded_from_a_directory_others_can_write(fresh_kernel, tmp_path, monkeypatch):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    monkeypatch.setenv("FASTPILLARS_ENGINE_CACHE", str(shared))
+    assert fresh_kernel() is None and not list(shared.iterdir())
+
+
+@pytest.mark.parametrize("setting", [{"CC": "/nonexistent/cc"}, {"FASTPILLARS_NATIVE_MAPE": "0"}])
+def test_without_the_kernel_mape_falls_back_to_pure_torch(fresh_kernel, tmp_path, monkeypatch, setting):
+    monkeypatch.setenv("FASTPILLARS_ENGINE_CACHE", str(tmp_path))
+    for name, value in setting.items():
+        monkeypatch.setenv(name, value)
+    assert fresh_kernel() is None
+    mape = randomize_(MAPE(8, 16), seed=13).eval()
+    feats, ids, _ = random_pillars(40, 300, 8, 10, 10, seed=9)
+    with torch.no_grad():
+        got, pure_torch = mape(feats, ids, 40), mape._forward_torch(feats, ids, 40)
+    torch.testing.assert_close(got, pure_torch, rtol=0, atol=0)
+
+
+def test_cc_may_carry_arguments(fresh_kernel, tmp_path, monkeypatch):
+    cc = shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    monkeypatch.setenv("FASTPILLARS_ENGINE_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", f"{cc} -Wall")  # as with CC="ccache gcc"
+    assert fresh_kernel() is not None
