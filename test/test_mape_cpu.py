@@ -1,6 +1,9 @@
 """MAPE's compiled CPU kernel (ops/mape_cpu.py) against MAPE's pure-torch path, its build cache and its fallback."""
 
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -89,3 +92,17 @@ def test_cc_may_carry_arguments(fresh_kernel, tmp_path, monkeypatch):
     monkeypatch.setenv("FASTPILLARS_ENGINE_CACHE", str(tmp_path))
     monkeypatch.setenv("CC", f"{cc} -Wall")  # as with CC="ccache gcc"
     assert fresh_kernel() is not None
+
+
+def test_loading_the_kernel_leaves_denormal_numbers_alone_in_the_process(tmp_path):
+    """A library linked with -ffast-math would switch on flush-to-zero for the whole process when it loads (then
+    pillarize took x = -1e-45 for 0 and kept a point below its bound)."""
+    code = ("import numpy as np\nfrom fastpillars_ros.ops import mape_cpu\n"
+            "assert mape_cpu.kernel() is not None, 'kernel not built'\n"
+            "print(bool((np.array([-1e-45], np.float32) * np.float32(1.0))[0] < 0))")
+    env = {**os.environ, "FASTPILLARS_ENGINE_CACHE": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    if "kernel not built" in out.stderr:
+        pytest.skip("no C compiler: the CPU kernel is not built")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"

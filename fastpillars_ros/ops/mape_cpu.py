@@ -38,7 +38,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("mape_cpu.c")
-FLAGS = ("-O3", "-march=native", "-ffast-math", "-fPIC", "-shared")
+COMPILE_FLAGS = ("-O3", "-march=native", "-ffast-math", "-fPIC")
+# Linked in a separate step without -ffast-math: linking with it adds crtfastmath.o, whose constructor turns on
+# flush-to-zero / denormals-are-zero for the whole process when the library loads (pillarize then kept a point at
+# x = -1e-45 as if it were at 0: test_ops_pillarize's bound tests failed after MAPE had run).
+LINK_FLAGS = ("-shared",)
 
 
 def _cpu_flags() -> str:
@@ -52,18 +56,23 @@ def _cpu_flags() -> str:
 def _build(compiler: list[str], directory: Path) -> Path:
     """Compile the kernel into ``directory`` (atomically: a temporary file, then rename) unless it is there."""
     version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=30, check=True).stdout
-    key = "\n".join([SOURCE.read_text(), " ".join(FLAGS), *compiler, version, platform.machine(), _cpu_flags()])
+    key = "\n".join([SOURCE.read_text(), " ".join(COMPILE_FLAGS + LINK_FLAGS), *compiler, version, platform.machine(),
+                     _cpu_flags()])
     path = directory / f"mape_cpu_{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
     if not path.is_file():
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
         os.close(fd)
+        obj = tmp + ".o"
         try:
-            subprocess.run([*compiler, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True,
+            subprocess.run([*compiler, *COMPILE_FLAGS, "-c", str(SOURCE), "-o", obj], capture_output=True, text=True,
+                           timeout=120, check=True)
+            subprocess.run([*compiler, *LINK_FLAGS, obj, "-o", tmp, "-lm"], capture_output=True, text=True,
                            timeout=120, check=True)
             os.replace(tmp, path)
         finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            for leftover in (obj, tmp):
+                if os.path.exists(leftover):
+                    os.unlink(leftover)
     return path
 
 
