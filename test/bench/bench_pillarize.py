@@ -11,9 +11,9 @@ Anchors, measured in the same run on the same points:
   (b) spconv 2.x ``Point2VoxelCPU3d`` (CPU PointToVoxel) with the same range and pillar size, one voxel
       covering all z (z from -100 to 100 m), max points per voxel = the scan's densest pillar and max
       voxels = the scan's pillar count (nothing is dropped; spconv preallocates max voxels x max points x C
-      floats, so this is its best case). It floors instead of truncating (no sliver below x_min), so its
-      pillar count may differ slightly; it also gathers points into a padded (M, P, C) array, more
-      work than a point -> pillar map. Skipped with a note when spconv is not installed.
+      floats, so this is its best case). It keeps the same ``x_min <= x < x_max`` cells (its pillar count
+      may still differ by float rounding at a cell edge); it also gathers points into a padded (M, P, C)
+      array, more work than a point -> pillar map. Skipped with a note when spconv is not installed.
 Also timed: ``decorate`` (per-point features) and, when present, the GPU paths.
 
 Page faults: megabyte temporaries/outputs freed after every call make glibc trim its heap and fault the
@@ -54,7 +54,7 @@ def unique_pillarize(points: np.ndarray, pc_range, pillar_size) -> tuple[np.ndar
     g = grid_constants(pc_range, pillar_size)
     qx = (points[:, 0] - g.x_min) / g.px
     qy = (points[:, 1] - g.y_min) / g.py
-    keep = (qx > -1) & (qx < g.nx) & (qy > -1) & (qy < g.ny) & np.isfinite(points[:, 2])
+    keep = (qx >= 0) & (qx < g.nx) & (qy >= 0) & (qy < g.ny) & np.isfinite(points[:, 2])
     point_index = np.flatnonzero(keep)
     flat = qy[point_index].astype(np.int64) * g.nx + qx[point_index].astype(np.int64)
     cells, point_pillar = np.unique(flat, return_inverse=True)
@@ -125,7 +125,7 @@ def bench_scan(name: str, pts: np.ndarray, pc_range, pillar_size, goal: float | 
         m_spconv = int(gen()[0].shape[0])
         t_spc = time_ms(gen, repeat=50, warmup=2)
         print_ratio("pillarize (CPU, occupancy + gather)", "spconv P2V", t_spc, t_cand, goal)
-        print(f"{'':44s} (spconv pillars: {m_spconv:,}; it floors, no sliver below the range minimum)")
+        print(f"{'':44s} (spconv pillars: {m_spconv:,}; the same x_min <= x < x_max rule)")
     t_dec = time_ms(lambda: decorate(pts, p, pc_range, pillar_size), repeat=100, warmup=3)
     print(f"{'decorate (CPU)':<44s} {t_dec:9.3f} ms   page faults/call pillarize: "
           f"{faults_per_call(lambda: pillarize(pts, pc_range, pillar_size)):.0f}")
