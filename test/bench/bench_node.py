@@ -1,4 +1,4 @@
-"""The detector node through DDS (``make bench``): input-to-output latency and sustainable rate, tiny on CPU.
+"""The detector node through DDS (``make bench``): input-to-output latency and sustainable rate, default model, CPU.
 
 Anchor: ``Detector.detect()`` called in-process on the same clouds (measured before and after the node
 runs), and the same call timed inside the node on the same frames (reported in /diagnostics, so measured
@@ -50,12 +50,13 @@ def _clouds():
 
 def main() -> int:
     apply_loopback_environment()
-    print_header("detector node through DDS (tiny, CPU): stamp -> Detection3DArray in another process")
+    print_header("detector node through DDS (embedded default, CPU): stamp -> Detection3DArray in another process")
     clouds = _clouds()
 
     from fastpillars_ros.detector import Detector
 
-    det = Detector("tiny", device="cpu", warmup=True)
+    det = Detector(device="cpu", warmup=True)
+    print(f"model {det.config.name}")
 
     def anchor_ms() -> float:
         # Called from a worker thread, as the node does: on an oversubscribed CPU, torch's OpenMP team run
@@ -77,7 +78,7 @@ def main() -> int:
     from vision_msgs.msg import Detection3DArray
 
     proc = subprocess.Popen([sys.executable, "-m", "fastpillars_ros.tools.launch", "--loopback", "--input-topic", TOPIC,
-                             "--model", "tiny", "-p", "max_input_age_ms:=1000.0"],
+                             "-p", "max_input_age_ms:=1000.0"],
                             env=loopback_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     rclpy.init()
     node = rclpy.create_node("bench_node_probe")
@@ -133,8 +134,14 @@ def main() -> int:
                 time.sleep(0.002)
         p50, p95 = float(np.percentile(latencies, 50)), float(np.percentile(latencies, 95))
         print(f"one frame at a time: {len(latencies)} frames, stamp -> received p50 {p50:.1f} ms, p95 {p95:.1f} ms")
-        with lock:
-            last = dict(diags[-1]) if diags else {}
+        # /diagnostics comes once a second: wait for one that covers these frames (the loop above can be quicker).
+        end = time.time() + 5.0
+        while time.time() < end:
+            with lock:
+                last = dict(diags[-1]) if diags else {}
+            if int(last.get("latency_samples", 0)) >= len(latencies):
+                break
+            time.sleep(0.1)
         names = ("convert", "pillarize", "encode", "dense", "decode", "nms", "publish", "markers", "node_total")
         stages = "  ".join(f"{k} {last.get(f'latency_ms.{k}.p50', '?')}" for k in names)
         print(f"node stages p50 ms (from /diagnostics): {stages}; detections/frame {last.get('points.detections')}")
