@@ -15,7 +15,8 @@ gives, within :data:`MAX_RANGE` metres and the camera's view:
   unturned scans.
 
 A set whose sensor is mounted unlike the model's training sensor (View-of-Delft: pitched ~7 degrees) is moved
-into the model's mounting first (:mod:`fastpillars_ros.mounting`).
+into the model's mounting first (:mod:`fastpillars_ros.mounting`). ``--kitti NAME=DIR`` adds other KITTI-layout
+folders of the same sensor (the held-out real drives of ``make model``), reported like the KITTI set.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import json
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from fastpillars_ros.evaluation import FrameBoxes, evaluate
 from fastpillars_ros.pointcloud import model_columns
 from fastpillars_ros.tools.eval import ground_truth, in_camera_fov, project_centres
 
-__all__ = ["DEV_SETS", "LOOSE_IOU", "MAX_RANGE", "Calibrate", "RealSet", "SetReport", "add_arguments",
+__all__ = ["DEV_SETS", "KITTI_SET", "LOOSE_IOU", "MAX_RANGE", "Calibrate", "RealSet", "SetReport", "add_arguments",
            "calibrate_thresholds", "evaluate_set", "false_objects", "in_labelled_view", "run"]
 
 MAX_RANGE = 50.0
@@ -57,8 +58,9 @@ class RealSet:
     max_difficulty: int | None  # KITTI difficulty above which objects are ignored (None: KITTI's rule not used)
 
 
+KITTI_SET = RealSet("kitti", "kitti/training", 1.0, (1242, 375), False, True, 2)
 DEV_SETS = (
-    RealSet("kitti", "kitti/training", 1.0, (1242, 375), False, True, 2),
+    KITTI_SET,
     # View-of-Delft fills the truncation column with 0/1 flags and its images are 3x taller, so KITTI's
     # difficulty rule (pixel heights, truncation fractions) does not apply: every labelled object counts.
     RealSet("vod", "vod/training", 255.0, (1936, 1216), True, False, None),
@@ -265,6 +267,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the real-data folder (default: shared/data/real beside the repository)")
     parser.add_argument("--sets", default=",".join(s.name for s in DEV_SETS),
                         help="comma-separated development sets (default: all)")
+    parser.add_argument("--kitti", action="append", default=[], metavar="NAME=DIR",
+                        help="also evaluate a KITTI-layout folder of KITTI HDL-64 scans with camera-view labels (e.g. "
+                             "the held-out drives that `make model` extracts), as the kitti set is; repeatable")
     parser.add_argument("--out", default=None, help="JSON report")
     parser.add_argument("--pictures", default=None, metavar="DIR", help="BEV pictures per set (PNG) into DIR")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -283,12 +288,19 @@ def run(args: argparse.Namespace) -> int:
     wanted = [s.strip() for s in args.sets.split(",") if s.strip()]
     sets = [s for s in DEV_SETS if s.name in wanted]
     unknown = sorted(set(wanted) - {s.name for s in DEV_SETS})
-    if unknown or not sets:
+    if unknown or not (sets or args.kitti):
         print(f"eval-real: unknown set(s) {unknown}; sets: {[s.name for s in DEV_SETS]}", file=sys.stderr)
         return 2
-    if not (root / sets[0].folder).is_dir():
+    if sets and not (root / sets[0].folder).is_dir():
         print(f"eval-real: real data not found under {root} (give --real-data)", file=sys.stderr)
         return 2
+    for item in args.kitti:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not (Path(folder) / "velodyne").is_dir():
+            print(f"eval-real: --kitti {item!r}: give NAME=DIR, DIR a KITTI-layout folder (velodyne/, label_2/, "
+                  "calib/); the held-out drives come from `python scripts/extract_real_kitti.py`", file=sys.stderr)
+            return 2
+        sets.append(replace(KITTI_SET, name=name, folder=str(Path(folder).resolve())))
     from fastpillars_ros.config import load_model_config
 
     config = load_model_config(args.config or DEFAULT_MODEL)
