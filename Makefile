@@ -6,7 +6,7 @@ PY := .venv/bin/python
 NETNS := scripts/netns_run.sh
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint bench demo model model-tiny eval-real clean test-jazzy
+.PHONY: setup test lint bench demo model model-tiny eval-real eval-heldout clean test-jazzy
 
 setup:
 	@bash scripts/setup_env.sh
@@ -34,6 +34,8 @@ demo: setup
 
 FP := $(PY) -m fastpillars_ros.cli
 REAL := out/real/kitti_drives
+# Local bare git copies of the source repositories (<owner>+<name>/repo) instead of cloning them: make MIRRORS=DIR ...
+MIRRORS ?=
 KITTI_LICENCE := CC BY-NC-SA 3.0 (non-commercial): trained on KITTI raw drives 2011_09_26_0005 and 0052 (Geiger et al.) and simulated scenes
 # Re-train the embedded default tiny360 (MODEL_CARD.md): simulated scenes mixed with real KITTI drives (extracted from
 # public repositories at pinned commits by scripts/extract_real_kitti.py; needs network once), fine-tuned from the
@@ -42,7 +44,7 @@ KITTI_LICENCE := CC BY-NC-SA 3.0 (non-commercial): trained on KITTI raw drives 2
 model: setup
 	$(FP) simulate --out out/sim/train --scenes 1500 --seed 0 --sensor hdl64 --workers 2 --skip-existing
 	$(FP) simulate --out out/sim/test_fresh --scenes 200 --seed 2000 --sensor hdl64 --workers 2 --skip-existing
-	$(PY) scripts/extract_real_kitti.py --out $(REAL)
+	$(PY) scripts/extract_real_kitti.py --out $(REAL) $(if $(MIRRORS),--mirrors $(MIRRORS))
 	$(FP) train --config config/training/tiny360_stage1.yaml --init fastpillars_ros/weights/tiny.pt \
 	  --data out/sim/train --max-frames 1000 --camera-view-data $(REAL)/2011_09_26_drive_0005 \
 	  --camera-view-data $(REAL)/2011_09_26_drive_0052 --real-repeat 3 \
@@ -74,6 +76,14 @@ model-tiny: setup
 # The embedded default on the real development scans (../shared/data/real): AP, false objects per frame, 360 check.
 eval-real: setup
 	$(FP) eval-real --out out/eval_real.json --pictures out/eval_real
+
+# The embedded default on real KITTI frames that neither it nor its thresholds ever saw (drive 0001, 16 frames of 13
+# other drives), and on drive 0048 (its thresholds were calibrated there); extracts them first (public repositories).
+eval-heldout: setup
+	$(PY) scripts/extract_real_kitti.py --out $(REAL) $(if $(MIRRORS),--mirrors $(MIRRORS))
+	$(FP) eval-real --sets "" --kitti drive_0001=$(REAL)/2011_09_26_drive_0001 \
+	  --kitti other_drives=$(REAL)/kitti_objects_mixed --kitti drive_0048_calibration=$(REAL)/2011_09_26_drive_0048 \
+	  --out out/eval_heldout.json --pictures out/eval_heldout
 
 bench: setup
 	@$(PY) -m pip install -q -r requirements/bench.txt 2> >(grep -v "is ignored: it is neither" >&2) || \
