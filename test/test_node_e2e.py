@@ -806,10 +806,12 @@ def test_ctrl_c_to_the_whole_process_group_stops_node_and_launcher_quietly(probe
     while probe.node.count_publishers(topic) + probe.node.count_subscribers(topic) == 0:
         assert proc.poll() is None and time.time() < deadline, "the node did not start"
         time.sleep(0.1)
-    for _ in range(3):  # the group's signal, then more while the node cleans up
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-        time.sleep(0.05)
+    # The group's signal, then more while the node cleans up and until the launcher has gone (a late one used to
+    # land while Python shut the launcher down and ended it by the signal: exit status -2).
+    end = time.time() + 10.0
+    while proc.poll() is None and time.time() < end:
+        os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(0.02)
     try:
         _out, err = proc.communicate(timeout=30)
     finally:

@@ -246,14 +246,18 @@ def run(args: argparse.Namespace) -> int:
             if p.poll() is None:
                 p.send_signal(signal.SIGINT)
 
-    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, forward)
     try:
         rc = procs[0].wait()
     finally:
         for p in procs[1:]:
             stop_process(p, timeout=5.0)
-        for s, handler in old.items():
-            signal.signal(s, handler)
+        # The launcher is a process's whole job and ends here. A group-wide Ctrl-C comes more than once (the
+        # terminal or supervisor, then again): a late one must not end this process by the signal while Python
+        # shuts down (CPython puts SIG_DFL back for Python-level handlers then, but leaves SIG_IGN alone).
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
     # A node ended by Ctrl-C reports -SIGINT; report that as a normal stop.
     return 0 if rc in (-signal.SIGINT, 130) else rc
 
