@@ -50,7 +50,7 @@ class RealSet:
     """A labelled real folder (KITTI layout) and what differs about its sensor."""
 
     name: str
-    folder: str  # under the real-data folder
+    folder: str  # under the real-data folder, or an absolute path (``--kitti NAME=DIR``)
     intensity_max: float  # reflectance range of its .bin files
     image_size: tuple[int, int]  # camera 2 (width, height) px: the labelled view
     estimate_mounting: bool  # sensor mounted unlike the model's (estimate height/roll/pitch from the ground)
