@@ -17,7 +17,18 @@ from fastpillars_ros.boxes import points_in_boxes, wrap_angle
 from fastpillars_ros.config import HEAD_CHANNELS, ModelConfig, load_model_config
 from fastpillars_ros.model.checkpoint import load_checkpoint
 from fastpillars_ros.model.head import decode_head_outputs
-from fastpillars_ros.train.augment import augment, flip_x, flip_y, global_rotate, global_scale, paste_objects
+from fastpillars_ros.mounting import Mounting, points_to_model
+from fastpillars_ros.train.augment import (
+    AugmentConfig,
+    augment,
+    flip_x,
+    flip_y,
+    global_lift,
+    global_rotate,
+    global_scale,
+    global_tilt,
+    paste_objects,
+)
 from fastpillars_ros.train.data import Frame, TrainSet, collate
 from fastpillars_ros.train.engine import TrainOptions, train
 from fastpillars_ros.train.losses import BatchTargets, compute_losses, focal_loss
@@ -150,6 +161,45 @@ def test_augmentation_keeps_points_in_their_boxes() -> None:
                lambda p, b: global_scale(p, b, 1.04), lambda p, b: augment(p, b, rng)):
         p2, (b2,) = fn(pts, [f.boxes])
         np.testing.assert_array_equal(points_in_boxes(p2, b2), before)
+
+
+def test_tilt_and_lift_keep_nearly_every_point_in_its_box() -> None:
+    # Boxes stay upright under a tilt, so a few points at a tilted box's ends may leave it: at most 2 % at 3 degrees.
+    rng = np.random.default_rng(5)
+    f = make_frame(rng, n_objects=3)
+    pts = f.points.astype(np.float64)
+    before = points_in_boxes(pts, f.boxes)
+    p2, (b2,) = global_lift(*global_tilt(pts, [f.boxes], math.radians(3), math.radians(-3)), -0.25)
+    stayed = points_in_boxes(p2, b2) & before
+    assert stayed.sum() >= 0.98 * before.sum()
+    np.testing.assert_array_equal(b2[:, 3:], f.boxes[:, 3:])  # sizes and yaw unchanged
+
+
+def test_tilt_is_what_a_sensor_so_mounted_sees_and_the_mounting_correction_undoes_it() -> None:
+    level = np.array([[10.0, 2.0, -1.73, 0.5], [25.0, -8.0, -1.73, 0.5], [5.0, 5.0, -1.73, 0.5]])
+    tilted, _ = global_tilt(level, [], pitch=math.radians(2.5), roll=math.radians(-1.5))
+    assert np.ptp(tilted[:, 2]) > 0.5  # the ground is no longer level
+    back = points_to_model(tilted, Mounting(roll=math.radians(-1.5), pitch=math.radians(2.5)), 1.73)
+    np.testing.assert_allclose(back, level, atol=1e-9)
+
+
+def test_lift_shifts_points_and_boxes_by_the_same_height() -> None:
+    pts = np.array([[1.0, 2.0, 3.0, 0.5]])
+    box = np.array([[10.0, 0.0, -1.0, 4.0, 1.8, 1.5, 0.3]])
+    p2, (b2,) = global_lift(pts, [box], 0.2)
+    np.testing.assert_allclose(p2, [[1.0, 2.0, 3.2, 0.5]])
+    np.testing.assert_allclose(b2, [[10.0, 0.0, -0.8, 4.0, 1.8, 1.5, 0.3]])
+
+
+def test_tilt_and_lift_leave_the_random_stream_and_the_other_draws_unchanged() -> None:
+    # Runs made before tilt/lift existed must reproduce: their flips, turn and scale, and every later draw.
+    f = make_frame(np.random.default_rng(3), n_objects=2)
+    plain, with_tl = np.random.default_rng(9), np.random.default_rng(9)
+    _, (b1,) = augment(f.points, [f.boxes], plain, AugmentConfig())
+    _, (b2,) = augment(f.points, [f.boxes], with_tl, AugmentConfig(tilt=math.radians(3), lift=0.25))
+    assert plain.random() == with_tl.random()
+    np.testing.assert_allclose(b2[:, 3:], b1[:, 3:])  # same flips, turn and scale
+    assert not np.allclose(b2[:, 2], b1[:, 2])  # but moved in height
 
 
 def test_paste_objects_adds_donors_only_in_free_space() -> None:

@@ -4,6 +4,8 @@
 * :func:`flip_y` (mirror about the x axis: y -> -y, yaw -> -yaw) and :func:`flip_x` (x -> -x,
   yaw -> pi - yaw; only for ranges symmetric in x: a front-view range has nothing behind the sensor),
 * :func:`global_scale` (positions and sizes times s),
+* :func:`global_tilt` (pitch and roll about the sensor) and :func:`global_lift` (z shift): the ground is then
+  not where the sensor's usual mounting puts it, as on slopes, ramps and other mountings (off by default),
 * :func:`paste_objects`: ground-truth sampling, simple form: objects (box + the points inside it) taken
   from other frames are pasted at their original place when their BEV bounding circle is free (no other
   box, ignored box or pasted object there); scene points inside a pasted box are removed first.
@@ -20,8 +22,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..boxes import points_in_boxes, wrap_angle
+from ..mounting import Mounting
 
-__all__ = ["AugmentConfig", "augment", "flip_x", "flip_y", "global_rotate", "global_scale", "paste_objects"]
+__all__ = ["AugmentConfig", "augment", "flip_x", "flip_y", "global_lift", "global_rotate", "global_scale",
+           "global_tilt", "paste_objects"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,8 @@ class AugmentConfig:
     scale: tuple[float, float] = (0.95, 1.05)
     flip_y: bool = True
     flip_x: bool = False
+    tilt: float = 0.0  # pitch and roll each uniform in [-tilt, tilt] (rad)
+    lift: float = 0.0  # z shift uniform in [-lift, lift] (m)
 
 
 def global_rotate(points: np.ndarray, boxes: list[np.ndarray], angle: float) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -88,10 +94,42 @@ def global_scale(points: np.ndarray, boxes: list[np.ndarray], s: float) -> tuple
     return p, out
 
 
+def global_tilt(points: np.ndarray, boxes: list[np.ndarray], pitch: float, roll: float
+                ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Turn the scene about the sensor by the rotation of a :class:`~fastpillars_ros.mounting.Mounting` with
+    this ``pitch`` and ``roll`` (rad): what a sensor so mounted would see of a level scene.
+
+    Points turn exactly; box centres turn with them and boxes stay upright with their yaw (for a few degrees
+    the box still holds its points: a 4.5 m car tilted by 2 degrees rises 8 cm at one end).
+    """
+    rot = Mounting(roll=roll, pitch=pitch).rotation.T
+    p = points.copy()
+    p[:, :3] = (points[:, :3].astype(np.float64) @ rot.T).astype(points.dtype)
+    out = []
+    for b in boxes:
+        b = b.copy()
+        b[:, :3] = b[:, :3] @ rot.T
+        out.append(b)
+    return p, out
+
+
+def global_lift(points: np.ndarray, boxes: list[np.ndarray], dz: float) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Shift points and box centres by ``dz`` metres along z."""
+    p = points.copy()
+    p[:, 2] += dz
+    out = []
+    for b in boxes:
+        b = b.copy()
+        b[:, 2] += dz
+        out.append(b)
+    return p, out
+
+
 def augment(points: np.ndarray, boxes: list[np.ndarray], rng: np.random.Generator,
             cfg: AugmentConfig = AugmentConfig()) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Random flip(s), rotation and scale (in that order), same transform for points and every box array.
-    Draws the same number of random values whatever the settings (stable streams)."""
+    """Random flip(s), rotation, scale, tilt and lift (in that order), same transform for points and every box
+    array. Draws the same number of values from ``rng`` whatever the settings (stable streams: tilt and lift
+    draw from a generator seeded by the fifth value, so runs without them are unchanged)."""
     u = rng.random(5)
     if cfg.flip_y and u[0] < 0.5:
         points, boxes = flip_y(points, boxes)
@@ -102,6 +140,12 @@ def augment(points: np.ndarray, boxes: list[np.ndarray], rng: np.random.Generato
     lo, hi = cfg.scale
     if hi > lo or lo != 1.0:
         points, boxes = global_scale(points, boxes, lo + (hi - lo) * u[3])
+    if cfg.tilt > 0 or cfg.lift > 0:
+        v = np.random.default_rng(int(u[4] * 2**62)).random(3)
+        if cfg.tilt > 0:
+            points, boxes = global_tilt(points, boxes, (2 * v[0] - 1) * cfg.tilt, (2 * v[1] - 1) * cfg.tilt)
+        if cfg.lift > 0:
+            points, boxes = global_lift(points, boxes, (2 * v[2] - 1) * cfg.lift)
     return points, boxes
 
 

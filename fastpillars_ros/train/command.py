@@ -11,6 +11,7 @@ Writes ``RUN_DIR/last.pt``, ``RUN_DIR/epoch_NNN.pt`` (load with ``Detector(confi
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 
@@ -59,6 +60,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "checkpointed as if complete)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     parser.add_argument("--gt-sampling", action="store_true", help="paste objects from other frames (augmentation)")
+    parser.add_argument("--tilt", type=float, default=0.0, metavar="DEG",
+                        help="augmentation: tilt scenes about the sensor by up to DEG degrees in pitch and in roll "
+                             "(slopes, other mountings; default 0)")
+    parser.add_argument("--lift", type=float, default=0.0, metavar="M",
+                        help="augmentation: shift scenes up or down by up to M metres (default 0)")
     parser.add_argument("--min-points", type=int, default=1,
                         help="GT boxes with fewer LiDAR points are ignored, not targets (default 1)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -79,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
                         threads=args.threads, gt_sampling=args.gt_sampling, min_points=args.min_points,
                         progress=not args.no_progress, max_steps=args.max_steps, init=args.init,
                         real_repeat=args.real_repeat, licence=args.weights_licence,
-                        pct_start=args.pct_start)
+                        pct_start=args.pct_start, tilt=math.radians(args.tilt), lift=args.lift)
     try:
         summary = train(opts, data=args.data, val=args.val, camera_view=args.camera_view_data,
                         camera_view_val=args.val_camera_view, real=args.real_data)

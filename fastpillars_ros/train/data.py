@@ -26,6 +26,7 @@ from .losses import BatchTargets
 from .targets import HeadGeometry, build_targets, head_geometry
 
 __all__ = ["CameraViewFrames", "ConcatFrames", "EpochSampler", "Frame", "TrainSet", "camera_half_fov", "collate",
+           "default_augment",
            "points_in_box"]
 
 #: ``Frame.extras`` key: half-angle (rad) about the sensor's +x axis outside which the frame has no labels.
@@ -123,6 +124,18 @@ class EpochSampler(Sampler):
         return iter([(self.epoch, int(i)) for i in order])
 
 
+def default_augment(config: ModelConfig) -> AugmentConfig:
+    """The augmentation a model's range calls for.
+
+    A canvas around the sensor sees every heading: mirror front/back and turn scenes by any angle (objects
+    turned past a longer side fall off the canvas, as they would in use). A front-view canvas keeps +-45 degrees
+    and no front/back mirror, so that objects stay inside it.
+    """
+    r = config.pc_range
+    around = r[0] < 0 < r[3] and r[1] < 0 < r[4]
+    return AugmentConfig(flip_x=around, rotation=math.pi if around else math.pi / 4)
+
+
 class TrainSet(Dataset):
     """Frames -> samples ready for :func:`collate`.
 
@@ -149,12 +162,7 @@ class TrainSet(Dataset):
         self.gt_sampling = gt_sampling
         self.min_points = min_points
         self.indices = list(range(len(source))) if indices is None else list(indices)
-        # A canvas around the sensor sees every heading: mirror front/back and turn scenes by any angle (objects
-        # turned past a longer side fall off the canvas, as they would in use). A front-view canvas keeps
-        # +-45 degrees and no front/back mirror, so that objects stay inside it.
-        around = config.pc_range[0] < 0 < config.pc_range[3] and config.pc_range[1] < 0 < config.pc_range[4]
-        self.augment_config = augment_config or AugmentConfig(flip_x=around,
-                                                              rotation=math.pi if around else math.pi / 4)
+        self.augment_config = augment_config or default_augment(config)
         self.gt_config = gt_config or GtSamplingConfig()
         self.geo = geometry or head_geometry(config)
 

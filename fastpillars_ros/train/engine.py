@@ -20,7 +20,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from ..config import ModelConfig, load_model_config
 from ..model import build_model
 from ..model.checkpoint import load_checkpoint, save_checkpoint
-from .data import CameraViewFrames, ConcatFrames, EpochSampler, TrainSet, collate
+from .data import CameraViewFrames, ConcatFrames, EpochSampler, TrainSet, collate, default_augment
 from .losses import LossWeights, compute_losses
 from .targets import head_geometry
 
@@ -62,6 +62,8 @@ class TrainOptions:
     threads: int | None = None
     gt_sampling: bool = False
     augment: bool = True
+    tilt: float = 0.0  # augmentation: pitch and roll each uniform in [-tilt, tilt] (rad)
+    lift: float = 0.0  # augmentation: z shift uniform in [-lift, lift] (m)
     min_points: int = 1
     progress: bool = True
     max_steps: int | None = None  # stop after this many optimizer steps in total (smoke tests, profiling)
@@ -195,7 +197,8 @@ def train(opts: TrainOptions, train_source: Any = None, val_source: Any = None, 
     if n_frames < opts.batch_size:
         raise ValueError(f"{n_frames} training frames is fewer than one batch of {opts.batch_size}")
     train_set = TrainSet(train_source, config, seed=opts.seed, augment=opts.augment, gt_sampling=opts.gt_sampling,
-                         min_points=opts.min_points, indices=indices)
+                         min_points=opts.min_points, indices=indices,
+                         augment_config=replace(default_augment(config), tilt=opts.tilt, lift=opts.lift))
     pin = device.type == "cuda"
     loader, sampler = _loader(train_set, opts.batch_size, opts.seed, True, opts.workers, True, pin)
     val_loader = None
