@@ -30,6 +30,12 @@ recall >= ``r`` (0 if that recall is never reached); AP is their mean, in percen
 done in integers (``40 * TP >= k * num_gt``), so recall levels that are exactly reached count. A class with
 no ground truth has AP NaN (``null`` in JSON).
 
+How sure an AP is (:meth:`ClassMetrics.ap_interval`): a percentile bootstrap over frames. Frames are drawn
+with replacement as many times as there are frames, their detections (already matched within their frame)
+and ground truth counted that many times, and AP recomputed; the interval holds the middle ``level`` of the
+resampled APs. On a few dozen frames it is wide, and it says how far apart two models' APs must be before
+the data tells them apart.
+
 Cost: candidate pairs are the same-class (detection, ground truth) pairs of a frame whose bounding circles
 meet; their BEV and 3D IoU are computed in one vectorised call each for all frames; matching is one linear
 pass over the pairs whose IoU passes the threshold.
@@ -113,6 +119,30 @@ class ClassMetrics:
     recall: np.ndarray
     thresholds: np.ndarray
     precision_r40: np.ndarray
+    # Per counted detection: its frame, score and whether it is a true positive; per frame: its ground truth
+    # (not ignored). What the bootstrap resamples.
+    det_frame: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    det_score: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    det_tp: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    gt_per_frame: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def ap_interval(self, level: float = 0.9, resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
+        """``(low, high)`` AP (percent) holding the middle ``level`` of a bootstrap over frames (module
+        docstring); NaN, NaN without ground truth. Deterministic for a given ``seed``."""
+        if not 0 < level < 1:
+            raise ValueError(f"level must lie in (0, 1), got {level}")
+        n = len(self.gt_per_frame)
+        if self.num_gt == 0 or n == 0:
+            return float("nan"), float("nan")
+        rng = np.random.default_rng(seed)
+        aps = np.empty(resamples)
+        for r in range(resamples):
+            times = np.bincount(rng.integers(0, n, n), minlength=n)
+            reps = times[self.det_frame]
+            num_gt = int(times @ self.gt_per_frame)
+            aps[r] = _curve(np.repeat(self.det_score, reps), np.repeat(self.det_tp, reps), num_gt)[4]
+        lo, hi = np.nanpercentile(aps, [50 * (1 - level), 50 * (1 + level)])
+        return float(lo), float(hi)
 
     def to_dict(self, curves: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -391,6 +421,9 @@ def evaluate(predictions: Sequence[Any], ground_truths: Sequence[Any], class_nam
 
     metrics: dict[tuple[str, str, float], ClassMetrics] = {}
     pair_label = dl_all[pd_all]
+    gf_all = cat([np.full(len(g), i, dtype=np.int64) for i, g in enumerate(g_labels)], np.zeros(0, np.int64))
+    valid = ~gi_all
+    gt_frames = [np.bincount(gf_all[valid & (gl_all == c)], minlength=len(predictions)) for c in range(nc)]
     for c, name in enumerate(class_names):
         det_c = np.flatnonzero(dl_all == c)
         gt_c = gl_all == c
@@ -406,14 +439,16 @@ def evaluate(predictions: Sequence[Any], ground_truths: Sequence[Any], class_nam
                 st = state[det_c]
                 counted = st != 2
                 tp = st[counted] == 1
-                precision, recall, thr_scores, p40, ap = _curve(ds_all[det_c][counted], tp, num_gt)
+                scores_c = ds_all[det_c][counted]
+                precision, recall, thr_scores, p40, ap = _curve(scores_c, tp, num_gt)
                 n_tp = int(np.count_nonzero(tp))
                 metrics[(name, metric, thr)] = ClassMetrics(
                     class_name=name, metric=metric, iou_threshold=thr, ap=ap, num_gt=num_gt,
                     num_ignored_gt=num_ign, num_det=int(np.count_nonzero(counted)), num_tp=n_tp,
                     num_fp=int(np.count_nonzero(counted)) - n_tp,
                     max_recall=(n_tp / num_gt) if num_gt else float("nan"),
-                    precision=precision, recall=recall, thresholds=thr_scores, precision_r40=p40)
+                    precision=precision, recall=recall, thresholds=thr_scores, precision_r40=p40,
+                    det_frame=df_all[det_c][counted], det_score=scores_c, det_tp=tp, gt_per_frame=gt_frames[c])
     # Order the entries by class, then threshold, then metric (the table's order).
     ordered = {k: metrics[k] for k in sorted(metrics, key=lambda k: (class_names.index(k[0]),
                                                                     thresholds[k[0]].index(k[2]),

@@ -29,7 +29,10 @@ def test_a_kitti_folder_is_reported_under_its_name_with_its_objects(tmp_path, ca
     assert report[0]["num_frames"] == 1 and report[0]["num_objects"]["car"] >= 5  # the near cars of 000010
     assert report[0]["recall"]["car"] > 0.5
     assert report[0]["turned_car_recall"] is not None
-    assert "[held_out] 1 frames" in capsys.readouterr().out
+    lo, hi = report[0]["ap_interval"]["car@0.5"]  # one frame: the bootstrap can only draw it again
+    assert lo == hi == report[0]["ap"]["car@0.5"]
+    printed = capsys.readouterr().out
+    assert "[held_out] 1 frames" in printed and "90 % interval:" in printed
 
 
 def test_a_kitti_folder_without_scans_is_refused_naming_the_flag(tmp_path, capsys):

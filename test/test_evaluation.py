@@ -138,6 +138,37 @@ def test_tied_scores_do_not_depend_on_order():
     assert a == b == pytest.approx(100 * 2 / 3)
 
 
+def _half_right_frames(n: int) -> tuple[list[FrameBoxes], list[FrameBoxes]]:
+    """n frames of one car each; every second frame's detection is 30 m off (a miss plus a false positive)."""
+    g = [gt([car(10, 0)], [CAR]) for _ in range(n)]
+    p = [det([car(10 if i % 2 == 0 else 40, 0)], [CAR], [0.9 - 0.01 * i]) for i in range(n)]
+    return p, g
+
+
+def test_ap_interval_holds_the_ap_and_narrows_with_more_frames():
+    few = evaluate(*_half_right_frames(8), CLASSES).get("car", "bev", 0.7)
+    many = evaluate(*_half_right_frames(80), CLASSES).get("car", "bev", 0.7)
+    for m in (few, many):
+        lo, hi = m.ap_interval()
+        assert lo < m.ap < hi
+    assert np.diff(many.ap_interval())[0] < 0.6 * np.diff(few.ap_interval())[0]
+
+
+def test_ap_interval_is_the_ap_itself_when_every_frame_is_alike():
+    frames = [gt(four_cars(), [CAR] * 4) for _ in range(5)]
+    p = [det([car(50, 40), *four_cars()], [CAR] * 5, [0.95, 0.9, 0.8, 0.7, 0.6]) for _ in range(5)]
+    m = evaluate(p, frames, CLASSES).get("car", "3d", 0.7)
+    assert m.ap_interval() == pytest.approx((m.ap, m.ap))
+
+
+def test_ap_interval_is_nan_without_ground_truth_and_repeatable_with_its_seed():
+    p, g = _half_right_frames(8)
+    res = evaluate(p, g, CLASSES)
+    assert all(math.isnan(v) for v in res.get("pedestrian", "bev", 0.5).ap_interval())
+    m = res.get("car", "bev", 0.7)
+    assert m.ap_interval(seed=3) == m.ap_interval(seed=3)
+
+
 def test_to_dict_is_json_and_table_lists_every_class():
     res = evaluate([det(four_cars(), [CAR] * 4, [0.9] * 4)], [gt(four_cars(), [CAR] * 4)], CLASSES,
                    iou_thresholds={"car": 0.6})

@@ -4,7 +4,8 @@ The development set is small (7 KITTI frames, 3 View-of-Delft frames), labelled 
 For each set the detector runs once per frame, keeping every candidate above the decode floor, and the report
 gives, within :data:`MAX_RANGE` metres and the camera's view:
 
-* KITTI R40 BEV AP (car @0.7 and @0.5, pedestrian and cyclist @0.5), as ``fastpillars-ros eval --camera-fov``;
+* KITTI R40 BEV AP (car @0.7 and @0.5, pedestrian and cyclist @0.5), as ``fastpillars-ros eval --camera-fov``,
+  each with the interval that a bootstrap over the set's frames gives it (:data:`AP_LEVEL`);
 * recall at the loose IoU thresholds (:data:`LOOSE_IOU`) among the detections a user sees by default (the model's
   default per-class score thresholds);
 * **false objects per frame** at those thresholds: a published detection in the labelled view that overlaps no
@@ -43,6 +44,9 @@ MAX_RANGE = 50.0
 #: BEV IoU at which a detection "finds" an object of its class (and is not a false object).
 LOOSE_IOU = {"car": 0.5, "pedestrian": 0.25, "cyclist": 0.25}
 AP_IOU = {"car": (0.7, 0.5), "pedestrian": (0.5,), "cyclist": (0.5,)}
+#: Share of the frame bootstrap (:meth:`~fastpillars_ros.evaluation.ClassMetrics.ap_interval`) that the printed AP
+#: intervals hold: with a few dozen frames, APs whose intervals overlap widely are not told apart by the data.
+AP_LEVEL = 0.9
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,7 @@ class SetReport:
     num_frames: int
     num_objects: dict[str, int]
     ap: dict[str, float]  # "car@0.7" -> AP (NaN: no objects)
+    ap_interval: dict[str, tuple[float, float]]  # "car@0.7" -> 90 % bootstrap interval over frames (NaN: none)
     recall: dict[str, float]  # class -> recall at LOOSE_IOU among published detections
     false_per_frame: float
     false_by_class: dict[str, int]
@@ -89,6 +94,8 @@ class SetReport:
                 return None if math.isnan(v) else round(v, 4)
             if isinstance(v, dict):
                 return {k: clean(x) for k, x in v.items()}
+            if isinstance(v, tuple):
+                return [clean(x) for x in v]
             return v
 
         return {k: clean(v) for k, v in self.__dict__.items()}
@@ -208,12 +215,15 @@ def evaluate_set(detector: Any, real: RealSet, root: Path, *, progress: bool = F
             turned.append(pub_t)
 
     ap_res = evaluate(preds, truths, class_names, iou_thresholds={c: AP_IOU.get(c, (0.5,)) for c in class_names})
-    ap = {f"{c}@{t:g}": ap_res.get(c, "bev", t).ap for c in class_names for t in AP_IOU.get(c, (0.5,))}
+    ap_metrics = {f"{c}@{t:g}": ap_res.get(c, "bev", t) for c in class_names for t in AP_IOU.get(c, (0.5,))}
+    ap = {k: m.ap for k, m in ap_metrics.items()}
+    ap_interval = {k: m.ap_interval(AP_LEVEL) for k, m in ap_metrics.items()}
     loose = evaluate(pubs, truths, class_names, iou_thresholds={c: LOOSE_IOU.get(c, 0.5) for c in class_names})
     recall = {c: loose.get(c, "bev", LOOSE_IOU.get(c, 0.5)).max_recall for c in class_names}
     counts = {c: loose.get(c, "bev", LOOSE_IOU.get(c, 0.5)).num_gt for c in class_names}
     n = len(dataset)
-    report = SetReport(name=real.name, num_frames=n, num_objects=counts, ap=ap, recall=recall,
+    report = SetReport(name=real.name, num_frames=n, num_objects=counts, ap=ap, ap_interval=ap_interval,
+                       recall=recall,
                        false_per_frame=float(n_false.sum()) / max(n, 1),
                        false_by_class={c: int(k) for c, k in zip(class_names, n_false, strict=True)},
                        published_per_frame=n_pub / max(n, 1), mounting=mounts or None)
@@ -234,6 +244,8 @@ def format_reports(reports: Sequence[SetReport], thresholds: dict[str, float]) -
         lines.append(f"\n[{r.name}] {r.num_frames} frames, {objs}")
         lines.append("  BEV AP (R40):      " + "  ".join(
             f"{k} {'n/a' if math.isnan(v) else f'{v:5.1f}'}" for k, v in r.ap.items()))
+        lines.append(f"  {100 * AP_LEVEL:g} % interval:     " + "  ".join(
+            f"{k} {'n/a' if math.isnan(lo) else f'{lo:.1f}-{hi:.1f}'}" for k, (lo, hi) in r.ap_interval.items()))
         lines.append("  recall (default):  " + "  ".join(
             f"{c} {'n/a' if math.isnan(v) else f'{100 * v:5.1f}%'}" for c, v in r.recall.items()))
         lines.append(f"  false objects/frame (default thresholds): {r.false_per_frame:.2f} "
