@@ -367,7 +367,7 @@ def evaluate(predictions: Sequence[Any], ground_truths: Sequence[Any], class_nam
     nc = len(class_names)
 
     d_boxes, d_labels, d_scores, d_frame = [], [], [], []
-    g_boxes, g_labels, g_ignore = [], [], []
+    g_boxes, g_labels, g_ignore, g_frame = [], [], [], []
     pair_d, pair_g = [], []
     nd = ng = 0
     for i, (pred, gt) in enumerate(zip(predictions, ground_truths, strict=True)):
@@ -394,6 +394,7 @@ def evaluate(predictions: Sequence[Any], ground_truths: Sequence[Any], class_nam
         g_boxes.append(gb)
         g_labels.append(gl)
         g_ignore.append(gi)
+        g_frame.append(np.full(len(gb), i, dtype=np.int64))
         nd += len(db)
         ng += len(gb)
 
@@ -421,13 +422,13 @@ def evaluate(predictions: Sequence[Any], ground_truths: Sequence[Any], class_nam
 
     metrics: dict[tuple[str, str, float], ClassMetrics] = {}
     pair_label = dl_all[pd_all]
-    gf_all = cat([np.full(len(g), i, dtype=np.int64) for i, g in enumerate(g_labels)], np.zeros(0, np.int64))
-    valid = ~gi_all
-    gt_frames = [np.bincount(gf_all[valid & (gl_all == c)], minlength=len(predictions)) for c in range(nc)]
+    gf_all = cat(g_frame, np.zeros(0, np.int64))
+    # Not-ignored ground truth per class and frame (the bootstrap resamples frames).
+    gt_frames = [np.bincount(gf_all[~gi_all & (gl_all == c)], minlength=len(predictions)) for c in range(nc)]
     for c, name in enumerate(class_names):
         det_c = np.flatnonzero(dl_all == c)
         gt_c = gl_all == c
-        num_gt = int(np.count_nonzero(gt_c & ~gi_all))
+        num_gt = int(gt_frames[c].sum())
         num_ign = int(np.count_nonzero(gt_c & gi_all))
         for metric in METRICS:
             order = order_keys[metric]

@@ -102,13 +102,15 @@ def global_tilt(points: np.ndarray, boxes: list[np.ndarray], pitch: float, roll:
     Points turn exactly; box centres turn with them and boxes stay upright with their yaw (for a few degrees
     the box still holds its points: a 4.5 m car tilted by 2 degrees rises 8 cm at one end).
     """
-    rot = Mounting(roll=roll, pitch=pitch).rotation.T
+    # Mounting.rotation R takes that sensor's frame to the level one, so the sensor sees p_level as R^T p_level:
+    # for row vectors, p_level @ R.
+    rot = Mounting(roll=roll, pitch=pitch).rotation
     p = points.copy()
-    p[:, :3] = (points[:, :3].astype(np.float64) @ rot.T).astype(points.dtype)
+    p[:, :3] = (points[:, :3].astype(np.float64) @ rot).astype(points.dtype)
     out = []
     for b in boxes:
         b = b.copy()
-        b[:, :3] = b[:, :3] @ rot.T
+        b[:, :3] = b[:, :3] @ rot
         out.append(b)
     return p, out
 

@@ -26,8 +26,7 @@ from .losses import BatchTargets
 from .targets import HeadGeometry, build_targets, head_geometry
 
 __all__ = ["CameraViewFrames", "ConcatFrames", "EpochSampler", "Frame", "TrainSet", "camera_half_fov", "collate",
-           "default_augment",
-           "points_in_box"]
+           "default_augment", "points_in_box"]
 
 #: ``Frame.extras`` key: half-angle (rad) about the sensor's +x axis outside which the frame has no labels.
 LABEL_HALF_FOV = "label_half_fov"
