@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from fastpillars_ros.boxes import points_in_boxes
 from fastpillars_ros.datasets.kitti import KittiDataset
 from fastpillars_ros.sim import cli, objects
 from fastpillars_ros.sim.generate import MIN_POINTS, render_scene, simulate_frame, write_frame
-from fastpillars_ros.sim.raycast import cast_rays
+from fastpillars_ros.sim.raycast import cast_rays, ground_hits
 from fastpillars_ros.sim.scene import LABEL_MARGIN, Ground, Scene
 from fastpillars_ros.sim.sensors import SensorModel, get_sensor
 
@@ -20,6 +21,12 @@ from fastpillars_ros.sim.sensors import SensorModel, get_sensor
 @pytest.fixture(scope="module")
 def frame():
     return simulate_frame(7, 0, "hdl64")
+
+
+@pytest.fixture(scope="module")
+def ramp_frame():
+    """Scene 0 of seed 7 with a grade change ahead of and behind the sensor."""
+    return simulate_frame(7, 0, "hdl64", ramps=1.0)
 
 
 def _object_points(frame, j):
@@ -47,11 +54,16 @@ def test_hdl64_point_count_is_kitti_like(frame):
 
 
 def _ground_levels(g, p):
-    road = g.z0 + g.slope[0] * p[:, 0] + g.slope[1] * p[:, 1]
+    """Road, sidewalk and actual ground height under each point (grade changes included)."""
+    level = replace(g, grades=((0.0, 0.0), (0.0, 0.0)))
+    ramp = g.height(p[:, 0], p[:, 1]) - level.height(p[:, 0], p[:, 1])
+    road = g.z0 + g.slope[0] * p[:, 0] + g.slope[1] * p[:, 1] + ramp
     return road, road + g.kerb_height, g.height(p[:, 0], p[:, 1])
 
 
-def test_ground_points_lie_on_the_ground(frame):
+@pytest.mark.parametrize("which", ["frame", "ramp_frame"])
+def test_ground_points_lie_on_the_ground(which, request):
+    frame = request.getfixturevalue(which)
     g = frame.scene.ground
     p = frame.points[frame.scan.owner == -1].astype(np.float64)
     levels = np.stack(_ground_levels(g, p), axis=1)
@@ -60,6 +72,40 @@ def test_ground_points_lie_on_the_ground(frame):
     between = (p[:, 2] > levels.min(axis=1)) & (p[:, 2] < levels.max(axis=1))
     assert len(p) > 30_000 and (near | between).all()
     assert np.median(np.abs(p[:, 2] - g.height(p[:, 0], p[:, 1]))) < 0.03
+
+
+def test_ramps_change_only_the_ground_beyond_the_grade_change(frame, ramp_frame):
+    g = ramp_frame.scene.ground
+    (ahead, up), (behind, down) = g.grades
+    assert up != 0.0 and down != 0.0 and frame.scene.ground.grades == ((0.0, 0.0), (0.0, 0.0))
+    # the same street, objects in the same places, each standing on the (now sloped) ground under it
+    assert len(ramp_frame.scene.objects) == len(frame.scene.objects)
+    a = np.array([o.box for o in frame.scene.objects])
+    b = np.array([o.box for o in ramp_frame.scene.objects])
+    assert np.array_equal(a[:, [0, 1, 3, 4, 5, 6]], b[:, [0, 1, 3, 4, 5, 6]])
+    u = a[:, :2] @ g.axis_dir
+    near = (u <= ahead) & (u >= -behind)
+    assert near.any() and (~near).any()
+    assert np.array_equal(a[near, 2], b[near, 2])
+    # beyond it each object is lifted by what the ramp adds to the ground under it (under the point it was
+    # placed at, which may lie up to ~1 m from its box centre: 0.1 m at the steepest grade)
+    ramp = g.height(a[:, 0], a[:, 1]) - frame.scene.ground.height(a[:, 0], a[:, 1])
+    assert np.allclose(b[:, 2] - a[:, 2], ramp, atol=0.1) and np.abs(ramp[~near]).max() > 1.0
+
+
+def test_a_ray_meets_the_ramp_ahead_and_passes_over_a_crest():
+    flat = Ground(z0=-1.73)
+    uphill = replace(flat, grades=((10.0, 0.2), (0.0, 0.0)))
+    crest = replace(flat, grades=((10.0, -0.2), (0.0, 0.0)))
+    down = np.array([[20.0, 0.0, -1.73]]) / np.hypot(20.0, 1.73)  # meets the flat road 20 m ahead
+    t_flat = ground_hits(Scene(flat), down)[0][0]
+    t_up = ground_hits(Scene(uphill), down)[0][0]
+    assert abs(t_flat * down[0, 0] - 20.0) < 1e-9
+    hit = t_up * down[0]
+    assert 10.0 < hit[0] < 20.0 and abs(hit[2] - uphill.height(hit[:1], hit[1:2])[0]) < 1e-9
+    assert np.isinf(ground_hits(Scene(crest), down)[0][0])  # the road falls away faster than the ray
+    backwards = down * np.array([[-1.0, 1.0, 1.0]])  # the grade change is ahead only
+    assert abs(ground_hits(Scene(uphill), backwards)[0][0] - t_flat) < 1e-9
 
 
 def test_nothing_beyond_max_range_or_below_ground(frame):
@@ -167,6 +213,17 @@ def test_simulate_cli_writes_kitti_layout_and_split_runs_match(tmp_path):
                                       "--no-progress"])) == 0
     for sub, ext in (("velodyne", "bin"), ("label_2", "txt"), ("sim_meta", "json")):
         assert (out / sub / f"000001.{ext}").read_bytes() == (out2 / sub / f"000001.{ext}").read_bytes()
+
+
+def test_simulate_cli_ramps_option_records_grades_and_refuses_non_probabilities(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    assert cli.run(parser.parse_args(["--out", str(tmp_path), "--scenes", "1", "--ramps", "1.5"])) == 2
+    assert "--ramps is a probability" in capsys.readouterr().err
+    assert cli.run(parser.parse_args(["--out", str(tmp_path), "--scenes", "1", "--seed", "7", "--ramps", "1",
+                                      "--no-progress"])) == 0
+    grades = json.loads((tmp_path / "sim_meta" / "000000.json").read_text())["ground"]["grades"]
+    assert all(g[1] != 0.0 and 4.0 <= g[0] <= 30.0 for g in grades)
 
 
 def test_write_frame_labels_read_back_with_points(tmp_path, frame):

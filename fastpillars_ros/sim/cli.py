@@ -24,29 +24,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="run seed (scene i is seeded from (seed, i))")
     parser.add_argument("--start", type=int, default=0, help="index of the first scene (default 0)")
     parser.add_argument("--sensor", choices=sorted(SENSORS), default="hdl64", help="LiDAR model (default hdl64)")
+    parser.add_argument("--ramps", type=float, default=0.0,
+                        help="probability (0..1) of a grade change on the road ahead of and behind the sensor each "
+                             "(ramps, hills: objects far away stand off the sensor's ground plane; default 0)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--skip-existing", action="store_true",
                         help="do not regenerate scenes whose sim_meta file already exists (resume a run)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _one(job: tuple[str, int, int, str]) -> tuple[int, int, int]:
+def _one(job: tuple[str, int, int, str, float]) -> tuple[int, int, int]:
     from fastpillars_ros.sim.generate import simulate_frame, write_frame
 
-    out, seed, index, sensor = job
-    frame = simulate_frame(seed, index, sensor)
+    out, seed, index, sensor, ramps = job
+    frame = simulate_frame(seed, index, sensor, ramps=ramps)
     write_frame(out, f"{index:06d}", frame)
     return index, len(frame.points), len(frame.types)
 
 
 def generate(out: str | Path, scenes: int, seed: int = 0, start: int = 0, sensor: str = "hdl64", workers: int = 1,
-             progress: bool = True, skip_existing: bool = False) -> int:
+             progress: bool = True, skip_existing: bool = False, ramps: float = 0.0) -> int:
     """Write scenes ``start .. start + scenes - 1``; returns the number written."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     indices = [i for i in range(start, start + scenes)
                if not (skip_existing and (out / "sim_meta" / f"{i:06d}.json").is_file())]
-    jobs = [(str(out), seed, i, sensor) for i in indices]
+    jobs = [(str(out), seed, i, sensor, ramps) for i in indices]
     bar = None
     if progress:
         from tqdm import tqdm
@@ -75,9 +78,13 @@ def run(args: argparse.Namespace) -> int:
     if args.scenes < 0 or args.start < 0 or args.seed < 0:
         print("simulate: --scenes, --start and --seed must be >= 0", file=sys.stderr)
         return 2
+    if not 0.0 <= args.ramps <= 1.0:
+        print(f"simulate: --ramps is a probability in [0, 1], got {args.ramps}", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     n = generate(args.out, args.scenes, seed=args.seed, start=args.start, sensor=args.sensor,
-                 workers=max(1, args.workers), progress=not args.no_progress, skip_existing=args.skip_existing)
+                 workers=max(1, args.workers), progress=not args.no_progress, skip_existing=args.skip_existing,
+                 ramps=args.ramps)
     dt = time.perf_counter() - t0
     print(f"simulate: wrote {n} scene(s) to {args.out} in {dt:.1f} s ({dt / max(n, 1):.2f} s/scene)")
     return 0

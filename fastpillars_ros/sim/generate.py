@@ -115,16 +115,18 @@ def render_scene(scene: Scene, sensor: SensorModel, rng: np.random.Generator, ef
                    "kerb_height": round(scene.ground.kerb_height, 6),
                    "sidewalk_width": round(scene.ground.sidewalk_width, 6),
                    "terrain_offset": [round(v, 6) for v in scene.ground.terrain_offset],
-                   "terrain_slope": [round(v, 6) for v in scene.ground.terrain_slope]},
+                   "terrain_slope": [round(v, 6) for v in scene.ground.terrain_slope],
+                   "grades": [[round(v, 6) for v in g] for g in scene.ground.grades]},
     }
     return frame
 
 
-def simulate_frame(seed: int, index: int, sensor: str | SensorModel = "hdl64") -> SimFrame:
-    """Scene ``index`` of the run ``seed``: a random street scan with its labels (deterministic)."""
+def simulate_frame(seed: int, index: int, sensor: str | SensorModel = "hdl64", ramps: float = 0.0) -> SimFrame:
+    """Scene ``index`` of the run ``seed``: a random street scan with its labels (deterministic); ``ramps``:
+    the probability of a grade change ahead of and behind the sensor (:func:`street_scene`)."""
     model = get_sensor(sensor) if isinstance(sensor, str) else sensor
     rng = scene_rng(seed, index)
-    scene = street_scene(rng, model)
+    scene = street_scene(rng, model, ramps=ramps)
     frame = render_scene(scene, model, rng)
     frame.meta.update({"seed": int(seed), "index": int(index)})
     return frame

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastpillars_ros.sim.scene import BOX, ELLIPSOID, Scene
+from fastpillars_ros.sim.scene import BOX, ELLIPSOID, Ground, Scene
 from fastpillars_ros.sim.sensors import SensorModel
 
 __all__ = ["Scan", "cast_rays", "ground_hits", "primitive_pairs"]
@@ -48,11 +48,37 @@ def ground_hits(scene: Scene, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     """Distance along each ray to the ground (``inf``: none), the ground's reflectivity there and the cosine
     of the incidence angle.
 
+    Where the ground changes grade ahead of or behind the sensor (``Ground.grades``), a ray heading that way
+    hits the sensor's stretch if it reaches the ground before ``|u| = U``, otherwise the stretch beyond (a
+    planar ground of its own) if it reaches that one after ``U``; the ground is continuous at ``U``, so the
+    first crossing is the hit (beyond a crest a ray may miss both).
+    """
+    g = scene.ground
+    t, refl, cos_inc = _cross_section_hits(g, dirs)
+    du = dirs[:, :2] @ g.axis_dir  # du/dt
+    for k, sign in enumerate((1.0, -1.0)):
+        start, grade = g.grades[k]
+        if grade == 0.0:
+            continue
+        rate = sign * du
+        towards = rate > 0
+        with np.errstate(invalid="ignore"):
+            here = np.isfinite(t) & ~(towards & (t * rate > start))
+            t2, refl2, cos2 = _cross_section_hits(g.piece(ahead=k == 0), dirs)
+            there = ~here & towards & np.isfinite(t2) & (t2 * rate > start)
+        t = np.where(here, t, np.where(there, t2, np.inf))
+        refl = np.where(there, refl2, refl)
+        cos_inc = np.where(there, cos2, cos_inc)
+    return t, refl, cos_inc
+
+
+def _cross_section_hits(g: Ground, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`ground_hits` for one planar stretch (grades ignored).
+
     The sensor stands on the road, so a ray's lateral coordinate ``|s|`` only grows once it leaves the road
     strip: it meets, in this order, the road plane, the kerb face, the sidewalk plane, the step up to raised
     terrain and the terrain plane; the first of these inside its own zone is the hit.
     """
-    g = scene.ground
     a, b = g.slope
     dx, dy, dz = dirs[:, 0], dirs[:, 1], dirs[:, 2]
     n = g.normal_dir

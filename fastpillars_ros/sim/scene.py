@@ -10,12 +10,18 @@ The ground is piecewise planar across the road: a gently sloped road plane ``z =
 the sidewalk at ``kerb_height`` above it; beyond the sidewalk, on each side, terrain starting
 ``terrain_offset`` above the sidewalk and rising (or falling) by ``terrain_slope`` per metre away from the
 road (embankments, ditches). The kerb faces, and the step up to raised terrain, are vertical.
+
+Along the road the ground may change grade (a ramp, a hill's foot or crest): ``grades`` holds, ahead of the
+sensor (+u) and behind it (-u), the distance ``U`` (m) at which the grade changes and the change (m per m);
+beyond ``|u| = U`` the whole cross-section (road, sidewalks, terrain) rises by ``grade * (|u| - U)``. The
+sensor's own stretch keeps its plane, so a mounting fitted to the near ground stays right while objects far
+away stand higher or lower than that plane says.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -112,6 +118,7 @@ class Ground:
     markings: bool = True
     terrain_offset: tuple[float, float] = (0.0, 0.0)  # right (s < 0), left (s > 0) side
     terrain_slope: tuple[float, float] = (0.0, 0.0)
+    grades: tuple[tuple[float, float], tuple[float, float]] = ((0.0, 0.0), (0.0, 0.0))  # ahead, behind: (U, grade)
 
     @property
     def normal_dir(self) -> np.ndarray:
@@ -138,7 +145,21 @@ class Ground:
         off = np.where(left, self.terrain_offset[1], self.terrain_offset[0])
         slope = np.where(left, self.terrain_slope[1], self.terrain_slope[0])
         terrain = self.kerb_height + off + slope * (a - edge)
-        return base + np.where(a < self.road_half_width, 0.0, np.where(a < edge, self.kerb_height, terrain))
+        cross = np.where(a < self.road_half_width, 0.0, np.where(a < edge, self.kerb_height, terrain))
+        u = self.axis_dir[0] * x + self.axis_dir[1] * y
+        for sign, (start, grade) in zip((1.0, -1.0), self.grades, strict=True):
+            if grade != 0.0:
+                base = base + grade * np.maximum(sign * u - start, 0.0)
+        return base + cross
+
+    def piece(self, ahead: bool) -> Ground:
+        """The ground beyond the grade change ahead (``ahead``) or behind the sensor, as one planar ground
+        without grade changes: the same cross-section on the plane ``z0 - grade U + (slope + grade d) . (x, y)``,
+        ``d`` the road's direction (towards that side)."""
+        start, grade = self.grades[0 if ahead else 1]
+        d = self.axis_dir * (grade if ahead else -grade)
+        return replace(self, z0=self.z0 - grade * start, slope=(self.slope[0] + d[0], self.slope[1] + d[1]),
+                       grades=((0.0, 0.0), (0.0, 0.0)))
 
     def to_world(self, u: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Road coordinates (u along the road from the sensor, s lateral) -> LiDAR x, y."""

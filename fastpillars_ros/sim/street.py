@@ -78,8 +78,26 @@ def _vehicle(rng: np.random.Generator, p_van: float = 0.1, p_truck: float = 0.04
     return objects.car(rng), "Car", "car"
 
 
-def street_scene(rng: np.random.Generator, sensor: SensorModel) -> Scene:
-    """A random street scene around a sensor mounted ``sensor.mount_height`` above the road."""
+# Grade changes (``ramps``): where along the road, and by how much the grade changes there (m per m).
+RAMP_START = (4.0, 30.0)
+RAMP_GRADE = 0.08
+
+
+def street_scene(rng: np.random.Generator, sensor: SensorModel, ramps: float = 0.0) -> Scene:
+    """A random street scene around a sensor mounted ``sensor.mount_height`` above the road.
+
+    ``ramps``: the probability, ahead of and behind the sensor each, that the road changes grade (a ramp, the
+    foot or crest of a hill) between ``RAMP_START`` metres away, by up to ``RAMP_GRADE`` either way. The grade
+    changes are drawn from a stream of their own (``rng``'s bit generator jumped ahead), so a scene with
+    ``ramps=0`` is the same scene as before they existed and ``ramps > 0`` changes only the ground beyond them.
+    """
+    if not 0.0 <= ramps <= 1.0:
+        raise ValueError(f"ramps must be a probability in [0, 1], got {ramps}")
+    grades = ((0.0, 0.0), (0.0, 0.0))
+    if ramps > 0.0:
+        side_rng = np.random.Generator(rng.bit_generator.jumped())
+        grades = tuple((_u(side_rng, *RAMP_START), _u(side_rng, -RAMP_GRADE, RAMP_GRADE))
+                       if side_rng.random() < ramps else (0.0, 0.0) for _ in range(2))
     lanes = int(rng.integers(1, 3))
     lane_w = _u(rng, 3.0, 3.7)
     parking = [rng.random() < 0.7, rng.random() < 0.6]  # right (s < 0), left (s > 0)
@@ -100,7 +118,7 @@ def street_scene(rng: np.random.Generator, sensor: SensorModel) -> Scene:
         road_half_width=half_w, kerb_height=_u(rng, 0.08, 0.16) if rng.random() < 0.85 else 0.0,
         sidewalk_width=_u(rng, 2.0, 5.0), road_reflectivity=_u(rng, 0.15, 0.35),
         sidewalk_reflectivity=_u(rng, 0.2, 0.4), terrain_reflectivity=_u(rng, 0.3, 0.5),
-        markings=rng.random() < 0.8, terrain_offset=t_off, terrain_slope=t_slope)
+        markings=rng.random() < 0.8, terrain_offset=t_off, terrain_slope=t_slope, grades=grades)
     scene = Scene(ground)
     p = _Placer(scene, rng)
     walk_in, walk_out = half_w + 0.4, half_w + ground.sidewalk_width - 0.3
