@@ -34,6 +34,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                   "the real development scans: AP, recall and false objects per frame, 180-degree check"),
     "calibrate": ("fastpillars_ros.tools.eval_real:Calibrate",
                   "default score thresholds per class from held-out real scans, stored with the weights"),
+    "slim": ("fastpillars_ros.tools.slim",
+             "cut a trained model to a narrower config (most active channels kept) as a start for train --init"),
     "pseudo-label": ("fastpillars_ros.tools.pseudo_label",
                      "label real scans with a teacher model for self-training (KITTI layout)"),
     "memcheck": ("fastpillars_ros.tools.memcheck", "estimate GPU memory per component and check it fits"),
