@@ -177,3 +177,28 @@ def test_gpu_and_cpu_give_the_same_boxes(kitti_points, tmp_path):
     assert len(cpu) == len(gpu)
     np.testing.assert_allclose(gpu.boxes, cpu.boxes, atol=1e-3)
     np.testing.assert_allclose(gpu.scores, cpu.scores, atol=1e-4)
+
+
+def test_publishing_is_the_same_as_nms_over_every_candidate_then_the_thresholds(detector):
+    # The CPU path drops candidates below the lowest threshold before NMS; a dropped box could only have
+    # suppressed boxes scored lower still. Crowded random candidates (a below-threshold pedestrian on top of a
+    # cyclist, boxes past the NMS caps) must publish exactly what NMS over all of them, then the thresholds, does.
+    from fastpillars_ros.model.head import Candidates
+
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        n = int(rng.integers(1, 700))
+        centre = rng.uniform(-6, 6, (n, 2)) if trial % 2 else rng.uniform(-40, 40, (n, 2))
+        boxes = np.concatenate([centre, rng.uniform(-2, 0, (n, 1)), rng.uniform(0.5, 4.5, (n, 3)),
+                                rng.uniform(-np.pi, np.pi, (n, 1))], axis=1)
+        scores = np.sort(rng.uniform(0.1, 1.0, n))[::-1].copy()
+        labels = rng.integers(0, 3, n)
+        cand = Candidates(torch.tensor(boxes, dtype=torch.float32), torch.tensor(scores, dtype=torch.float32),
+                          torch.tensor(labels), torch.zeros(n, dtype=torch.int64))
+        detector.set_score_threshold(dict(zip(detector.class_names, rng.uniform(0.1, 0.9, 3).tolist(), strict=True)))
+        thresholds = torch.from_numpy(detector._score_thresholds)
+        reference = detector._nms(cand)
+        reference = reference.select(reference.scores >= thresholds[reference.labels])
+        published = detector._select(cand)
+        assert torch.equal(published.boxes, reference.boxes) and torch.equal(published.labels, reference.labels)
+    detector.set_score_threshold(None)
