@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 from real_data import real_file
 
 from fastpillars_ros.cli import main as cli_main
@@ -38,3 +39,36 @@ def test_a_kitti_folder_is_reported_under_its_name_with_its_objects(tmp_path, ca
 def test_a_kitti_folder_without_scans_is_refused_naming_the_flag(tmp_path, capsys):
     assert cli_main(["eval-real", "--kitti", f"held_out={tmp_path}", "--no-progress"]) == 2
     assert "--kitti" in capsys.readouterr().err
+
+
+def test_calibrated_thresholds_come_with_how_much_they_depend_on_the_frames():
+    from fastpillars_ros.tools.eval_real import calibrate_thresholds, threshold_intervals
+
+    budget = {"car": 0.5}
+    same = [{"car": [0.6, 0.3]}] * 10  # every frame alike: any resample calibrates the same threshold
+    lo, hi = threshold_intervals(same, budget, 0.1)["car"]
+    point = calibrate_thresholds({"car": [s for f in same for s in f["car"]]}, 10, budget, 0.1)["car"]
+    assert lo == hi == point
+    rng = np.random.default_rng(0)
+    varied = [{"car": rng.uniform(0.1, 0.9, rng.integers(0, 4)).tolist()} for _ in range(10)]
+    lo, hi = threshold_intervals(varied, budget, 0.1)["car"]
+    point = calibrate_thresholds({"car": [s for f in varied for s in f["car"]]}, 10, budget, 0.1)["car"]
+    assert lo < point < hi
+    lo10, hi10 = threshold_intervals(varied * 10, budget, 0.1)["car"]  # ten times the frames: a narrower interval
+    assert hi10 - lo10 < hi - lo
+
+
+def test_calibrate_prints_the_thresholds_with_their_interval_and_stores_them(tmp_path, capsys):
+    from fastpillars_ros.config import load_model_config
+    from fastpillars_ros.model import build_model, checkpoint_meta, save_checkpoint
+
+    small = Path(__file__).parent / "data" / "train_small.yaml"
+    weights = tmp_path / "w.pt"
+    save_checkpoint(build_model(load_model_config(small)), weights)
+    folder = _one_frame_folder(tmp_path / "drive", "000010")
+    assert cli_main(["calibrate", "--config", str(small), "--checkpoint", str(weights), "--data", str(folder),
+                     "--write"]) == 0
+    out = capsys.readouterr().out
+    assert "1 frames" in out and "90 % interval over a bootstrap of the frames: car " in out
+    stored = checkpoint_meta(weights).score_thresholds
+    assert set(stored) == {"car", "pedestrian", "cyclist"} and all(0.1 <= t <= 1.0 for t in stored.values())

@@ -38,7 +38,7 @@ from fastpillars_ros.pointcloud import model_columns
 from fastpillars_ros.tools.eval import ground_truth, in_camera_fov, project_centres
 
 __all__ = ["DEV_SETS", "KITTI_SET", "LOOSE_IOU", "MAX_RANGE", "Calibrate", "RealSet", "SetReport", "add_arguments",
-           "calibrate_thresholds", "evaluate_set", "false_objects", "in_labelled_view", "run"]
+           "calibrate_thresholds", "evaluate_set", "false_objects", "in_labelled_view", "run", "threshold_intervals"]
 
 MAX_RANGE = 50.0
 #: BEV IoU at which a detection "finds" an object of its class (and is not a false object).
@@ -361,6 +361,25 @@ def calibrate_thresholds(scores: dict[str, list[float]], num_frames: int, budget
     return out
 
 
+def threshold_intervals(frames: list[dict[str, list[float]]], budget: dict[str, float], floor: float,
+                        level: float = 0.9, resamples: int = 1000, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """How much :func:`calibrate_thresholds` depends on the frames at hand: per class, ``(low, high)`` holding the
+    middle ``level`` of the thresholds calibrated on bootstrap resamples of the frames (``frames[i]``: class ->
+    scores of frame i's false objects). Deterministic for a given ``seed``."""
+    n = len(frames)
+    if n == 0:
+        return {c: (float(floor), float(floor)) for c in budget}
+    rng = np.random.default_rng(seed)
+    draws = {c: np.empty(resamples) for c in budget}
+    for r in range(resamples):
+        times = np.bincount(rng.integers(0, n, n), minlength=n)
+        pooled = {c: [s for f, t in zip(frames, times, strict=True) for s in f.get(c, []) * int(t)] for c in budget}
+        for c, value in calibrate_thresholds(pooled, n, budget, floor).items():
+            draws[c][r] = value
+    return {c: (float(np.percentile(v, 50 * (1 - level))), float(np.percentile(v, 50 * (1 + level))))
+            for c, v in draws.items()}
+
+
 class Calibrate:
     """``fastpillars-ros calibrate``: default score thresholds per class from the false objects on held-out real
     scans (KITTI layout, labelled in the camera's view), stored in the checkpoint with ``--write``."""
@@ -393,20 +412,26 @@ class Calibrate:
         detector = Detector(config, args.checkpoint, score_threshold=floor)
         # Every candidate is "published" at the floor, so that each false object's score is seen.
         detector.default_score_thresholds = {c: floor for c in detector.class_names}
-        scores: dict[str, list[float]] = {}
-        frames = 0
+        by_frame: list[dict[str, list[float]]] = []  # class -> scores of each frame's false objects
         for folder in args.data:
             real = RealSet(Path(folder).name, str(Path(folder).resolve()), 1.0, (1242, 375), False, False, 2)
             _, per_frame = evaluate_set(detector, real, Path("/"))
-            frames += len(per_frame)
             for f in per_frame:
+                false_scores: dict[str, list[float]] = {}
                 for name, score, false in zip(f["det_names"], f["det_scores"], f["false"], strict=True):
                     if false:
-                        scores.setdefault(name, []).append(float(score))
+                        false_scores.setdefault(name, []).append(float(score))
+                by_frame.append(false_scores)
+        scores = {c: [s for f in by_frame for s in f.get(c, [])] for c in budget}
+        frames = len(by_frame)
         chosen = calibrate_thresholds(scores, frames, budget, floor)
+        spread = threshold_intervals(by_frame, budget, floor)
         print(f"{frames} frames; false objects at the floor {floor:g}: "
               + ", ".join(f"{c} {len(scores.get(c, []))}" for c in budget))
         print("thresholds: " + ", ".join(f"{c} {t:.3f}" for c, t in chosen.items()))
+        # A threshold set from few frames is itself uncertain; say how much (e.g. 10 frames of one drive).
+        print("90 % interval over a bootstrap of the frames: "
+              + ", ".join(f"{c} {lo:.3f}-{hi:.3f}" for c, (lo, hi) in spread.items()))
         if args.write:
             update_checkpoint_meta(args.checkpoint, score_thresholds=chosen)
             print(f"written to {args.checkpoint}")
