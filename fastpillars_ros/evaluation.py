@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +61,7 @@ __all__ = [
     "ClassMetrics",
     "EvalResult",
     "FrameBoxes",
+    "bootstrap_interval",
     "evaluate",
     "plot_pr_curves",
     "resolve_iou_thresholds",
@@ -129,20 +130,18 @@ class ClassMetrics:
     def ap_interval(self, level: float = 0.9, resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
         """``(low, high)`` AP (percent) holding the middle ``level`` of a bootstrap over frames (module
         docstring); NaN, NaN without ground truth. Deterministic for a given ``seed``."""
-        if not 0 < level < 1:
-            raise ValueError(f"level must lie in (0, 1), got {level}")
+        _check_level(level)
         n = len(self.gt_per_frame)
         if self.num_gt == 0 or n == 0:
             return float("nan"), float("nan")
-        rng = np.random.default_rng(seed)
-        aps = np.empty(resamples)
-        for r in range(resamples):
-            times = np.bincount(rng.integers(0, n, n), minlength=n)
+
+        def ap(times: np.ndarray) -> float:
             reps = times[self.det_frame]
             num_gt = int(times @ self.gt_per_frame)
-            aps[r] = _curve(np.repeat(self.det_score, reps), np.repeat(self.det_tp, reps), num_gt)[4]
-        lo, hi = np.nanpercentile(aps, [50 * (1 - level), 50 * (1 + level)])
-        return float(lo), float(hi)
+            return _curve(np.repeat(self.det_score, reps), np.repeat(self.det_tp, reps), num_gt)[4]
+
+        lo, hi = bootstrap_interval(n, ap, level, resamples, seed)
+        return float(lo[0]), float(hi[0])
 
     def to_dict(self, curves: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -157,6 +156,26 @@ class ClassMetrics:
             out["recall"] = [float(v) for v in self.recall]
             out["thresholds"] = [float(v) for v in self.thresholds]
         return out
+
+
+def _check_level(level: float) -> None:
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+
+
+def bootstrap_interval(num_frames: int, statistic: Callable[[np.ndarray], float | np.ndarray], level: float = 0.9,
+                       resamples: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap over frames (module docstring): ``resamples`` times, ``num_frames`` frames are drawn
+    with replacement and ``statistic(times)`` computed (``times``: ``[num_frames]`` int64, how often each frame
+    was drawn; it returns one value or ``[K]``). Returns ``(low, high)``, each ``[K]`` (``[1]`` for one value),
+    holding the middle ``level`` of the draws (NaN draws left out). Deterministic for a given ``seed``."""
+    _check_level(level)
+    rng = np.random.default_rng(seed)
+    draws = np.array([np.atleast_1d(statistic(np.bincount(rng.integers(0, num_frames, num_frames),
+                                                          minlength=num_frames))) for _ in range(resamples)],
+                     dtype=np.float64)
+    low, high = np.nanpercentile(draws, [50 * (1 - level), 50 * (1 + level)], axis=0)
+    return low, high
 
 
 def _json_float(v: float) -> float | None:

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from fastpillars_ros.evaluation import FrameBoxes, evaluate
+from fastpillars_ros.evaluation import FrameBoxes, bootstrap_interval, evaluate
 from fastpillars_ros.pointcloud import model_columns
 from fastpillars_ros.tools.eval import ground_truth, in_camera_fov, project_centres
 
@@ -369,15 +369,15 @@ def threshold_intervals(frames: list[dict[str, list[float]]], budget: dict[str, 
     n = len(frames)
     if n == 0:
         return {c: (float(floor), float(floor)) for c in budget}
-    rng = np.random.default_rng(seed)
-    draws = {c: np.empty(resamples) for c in budget}
-    for r in range(resamples):
-        times = np.bincount(rng.integers(0, n, n), minlength=n)
-        pooled = {c: [s for f, t in zip(frames, times, strict=True) for s in f.get(c, []) * int(t)] for c in budget}
-        for c, value in calibrate_thresholds(pooled, n, budget, floor).items():
-            draws[c][r] = value
-    return {c: (float(np.percentile(v, 50 * (1 - level))), float(np.percentile(v, 50 * (1 + level))))
-            for c, v in draws.items()}
+    names = list(budget)
+
+    def thresholds(times: np.ndarray) -> np.ndarray:
+        pooled = {c: [s for f, t in zip(frames, times, strict=True) for s in f.get(c, []) * int(t)] for c in names}
+        chosen = calibrate_thresholds(pooled, n, budget, floor)
+        return np.array([chosen[c] for c in names])
+
+    low, high = bootstrap_interval(n, thresholds, level, resamples, seed)
+    return {c: (float(lo), float(hi)) for c, lo, hi in zip(names, low, high, strict=True)}
 
 
 class Calibrate:

@@ -10,7 +10,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 __all__ = ["add_arguments", "run"]
@@ -33,15 +32,17 @@ def run(args: argparse.Namespace) -> int:
     from fastpillars_ros.datasets.kitti import KittiDataset
     from fastpillars_ros.model import build_model, load_checkpoint, read_state_dict, save_checkpoint
     from fastpillars_ros.ops.pillarize import decorate, pillarize
+    from fastpillars_ros.pointcloud import even_indices, model_columns
     from fastpillars_ros.train import slim
 
     if args.frames < 1:
         print("slim: --frames must be >= 1", file=sys.stderr)
         return 2
     try:
-        stored = read_state_dict(args.checkpoint)[1]
-        wide_config = load_model_config(args.from_config) if args.from_config else None
-        if wide_config is None:
+        if args.from_config:
+            wide_config = load_model_config(args.from_config)
+        else:
+            stored = read_state_dict(args.checkpoint)[1]
             if stored is None:
                 print(f"slim: {args.checkpoint} stores no config; name the wide model's with --from-config",
                       file=sys.stderr)
@@ -59,13 +60,12 @@ def run(args: argparse.Namespace) -> int:
     if not scans:
         print("slim: no scans found in --data", file=sys.stderr)
         return 2
-    picked = [scans[int(k)] for k in np.linspace(0, len(scans) - 1, min(args.frames, len(scans)))]
+    picked = [scans[k] for k in even_indices(len(scans), min(args.frames, len(scans)))]
     cfg = wide.config
-    features = list(cfg.point_features)
 
     def feed(model: torch.nn.Module) -> None:
         for dataset, index in picked:
-            pts = dataset.points(index)[:, :len(features)].astype(np.float32)
+            pts = model_columns(dataset.points(index), cfg.point_features, cfg.intensity_scale)
             pillars = pillarize(pts, cfg.pc_range, cfg.pillar_size)
             feats = torch.from_numpy(decorate(pts, pillars, cfg.pc_range, cfg.pillar_size))
             canvas = model.encode(feats, torch.from_numpy(pillars.point_pillar), torch.from_numpy(pillars.coords))

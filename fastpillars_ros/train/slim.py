@@ -153,12 +153,12 @@ def channel_importance(model: FastPillars, plan: ChannelPlan,
 
     handles = [model.get_submodule(name).register_forward_hook(hook(space))
                for name, space in plan.activations.items()]
+    was_training = model.training
+    model.eval()
     try:
-        was_training = model.training
-        model.eval()
         run(model)
-        model.train(was_training)
     finally:
+        model.train(was_training)
         for handle in handles:
             handle.remove()
     missing = [s for s in plan.widths if s not in sums and s != CONCAT and s not in plan.fixed]

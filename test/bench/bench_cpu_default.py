@@ -6,7 +6,8 @@ its autograd-friendly form (two scatter-max and two index_add passes). Candidate
 Both run on the same real scans in one process, interleaved, with the same thread count. Goal (issue 17):
 end to end at least 2.5x faster than the anchor. Other stages have their own anchors elsewhere:
 PointCloud2 conversion (bench_pointcloud.py), pillarize vs spconv (bench_pillarize.py), NMS vs shapely
-(bench_nms.py). tiny360 runs with the tiny weights until its own are installed: the compute is the same.
+(bench_nms.py); the NMS + thresholds row compares the CPU path's pre-filter with NMS over every
+candidate. tiny360 runs with the tiny weights until its own are installed: the compute is the same.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from real_data import real_file
 from std_msgs.msg import Header
 
 from fastpillars_ros.detector import STAGES, Detector, default_checkpoint
+from fastpillars_ros.model.head import Candidates, decode_dense
 from fastpillars_ros.model.mape import MAPE, scatter_to_canvas
 from fastpillars_ros.ops import decorate, mape_cpu, pillarize
 from fastpillars_ros.pointcloud import read_points
@@ -118,11 +120,29 @@ def bench_stages(scan: np.ndarray, repeat: int) -> None:
     print_ratio(f"  dense onnxruntime fp32 ({DEFAULT})", "torch fused fp32", t_torch, t_fp32)
     print_ratio(f"  dense onnxruntime int8 ({DEFAULT})", "onnxruntime fp32", t_fp32, t_int8)
     print_ratio(f"  dense onnxruntime int8 ({DEFAULT})", "torch fused fp32", t_torch, t_int8)
+    bench_selection(int8, canvas, repeat)
     res = int8.detect(scan)
     labels = res.labels
     build = time_ms(lambda: detections_to_msg(res.boxes, res.scores, labels, int8.class_names,
                                             Header(frame_id="velodyne")), repeat=repeat)
     print(f"{'  Detection3DArray message (' + str(len(res)) + ' boxes)':<44s} {build:9.3f} ms")
+
+
+def bench_selection(det: Detector, canvas: torch.Tensor, repeat: int) -> None:
+    """What the CPU path publishes from the decoder's candidates: NMS over the candidates above the lowest default
+    threshold, then the thresholds, against NMS over every candidate, then the thresholds (same result, checked)."""
+    cand = decode_dense(det._dense.forward_dense(canvas), det.config).compact()[0]
+    thresholds = torch.from_numpy(det._score_thresholds)
+
+    def nms_all() -> Candidates:
+        kept = det._nms(cand)
+        return kept.select(kept.scores >= thresholds[kept.labels])
+
+    assert torch.equal(nms_all().boxes, det._select(cand).boxes), "pre-filtered selection differs"
+    times = time_interleaved({"all": nms_all, "pre-filtered": lambda: det._select(cand)}, repeat=5 * repeat)
+    above = int((cand.scores >= thresholds.min()).sum())
+    print_ratio(f"  NMS + thresholds ({len(cand)} -> {above} candidates)", "NMS over all", times["all"],
+                times["pre-filtered"])
 
 
 def bench_end_to_end(repeat: int) -> None:
