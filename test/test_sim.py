@@ -12,7 +12,14 @@ import pytest
 from fastpillars_ros.boxes import points_in_boxes
 from fastpillars_ros.datasets.kitti import KittiDataset
 from fastpillars_ros.sim import cli, objects
-from fastpillars_ros.sim.generate import MIN_POINTS, render_scene, simulate_frame, write_frame
+from fastpillars_ros.sim.generate import (
+    KITTI_LABEL_GROWTH,
+    MIN_POINTS,
+    label_boxes,
+    render_scene,
+    simulate_frame,
+    write_frame,
+)
 from fastpillars_ros.sim.raycast import cast_rays, ground_hits
 from fastpillars_ros.sim.scene import LABEL_MARGIN, Ground, Scene
 from fastpillars_ros.sim.sensors import SensorModel, get_sensor
@@ -27,6 +34,12 @@ def frame():
 def ramp_frame():
     """Scene 0 of seed 7 with a grade change ahead of and behind the sensor."""
     return simulate_frame(7, 0, "hdl64", ramps=1.0)
+
+
+@pytest.fixture(scope="module")
+def kitti_style_frame():
+    """Scene 0 of seed 7 with its labels drawn the way KITTI's annotators draw them."""
+    return simulate_frame(7, 0, "hdl64", label_style="kitti")
 
 
 def _object_points(frame, j):
@@ -158,6 +171,25 @@ def test_labelled_types_and_sizes(frame):
             assert len(make(rng).kind) >= 4  # more than a single box
 
 
+def test_kitti_label_style_resizes_pedestrian_and_cyclist_boxes_only(frame, kitti_style_frame):
+    assert np.array_equal(kitti_style_frame.points, frame.points)  # the scan does not depend on the labels
+    assert kitti_style_frame.types == frame.types and {"Pedestrian", "Cyclist", "Car"} <= set(frame.types)
+    for k, name in enumerate(frame.types):
+        grow_l, grow_w = KITTI_LABEL_GROWTH.get(name, (0.0, 0.0))
+        tight, kitti = frame.boxes[k], kitti_style_frame.boxes[k]
+        assert np.array_equal(kitti[[0, 1, 2, 5, 6]], tight[[0, 1, 2, 5, 6]]), name  # centre, height, heading
+        assert kitti[3] == pytest.approx(max(tight[3] + grow_l, 0.3)), name
+        assert kitti[4] == pytest.approx(max(tight[4] + grow_w, 0.3)), name
+    peds = [k for k, n in enumerate(frame.types) if n == "Pedestrian"]
+    assert np.all(kitti_style_frame.boxes[peds, 3] > frame.boxes[peds, 3])
+    assert kitti_style_frame.meta["label_style"] == "kitti" and "label_style" not in frame.meta
+
+
+def test_label_boxes_refuses_an_unknown_style():
+    with pytest.raises(ValueError, match="label_style"):
+        label_boxes(np.zeros((0, 7)), [], "nuscenes")
+
+
 def _flat_scene() -> Scene:
     return Scene(Ground(z0=-1.73))
 
@@ -224,6 +256,20 @@ def test_simulate_cli_ramps_option_records_grades_and_refuses_non_probabilities(
                                       "--no-progress"])) == 0
     grades = json.loads((tmp_path / "sim_meta" / "000000.json").read_text())["ground"]["grades"]
     assert all(g[1] != 0.0 and 4.0 <= g[0] <= 30.0 for g in grades)
+
+
+def test_simulate_cli_label_style_option_writes_kitti_sized_labels(tmp_path):
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    for style in ("tight", "kitti"):
+        assert cli.run(parser.parse_args(["--out", str(tmp_path / style), "--scenes", "1", "--seed", "7",
+                                          "--label-style", style, "--no-progress"])) == 0
+    tight, kitti = KittiDataset(tmp_path / "tight")[0], KittiDataset(tmp_path / "kitti")[0]
+    assert np.array_equal(tight.points, kitti.points) and tight.names == kitti.names
+    peds = [k for k, n in enumerate(tight.names) if n == "pedestrian"]
+    assert peds and np.allclose(kitti.boxes[peds, 3] - tight.boxes[peds, 3], 0.24, atol=1e-4)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--out", str(tmp_path), "--scenes", "1", "--label-style", "loose"])
 
 
 def test_write_frame_labels_read_back_with_points(tmp_path, frame):

@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from fastpillars_ros.sim.generate import LABEL_STYLES
 from fastpillars_ros.sim.sensors import SENSORS
 
 __all__ = ["add_arguments", "generate", "run"]
@@ -27,29 +28,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ramps", type=float, default=0.0,
                         help="probability (0..1) of a grade change on the road ahead of and behind the sensor each "
                              "(ramps, hills: objects far away stand off the sensor's ground plane; default 0)")
+    parser.add_argument("--label-style", choices=LABEL_STYLES, default="tight",
+                        help="label boxes tight around each object (default), or as KITTI's annotators draw them "
+                             "(pedestrians longer, cyclists narrower; models meant for KITTI-labelled data)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--skip-existing", action="store_true",
                         help="do not regenerate scenes whose sim_meta file already exists (resume a run)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _one(job: tuple[str, int, int, str, float]) -> tuple[int, int, int]:
+def _one(job: tuple[str, int, int, str, float, str]) -> tuple[int, int, int]:
     from fastpillars_ros.sim.generate import simulate_frame, write_frame
 
-    out, seed, index, sensor, ramps = job
-    frame = simulate_frame(seed, index, sensor, ramps=ramps)
+    out, seed, index, sensor, ramps, label_style = job
+    frame = simulate_frame(seed, index, sensor, ramps=ramps, label_style=label_style)
     write_frame(out, f"{index:06d}", frame)
     return index, len(frame.points), len(frame.types)
 
 
 def generate(out: str | Path, scenes: int, seed: int = 0, start: int = 0, sensor: str = "hdl64", workers: int = 1,
-             progress: bool = True, skip_existing: bool = False, ramps: float = 0.0) -> int:
+             progress: bool = True, skip_existing: bool = False, ramps: float = 0.0, label_style: str = "tight") -> int:
     """Write scenes ``start .. start + scenes - 1``; returns the number written."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     indices = [i for i in range(start, start + scenes)
                if not (skip_existing and (out / "sim_meta" / f"{i:06d}.json").is_file())]
-    jobs = [(str(out), seed, i, sensor, ramps) for i in indices]
+    jobs = [(str(out), seed, i, sensor, ramps, label_style) for i in indices]
     bar = None
     if progress:
         from tqdm import tqdm
@@ -84,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     n = generate(args.out, args.scenes, seed=args.seed, start=args.start, sensor=args.sensor,
                  workers=max(1, args.workers), progress=not args.no_progress, skip_existing=args.skip_existing,
-                 ramps=args.ramps)
+                 ramps=args.ramps, label_style=args.label_style)
     dt = time.perf_counter() - t0
     print(f"simulate: wrote {n} scene(s) to {args.out} in {dt:.1f} s ({dt / max(n, 1):.2f} s/scene)")
     return 0
