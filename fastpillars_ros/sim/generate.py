@@ -44,8 +44,9 @@ MIN_POINTS = 5
 LABEL_STYLES = ("tight", "kitti")
 #: ``kitti`` label style: metres added to a tight label's (length, width), per KITTI type. KITTI's annotators
 #: draw a walking pedestrian's box longer than the body and a cyclist's box narrower than the handlebars: the
-#: medians of KITTI's training labels (4,477 pedestrians, 1,621 cyclists; the reserved evaluation frames left out)
-#: are pedestrian length 0.88 m and cyclist width 0.60 m, the simulator's tight boxes 0.64 m and 0.76 m.
+#: medians of KITTI's training labels (4,466 pedestrians, 1,597 cyclists; the reserved evaluation frames and the
+#: project's held-out and development frames left out) are pedestrian length 0.88 m and cyclist width 0.60 m, the
+#: simulator's tight boxes 0.64 m and 0.76 m.
 KITTI_LABEL_GROWTH: dict[str, tuple[float, float]] = {"Pedestrian": (0.24, 0.0), "Cyclist": (0.0, -0.16)}
 #: No label box is made narrower or shorter than this (metres).
 MIN_LABEL_SIZE = 0.3
