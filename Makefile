@@ -34,16 +34,22 @@ demo: setup
 
 FP := $(PY) -m fastpillars_ros.cli
 REAL := out/real/kitti_drives
+# The real development set (7 KITTI and 3 View-of-Delft frames) beside the repository.
+REAL_DEV := ../shared/data/real
 # Local bare git copies of the source repositories (<owner>+<name>/repo) instead of cloning them: make MIRRORS=DIR ...
 MIRRORS ?=
 KITTI_LICENCE := CC BY-NC-SA 3.0 (non-commercial): trained on KITTI raw drives 2011_09_26_0005 and 0052 (Geiger et al.) and simulated scenes
 # Re-train the embedded default tiny360 (MODEL_CARD.md): simulated scenes mixed with real KITTI drives (extracted from
 # public repositories at pinned commits by scripts/extract_real_kitti.py; needs network once), fine-tuned from the
-# shipped sim-only tiny weights in two stages, thresholds calibrated on the held-out drive 0048; ~105 min, 2 cores.
+# shipped sim-only tiny weights in two stages (the second on scenes with ramps and KITTI-style label boxes), thresholds
+# calibrated on drive 0048 and the 7 KITTI development frames; ~95 min, 2 cores.
 # Every epoch is checkpointed: `make model RESUME=--resume` continues an interrupted run.
 model: setup
 	$(FP) simulate --out out/sim/train --scenes 1500 --seed 0 --sensor hdl64 --workers 2 --skip-existing
-	$(FP) simulate --out out/sim/test_fresh --scenes 200 --seed 2000 --sensor hdl64 --workers 2 --skip-existing
+	$(FP) simulate --out out/sim/train_ramps_kl --scenes 1000 --seed 0 --sensor hdl64 --ramps 0.5 --label-style kitti \
+	  --workers 2 --skip-existing
+	$(FP) simulate --out out/sim/test_fresh_kl --scenes 200 --seed 2000 --sensor hdl64 --label-style kitti --workers 2 \
+	  --skip-existing
 	$(PY) scripts/extract_real_kitti.py --out $(REAL) $(if $(MIRRORS),--mirrors $(MIRRORS))
 	$(FP) train --config config/training/tiny360_stage1.yaml --init fastpillars_ros/weights/tiny.pt \
 	  --data out/sim/train --max-frames 1000 --camera-view-data $(REAL)/2011_09_26_drive_0005 \
@@ -51,17 +57,18 @@ model: setup
 	  --val $(REAL)/2011_09_26_drive_0048 --val-camera-view --epochs 6 --max-steps 1104 --lr 1e-3 \
 	  --out out/train/tiny360 --threads 2 --workers 1 --gt-sampling --seed 0 $(RESUME)
 	$(FP) train --config tiny360 --init out/train/tiny360/epoch_003.pt \
-	  --data out/sim/train --max-frames 1000 --camera-view-data $(REAL)/2011_09_26_drive_0005 \
+	  --data out/sim/train_ramps_kl --max-frames 1000 --camera-view-data $(REAL)/2011_09_26_drive_0005 \
 	  --camera-view-data $(REAL)/2011_09_26_drive_0052 --real-repeat 3 \
 	  --val $(REAL)/2011_09_26_drive_0048 --val-camera-view --epochs 5 --lr 8e-4 \
-	  --pct-start 0.15 --out out/train/tiny360_s2 --threads 2 --workers 1 --gt-sampling --seed 1 \
+	  --pct-start 0.15 --out out/train/tiny360_k1 --threads 2 --workers 1 --gt-sampling --seed 1 \
 	  --weights-licence "$(KITTI_LICENCE)" $(RESUME)
-	cp out/train/tiny360_s2/last.pt out/train/tiny360_s2/final.pt
-	$(FP) calibrate --config tiny360 --checkpoint out/train/tiny360_s2/final.pt --data $(REAL)/2011_09_26_drive_0048 --write
-	$(FP) eval --config tiny360 --checkpoint out/train/tiny360_s2/final.pt --data out/sim/test_fresh --no-progress \
-	  --out out/train/tiny360_s2/eval_sim_test.json
-	$(FP) eval-real --config tiny360 --checkpoint out/train/tiny360_s2/final.pt --no-progress
-	cp out/train/tiny360_s2/final.pt fastpillars_ros/weights/tiny360.pt
+	cp out/train/tiny360_k1/last.pt out/train/tiny360_k1/final.pt
+	$(FP) calibrate --config tiny360 --checkpoint out/train/tiny360_k1/final.pt --data $(REAL)/2011_09_26_drive_0048 \
+	  --data $(REAL_DEV)/kitti/training --write
+	$(FP) eval --config tiny360 --checkpoint out/train/tiny360_k1/final.pt --data out/sim/test_fresh_kl --no-progress \
+	  --out out/train/tiny360_k1/eval_sim_test.json
+	$(FP) eval-real --config tiny360 --checkpoint out/train/tiny360_k1/final.pt --no-progress
+	cp out/train/tiny360_k1/final.pt fastpillars_ros/weights/tiny360.pt
 
 # The sim-only front-view tiny model that tiny360 starts from (Apache-2.0 weights; ~82 min).
 model-tiny: setup

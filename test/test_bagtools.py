@@ -131,11 +131,15 @@ def test_make_sample_bag_recipe_is_the_shipped_one():
 
     r = make_bag.SAMPLE_RECIPE
     first = next(bags.read_clouds(bags.SAMPLE_BAG))
-    sim = simulate_frame(r["seed"], 0, r["sensor"]).points
-    expected = bags.quantize_points(bags.crop_points(sim, load_model_config(r["model"]).pc_range),
+    sim = simulate_frame(r["seed"], 0, r["sensor"], label_style=r["label_style"])
+    expected = bags.quantize_points(bags.crop_points(sim.points, load_model_config(r["model"]).pc_range),
                                         r["quantize"])
     np.testing.assert_array_equal(first.points, expected)
     assert first.stamp_ns == bags.DEFAULT_START_NS
+    truth = bags.read_detections(bags.SAMPLE_BAG)[0]  # ground truth in the recipe's label style
+    for box in truth.boxes:
+        match = np.hypot(*(sim.boxes[:, :2] - box[:2]).T).argmin()
+        np.testing.assert_allclose(box[3:6], sim.boxes[match, 3:6], atol=1e-3)
 
 
 def test_reads_sqlite3_bags_directory_and_db3_file(tmp_path):

@@ -16,6 +16,8 @@ __all__ = ["SAMPLE_RECIPE", "MakeBag", "MakeSampleBag", "add_arguments", "make_s
 SAMPLE_RECIPE: dict[str, Any] = {
     "seed": 900000, "frames": 30, "sensor": "hdl64", "model": "tiny", "quantize": 1.0 / 64.0, "level": 19,
     "rate": 10.0, "topic": "/points", "frame_id": "velodyne",
+    # ground truth drawn as the default model learnt to draw boxes (KITTI's annotation habits)
+    "label_style": "kitti",
 }
 
 
@@ -31,7 +33,7 @@ def make_sample_bag(out: str | Path = SAMPLE_BAG, *, workdir: str | Path | None 
     with tempfile.TemporaryDirectory(prefix="sample-bag-") as tmp:
         kitti = Path(workdir) if workdir is not None else Path(tmp) / "kitti"
         generate(kitti, n, seed=r["seed"], sensor=r["sensor"], workers=workers, progress=progress,
-                 skip_existing=True)
+                 skip_existing=True, label_style=r["label_style"])
         return kitti_to_bag(kitti, out, topic=r["topic"], frame_id=r["frame_id"], rate=r["rate"], max_frames=n,
                             compress=True, level=r["level"], crop=pc_range, quantize=r["quantize"],
                             overwrite=True, progress=progress)
