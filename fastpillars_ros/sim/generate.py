@@ -97,10 +97,8 @@ def label_boxes(boxes: np.ndarray, types: list[str], style: str) -> np.ndarray:
         raise ValueError(f"label_style must be one of {LABEL_STYLES}, got {style!r}")
     out = np.array(boxes, dtype=np.float64).reshape(-1, 7)
     if style == "kitti":
-        for k, name in enumerate(types):
-            grow_l, grow_w = KITTI_LABEL_GROWTH.get(name, (0.0, 0.0))
-            out[k, 3] = max(out[k, 3] + grow_l, MIN_LABEL_SIZE)
-            out[k, 4] = max(out[k, 4] + grow_w, MIN_LABEL_SIZE)
+        grow = np.array([KITTI_LABEL_GROWTH.get(name, (0.0, 0.0)) for name in types]).reshape(-1, 2)
+        out[:, 3:5] = np.maximum(out[:, 3:5] + grow, MIN_LABEL_SIZE)
     return out
 
 
