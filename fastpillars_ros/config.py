@@ -96,6 +96,18 @@ class DecodeConfig:
 
 
 @dataclass(frozen=True)
+class TerrainConfig:
+    """Terrain following (:mod:`fastpillars_ros.terrain`): heights measured from the local ground, found on a
+    grid of ``cell`` m squares as the median over ``window`` x ``window`` cells of each cell's lowest point within
+    ``max_offset`` m of the ground plane (cells with fewer than ``min_points`` such points see no ground)."""
+
+    cell: float = 1.0
+    window: int = 3
+    max_offset: float = 1.0
+    min_points: int = 2
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Everything that defines one FastPillars model variant."""
 
@@ -117,6 +129,9 @@ class ModelConfig:
     #: Height of the sensor above the ground in the training data [m], level axes (KITTI HDL-64 and the
     #: simulator: 1.73). :class:`~fastpillars_ros.mounting.Mounting` moves other mountings to it.
     sensor_height: float = 1.73
+    #: Terrain following, None = off (heights from the ground plane z = -sensor_height). The network is trained
+    #: with the setting it is used with.
+    terrain: TerrainConfig | None = None
 
     # ---- derived values -------------------------------------------------------------------
     @property
@@ -303,6 +318,7 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> ModelConfi
         decode=_section(DecodeConfig, data.get("decode"), "decode", source),
         description=str(data.get("description", "")),
         sensor_height=_number(data, "sensor_height", source) if "sensor_height" in data else 1.73,
+        terrain=None if data.get("terrain") is None else _section(TerrainConfig, data["terrain"], "terrain", source),
     )
     validate(cfg, source)
     return cfg
@@ -398,3 +414,13 @@ def validate(cfg: ModelConfig, source: str = "<config>") -> None:
         fail("'decode.nms_iou_threshold' must be in (0, 1]")
     if not math.isfinite(cfg.intensity_scale):
         fail("'intensity_scale' must be finite")
+    t = cfg.terrain
+    if t is not None:
+        if not (isinstance(t.cell, (int, float)) and t.cell > 0):
+            fail(f"'terrain.cell' must be a positive number of metres, got {t.cell!r}")
+        if not (isinstance(t.window, int) and t.window >= 1 and t.window % 2 == 1):
+            fail(f"'terrain.window' must be an odd number of cells >= 1 (e.g. 3), got {t.window!r}")
+        if not (isinstance(t.max_offset, (int, float)) and t.max_offset > 0):
+            fail(f"'terrain.max_offset' must be a positive number of metres, got {t.max_offset!r}")
+        if not (isinstance(t.min_points, int) and t.min_points >= 1):
+            fail(f"'terrain.min_points' must be an integer >= 1, got {t.min_points!r}")

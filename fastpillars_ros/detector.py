@@ -41,6 +41,7 @@ from .runtime.memory import (
     resolve_backend,
 )
 from .runtime.profiling import StageClock
+from .terrain import follow_terrain
 
 if TYPE_CHECKING:
     from .runtime.onnxruntime_backend import OnnxRuntimeDense
@@ -364,6 +365,7 @@ class Detector:
             mounting = None
         if mounting is not None:
             pts = points_to_model(pts, mounting, model_height)
+        pts, terrain = follow_terrain(pts, self.config)
         n_in = int(pts.shape[0])
         stats = {"num_points": n_in, "dropped_points": 0, "dropped_pillars": 0}
         if n_in > self.max_points:
@@ -401,6 +403,8 @@ class Detector:
         vel = None if cand.velocities is None else cand.velocities.float().cpu().numpy()
         boxes, scores = cand.boxes.float().cpu().numpy(), cand.scores.float().cpu().numpy()
         labels = cand.labels.cpu().numpy().astype(np.int64)
+        if terrain is not None:
+            boxes = terrain.raise_boxes(boxes)
         if mounting is not None:
             boxes, vel = boxes_to_cloud(boxes, mounting, model_height, vel)
         return Detections(boxes, scores, labels, vel, clock.timings(), stats)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -57,6 +58,23 @@ class FastPillars(nn.Module):
         _, height, width = self.config.canvas_shape
         pillars = self.backbone.pillar_pooling1(features, point_pillar, int(coords.shape[0]))
         return scatter_to_canvas(pillars, coords, height, width, batch_size, batch_index)
+
+    def encode_points(self, points: np.ndarray) -> Tensor:
+        """One scan -> BEV canvas ``[1, C, H, W]`` float32, the way the detector prepares it: terrain following
+        (when the config turns it on), pillarize, decorate, :meth:`encode`.
+
+        Args:
+            points: ``(N, C)`` float32 in ``config.point_features`` order (x, y, z [m] in the model frame).
+        """
+        from ..ops import decorate, pillarize
+        from ..terrain import follow_terrain
+
+        cfg = self.config
+        pts, _ = follow_terrain(torch.from_numpy(np.ascontiguousarray(points, np.float32)), cfg)
+        pts = pts.numpy()
+        pillars = pillarize(pts, cfg.pc_range, cfg.pillar_size)
+        feats = torch.from_numpy(decorate(pts, pillars, cfg.pc_range, cfg.pillar_size))
+        return self.encode(feats, torch.from_numpy(pillars.point_pillar), torch.from_numpy(pillars.coords))
 
     def forward_dense(self, canvas: Tensor) -> list[dict[str, Tensor]]:
         """Canvas ``[B, C, H, W]`` -> per task a dict of raw head maps ``[B, C_k, H/s, W/s]`` (no sigmoid)."""

@@ -49,7 +49,6 @@ import torch
 
 from ..bags import SAMPLE_BAG, read_clouds
 from ..model.fastpillars import FastPillars
-from ..ops import decorate, pillarize
 from .engine_cache import EngineKey, sha256_file
 
 log = logging.getLogger(__name__)
@@ -78,17 +77,16 @@ def calibration_canvases(model: FastPillars) -> list[np.ndarray]:
     cfg = model.config
     canvases = []
     for pts in calibration_points(list(cfg.point_features), float(cfg.intensity_scale)):
-        pillars = pillarize(pts, cfg.pc_range, cfg.pillar_size)
-        feats = torch.from_numpy(decorate(pts, pillars, cfg.pc_range, cfg.pillar_size))
-        canvas = model.encode(feats, torch.from_numpy(pillars.point_pillar), torch.from_numpy(pillars.coords))
-        canvases.append(canvas.cpu().float().numpy())
+        canvases.append(model.encode_points(pts).cpu().float().numpy())
     return canvases
 
 
 def calibration_digest(model: FastPillars) -> str:
-    """SHA-256 over what the calibration depends on besides the dense graph: the bag, the MAPE weights
-    (they make the canvases) and :data:`SETTINGS`."""
+    """SHA-256 over what the calibration depends on besides the dense graph: the bag, the MAPE weights and
+    the terrain setting (they make the canvases) and :data:`SETTINGS`."""
     h = hashlib.sha256(json.dumps(SETTINGS, sort_keys=True).encode())
+    if model.config.terrain is not None:  # terrain following shapes the canvases
+        h.update(json.dumps(model.config.to_dict()["terrain"], sort_keys=True).encode())
     h.update(sha256_file(SAMPLE_BAG).encode())
     for name, tensor in sorted(model.backbone.pillar_pooling1.state_dict().items()):
         h.update(name.encode())

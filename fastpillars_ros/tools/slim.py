@@ -31,7 +31,6 @@ def run(args: argparse.Namespace) -> int:
     from fastpillars_ros.config import config_from_dict, load_model_config
     from fastpillars_ros.datasets.kitti import KittiDataset
     from fastpillars_ros.model import build_model, load_checkpoint, read_state_dict, save_checkpoint
-    from fastpillars_ros.ops.pillarize import decorate, pillarize
     from fastpillars_ros.pointcloud import even_indices, model_columns
     from fastpillars_ros.train import slim
 
@@ -65,11 +64,8 @@ def run(args: argparse.Namespace) -> int:
 
     def feed(model: torch.nn.Module) -> None:
         for dataset, index in picked:
-            pts = model_columns(dataset.points(index), cfg.point_features, cfg.intensity_scale)
-            pillars = pillarize(pts, cfg.pc_range, cfg.pillar_size)
-            feats = torch.from_numpy(decorate(pts, pillars, cfg.pc_range, cfg.pillar_size))
-            canvas = model.encode(feats, torch.from_numpy(pillars.point_pillar), torch.from_numpy(pillars.coords))
-            model.forward_dense(canvas)
+            model.forward_dense(model.encode_points(
+                model_columns(dataset.points(index), cfg.point_features, cfg.intensity_scale)))
 
     plan = slim.channel_plan(wide)
     try:

@@ -21,6 +21,7 @@ from ..boxes import points_in_boxes
 from ..config import ModelConfig
 from ..ops import decorate, pillarize
 from ..pointcloud import model_columns
+from ..terrain import follow_terrain
 from .augment import AugmentConfig, augment, paste_objects
 from .losses import BatchTargets
 from .targets import HeadGeometry, build_targets, head_geometry
@@ -222,6 +223,9 @@ class TrainSet(Dataset):
             pts, boxes, labels = paste_objects(pts, boxes, labels, ignored, self._donors(i, rng))
         if self.augment:
             pts, (boxes, ignored, probe) = augment(pts, [boxes, ignored, probe], rng, self.augment_config)
+        flat, terrain = follow_terrain(torch.from_numpy(np.ascontiguousarray(pts)), cfg)
+        if terrain is not None:  # the network learns on what it sees in use: heights from the local ground
+            pts, boxes, ignored = flat.numpy(), terrain.flatten_boxes(boxes), terrain.flatten_boxes(ignored)
         pts = self._features(pts)
         pillars = pillarize(pts, cfg.pc_range, cfg.pillar_size)
         features = decorate(pts, pillars, cfg.pc_range, cfg.pillar_size)
