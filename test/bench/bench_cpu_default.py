@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +27,14 @@ from common import print_header, print_ratio, time_interleaved, time_ms
 from real_data import real_file
 from std_msgs.msg import Header
 
+from fastpillars_ros.config import ModelConfig, TerrainConfig
 from fastpillars_ros.detector import STAGES, Detector, default_checkpoint
 from fastpillars_ros.model.head import Candidates, decode_dense
 from fastpillars_ros.model.mape import MAPE, scatter_to_canvas
 from fastpillars_ros.ops import decorate, mape_cpu, pillarize
 from fastpillars_ros.pointcloud import read_points
 from fastpillars_ros.ros.messages import detections_to_msg
+from fastpillars_ros.terrain import follow_terrain
 
 logging.basicConfig(level=logging.ERROR)
 DEFAULT = "tiny360"
@@ -101,6 +104,17 @@ def bench_mape(model: torch.nn.Module, feats: torch.Tensor, ids: torch.Tensor, c
         print_ratio(f"  MAPE+scatter pure torch{label}", "today's MAPE", times["autograd"], times["pure torch"])
 
 
+def bench_terrain(scan: np.ndarray, cfg: ModelConfig, repeat: int) -> None:
+    """Terrain following (off in the shipped config; MODEL_CARD item 10) against the pillarisation it precedes."""
+    on = replace(cfg, terrain=cfg.terrain or TerrainConfig())
+    points = torch.from_numpy(scan)
+    times = time_interleaved({"pillarize": lambda: decorate(scan, pillarize(scan, cfg.pc_range, cfg.pillar_size),
+                                                              cfg.pc_range, cfg.pillar_size),
+                              "terrain": lambda: follow_terrain(points, on)}, repeat=repeat)
+    print_ratio("  terrain following (local ground + flatten)", "pillarize + decorate", times["pillarize"],
+                times["terrain"])
+
+
 @torch.no_grad()
 def bench_stages(scan: np.ndarray, repeat: int) -> None:
     """MAPE (inference path vs today's) and the dense part (int8 vs fp32 onnxruntime vs torch) of the default model."""
@@ -112,6 +126,7 @@ def bench_stages(scan: np.ndarray, repeat: int) -> None:
     feats = torch.from_numpy(decorate(scan, p, cfg.pc_range, cfg.pillar_size))
     ids, coords = torch.from_numpy(p.point_pillar), torch.from_numpy(p.coords)
     print(f"{DEFAULT}: {len(scan):,} points, {len(feats):,} in range, {len(coords):,} pillars")
+    bench_terrain(scan, cfg, repeat)
     bench_mape(model, feats, ids, coords, repeat)
     canvas = model.encode(feats, ids, coords)
     t_torch = time_ms(lambda: model.forward_dense(canvas), repeat=repeat)
