@@ -106,9 +106,7 @@ def local_ground(points: torch.Tensor, ground_z: float, extent: tuple[float, flo
     # The median over the window of the cells that see ground: robust to cells whose lowest point is a car's
     # sill (more ground around than car) and to single low outliers.
     grid = torch.where(torch.isfinite(lowest), lowest, torch.full_like(lowest, float("nan"))).view(1, 1, nx, ny)
-    patches = F.unfold(grid, w, padding=w // 2)  # (1, w*w, nx*ny); padding is 0, not nan:
-    pad = F.unfold(torch.ones_like(grid), w, padding=w // 2) == 0
-    patches = torch.where(pad, torch.full_like(patches, float("nan")), patches)
+    patches = F.unfold(F.pad(grid, (w // 2,) * 4, value=float("nan")), w)  # (1, w*w, nx*ny)
     median = patches.nanmedian(dim=1).values.view(1, 1, nx, ny)
     seen = ~torch.isnan(median)
     values = torch.where(seen, median, torch.zeros_like(median))

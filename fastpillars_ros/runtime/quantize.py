@@ -41,6 +41,7 @@ import json
 import logging
 import tempfile
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,7 @@ def calibration_digest(model: FastPillars) -> str:
     the terrain setting (they make the canvases) and :data:`SETTINGS`."""
     h = hashlib.sha256(json.dumps(SETTINGS, sort_keys=True).encode())
     if model.config.terrain is not None:  # terrain following shapes the canvases
-        h.update(json.dumps(model.config.to_dict()["terrain"], sort_keys=True).encode())
+        h.update(json.dumps(asdict(model.config.terrain), sort_keys=True).encode())
     h.update(sha256_file(SAMPLE_BAG).encode())
     for name, tensor in sorted(model.backbone.pillar_pooling1.state_dict().items()):
         h.update(name.encode())
