@@ -12,11 +12,12 @@ from real_data import real_file
 from fastpillars_ros.cli import main as cli_main
 
 
-def _one_frame_folder(root: Path, frame: str) -> Path:
-    """A KITTI-layout folder holding one development frame (links to the shared data)."""
+def _one_frame_folder(root: Path, *frames: str) -> Path:
+    """A KITTI-layout folder holding development frames (links to the shared data)."""
     for sub, ext in (("velodyne", "bin"), ("label_2", "txt"), ("calib", "txt")):
         (root / sub).mkdir(parents=True)
-        (root / sub / f"{frame}.{ext}").symlink_to(real_file(f"kitti/training/{sub}/{frame}.{ext}"))
+        for frame in frames:
+            (root / sub / f"{frame}.{ext}").symlink_to(real_file(f"kitti/training/{sub}/{frame}.{ext}"))
     return root
 
 
@@ -34,6 +35,30 @@ def test_a_kitti_folder_is_reported_under_its_name_with_its_objects(tmp_path, ca
     assert lo == hi == report[0]["ap"]["car@0.5"]
     printed = capsys.readouterr().out
     assert "[held_out] 1 frames" in printed and "90 % interval:" in printed
+
+
+def test_pooled_sets_are_reported_as_one_folder_holding_all_their_frames(tmp_path):
+    first = _one_frame_folder(tmp_path / "a", "000010")
+    second = _one_frame_folder(tmp_path / "b", "000007")
+    both = _one_frame_folder(tmp_path / "both", "000007", "000010")
+    out, out_both = tmp_path / "pooled.json", tmp_path / "both.json"
+    assert cli_main(["eval-real", "--sets", "", "--kitti", f"a={first}", "--kitti", f"b={second}",
+                     "--pool", "a_and_b", "--out", str(out), "--no-progress"]) == 0
+    assert cli_main(["eval-real", "--sets", "", "--kitti", f"both={both}", "--out", str(out_both),
+                     "--no-progress"]) == 0
+    a, b, pooled = json.loads(out.read_text())["sets"]
+    (together,) = json.loads(out_both.read_text())["sets"]
+    assert pooled["name"] == "a_and_b" and pooled["num_frames"] == 2
+    assert pooled["num_objects"]["car"] == a["num_objects"]["car"] + b["num_objects"]["car"]
+    for key in ("ap", "recall", "false_per_frame", "false_by_class", "turned_car_recall"):
+        assert pooled[key] == together[key], key
+    assert pooled["ap"] not in (a["ap"], b["ap"])  # the union, not one set's APs
+
+
+def test_pooling_fewer_than_two_sets_is_refused_naming_the_flag(tmp_path, capsys):
+    folder = _one_frame_folder(tmp_path / "drive", "000010")
+    assert cli_main(["eval-real", "--sets", "", "--kitti", f"a={folder}", "--pool", "all", "--no-progress"]) == 2
+    assert "--pool" in capsys.readouterr().err
 
 
 def test_a_kitti_folder_without_scans_is_refused_naming_the_flag(tmp_path, capsys):

@@ -27,7 +27,7 @@ import json
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +37,9 @@ from fastpillars_ros.evaluation import FrameBoxes, bootstrap_interval, evaluate
 from fastpillars_ros.pointcloud import model_columns
 from fastpillars_ros.tools.eval import ground_truth, in_camera_fov, project_centres
 
-__all__ = ["DEV_SETS", "KITTI_SET", "LOOSE_IOU", "MAX_RANGE", "Calibrate", "RealSet", "SetReport", "add_arguments",
-           "calibrate_thresholds", "evaluate_set", "false_objects", "in_labelled_view", "run", "threshold_intervals"]
+__all__ = ["DEV_SETS", "KITTI_SET", "LOOSE_IOU", "MAX_RANGE", "Calibrate", "RealSet", "SetReport", "SetRun",
+           "add_arguments", "calibrate_thresholds", "false_objects", "in_labelled_view", "run", "run_set", "summarise",
+           "threshold_intervals"]
 
 MAX_RANGE = 50.0
 #: BEV IoU at which a detection "finds" an object of its class (and is not a false object).
@@ -154,13 +155,31 @@ def _published(pred: FrameBoxes, thresholds: np.ndarray) -> FrameBoxes:
     return _select(pred, pred.scores >= thresholds[pred.labels])  # type: ignore[operator]
 
 
-def evaluate_set(detector: Any, real: RealSet, root: Path, *, progress: bool = False
-                 ) -> tuple[SetReport, list[dict[str, Any]]]:
-    """Run ``detector`` (built with the decode floor as its threshold) on one development set.
+@dataclass
+class SetRun:
+    """One set's detections, frame by frame: what a :class:`SetReport` is computed from.
 
-    Scans of a set with ``estimate_mounting`` are moved into the model's mounting by a ground-plane fit of
+    Runs of several sets pool by concatenating their frames (:func:`summarise`), so a pooled AP is the AP over
+    the union of the frames, not an average of the sets' APs.
+    """
+
+    class_names: list[str]
+    preds: list[FrameBoxes]  # every candidate above the decode floor in the labelled view
+    truths: list[FrameBoxes]  # labels (objects out of view or past MAX_RANGE ignored)
+    published: list[FrameBoxes]  # the candidates at the default thresholds
+    false: list[np.ndarray]  # (K_i,) bool over each frame's published detections
+    turned: list[FrameBoxes] | None = None  # the 180-degree check's published detections, turned back
+    turned_false: int = 0
+    mounting: list[str] = field(default_factory=list)
+    pictures: list[dict[str, Any]] = field(default_factory=list)
+
+
+def run_set(detector: Any, real: RealSet, root: Path, *, progress: bool = False) -> SetRun:
+    """Run ``detector`` (built with the decode floor as its threshold) on every frame of one set.
+
+    Scans of a set with ``estimate_mounting`` are moved into the model's mounting first by a ground-plane fit of
     each scan (:func:`fastpillars_ros.mounting.estimate_ground`, what ``mounting.auto`` does on the first
-    cloud). Returns the report and, per frame, the material for pictures (points, ground truth, published
+    cloud). The result also holds, per frame, the material for pictures (points, ground truth, published
     detections, which of them are false).
     """
     from tqdm import tqdm
@@ -172,10 +191,7 @@ def evaluate_set(detector: Any, real: RealSet, root: Path, *, progress: bool = F
     thresholds = np.array([detector.default_score_thresholds[c] for c in class_names])
     dataset = KittiDataset(root / real.folder, classes=class_names)
     gain = detector.intensity_scale / real.intensity_max
-    preds, pubs, truths, turned, frames_out, mounts = [], [], [], [], [], []
-    n_false = np.zeros(len(class_names), dtype=np.int64)
-    n_pub = 0
-    turned_false = 0
+    run = SetRun(class_names, [], [], [], [], [] if real.turn_check else None)
     for i in tqdm(range(len(dataset)), desc=f"eval-real {real.name}", unit="frame", file=sys.stderr,
                   disable=not progress):
         frame = dataset[i]
@@ -184,8 +200,8 @@ def evaluate_set(detector: Any, real: RealSet, root: Path, *, progress: bool = F
             est = estimate_ground(frame.points)
             detector.mounting_source = None if est is None else est.mounting
             m = detector.mounting_source
-            mounts.append("no ground found" if m is None else f"{m.height:.2f} m, roll {math.degrees(m.roll):.1f} "
-                          f"deg, pitch {math.degrees(m.pitch):.1f} deg")
+            run.mounting.append("no ground found" if m is None else f"{m.height:.2f} m, roll "
+                                f"{math.degrees(m.roll):.1f} deg, pitch {math.degrees(m.pitch):.1f} deg")
         try:
             out = detector.detect(pts)
         finally:
@@ -194,44 +210,55 @@ def evaluate_set(detector: Any, real: RealSet, root: Path, *, progress: bool = F
         gt = ground_truth(frame, class_names, real.max_difficulty)
         pred = _select(pred, in_labelled_view(pred.boxes, frame.calib, real.image_size))
         gt.ignore = gt.ignore | ~in_labelled_view(gt.boxes, frame.calib, real.image_size)  # type: ignore[operator]
-        preds.append(pred)
-        truths.append(gt)
         pub = _published(pred, thresholds)
-        pubs.append(pub)
         false = false_objects(pub, frame, class_names)
-        np.add.at(n_false, pub.labels[false], 1)
-        n_pub += len(pub.boxes)
-        frames_out.append({"frame_id": frame.frame_id, "points": frame.points, "gt_boxes": frame.boxes,
-                           "gt_names": list(frame.names), "det_boxes": pub.boxes,
-                           "det_scores": pub.scores, "det_names": [class_names[int(c)] for c in pub.labels],
-                           "false": false})
-        if real.turn_check:
+        run.preds.append(pred)
+        run.truths.append(gt)
+        run.published.append(pub)
+        run.false.append(false)
+        run.pictures.append({"frame_id": frame.frame_id, "points": frame.points, "gt_boxes": frame.boxes,
+                             "gt_names": list(frame.names), "det_boxes": pub.boxes,
+                             "det_scores": pub.scores, "det_names": [class_names[int(c)] for c in pub.labels],
+                             "false": false})
+        if run.turned is not None:
             out_t = detector.detect(_turn(pts))
             pred_t = FrameBoxes(_turn_boxes_back(out_t.boxes), out_t.labels.astype(np.int64),
                                 out_t.scores.astype(np.float64))
             pred_t = _select(pred_t, in_labelled_view(pred_t.boxes, frame.calib, real.image_size))
             pub_t = _published(pred_t, thresholds)
-            turned_false += int(false_objects(pub_t, frame, class_names).sum())
-            turned.append(pub_t)
+            run.turned_false += int(false_objects(pub_t, frame, class_names).sum())
+            run.turned.append(pub_t)
+    return run
 
+
+def summarise(name: str, runs: Sequence[SetRun]) -> SetReport:
+    """The report of one set's run, or of several runs' frames pooled into one set (APs over their union)."""
+    class_names = runs[0].class_names
+    preds = [p for r in runs for p in r.preds]
+    truths = [t for r in runs for t in r.truths]
+    pubs = [p for r in runs for p in r.published]
+    n_false = np.zeros(len(class_names), dtype=np.int64)
+    for pub, false in zip(pubs, (f for r in runs for f in r.false), strict=True):
+        np.add.at(n_false, pub.labels[false], 1)
     ap_res = evaluate(preds, truths, class_names, iou_thresholds={c: AP_IOU.get(c, (0.5,)) for c in class_names})
     ap_metrics = {f"{c}@{t:g}": ap_res.get(c, "bev", t) for c in class_names for t in AP_IOU.get(c, (0.5,))}
-    ap = {k: m.ap for k, m in ap_metrics.items()}
-    ap_interval = {k: m.ap_interval(AP_LEVEL) for k, m in ap_metrics.items()}
     loose = evaluate(pubs, truths, class_names, iou_thresholds={c: LOOSE_IOU.get(c, 0.5) for c in class_names})
-    recall = {c: loose.get(c, "bev", LOOSE_IOU.get(c, 0.5)).max_recall for c in class_names}
-    counts = {c: loose.get(c, "bev", LOOSE_IOU.get(c, 0.5)).num_gt for c in class_names}
-    n = len(dataset)
-    report = SetReport(name=real.name, num_frames=n, num_objects=counts, ap=ap, ap_interval=ap_interval,
-                       recall=recall,
+    n = len(preds)
+    report = SetReport(name=name, num_frames=n,
+                       num_objects={c: loose.get(c, "bev", LOOSE_IOU.get(c, 0.5)).num_gt for c in class_names},
+                       ap={k: m.ap for k, m in ap_metrics.items()},
+                       ap_interval={k: m.ap_interval(AP_LEVEL) for k, m in ap_metrics.items()},
+                       recall={c: loose.get(c, "bev", LOOSE_IOU.get(c, 0.5)).max_recall for c in class_names},
                        false_per_frame=float(n_false.sum()) / max(n, 1),
                        false_by_class={c: int(k) for c, k in zip(class_names, n_false, strict=True)},
-                       published_per_frame=n_pub / max(n, 1), mounting=mounts or None)
-    if real.turn_check:
+                       published_per_frame=sum(len(p.boxes) for p in pubs) / max(n, 1),
+                       mounting=[m for r in runs for m in r.mounting] or None)
+    if all(r.turned is not None for r in runs):
+        turned = [p for r in runs for p in r.turned or ()]
         t_res = evaluate(turned, truths, class_names, iou_thresholds={"car": 0.5})
         report.turned_car_recall = t_res.get("car", "bev", 0.5).max_recall
-        report.turned_false_per_frame = turned_false / max(n, 1)
-    return report, frames_out
+        report.turned_false_per_frame = sum(r.turned_false for r in runs) / max(n, 1)
+    return report
 
 
 def format_reports(reports: Sequence[SetReport], thresholds: dict[str, float]) -> str:
@@ -282,6 +309,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kitti", action="append", default=[], metavar="NAME=DIR",
                         help="also evaluate a KITTI-layout folder of KITTI HDL-64 scans with camera-view labels (e.g. "
                              "the held-out drives that `make model` extracts), as the kitti set is; repeatable")
+    parser.add_argument("--pool", default=None, metavar="NAME",
+                        help="also report the frames of every --kitti set pooled as one set NAME (its APs are over "
+                             "the union of the frames: more objects, tighter intervals than any one set's)")
     parser.add_argument("--out", default=None, help="JSON report")
     parser.add_argument("--pictures", default=None, metavar="DIR", help="BEV pictures per set (PNG) into DIR")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -306,6 +336,7 @@ def run(args: argparse.Namespace) -> int:
     if sets and not (root / sets[0].folder).is_dir():
         print(f"eval-real: real data not found under {root} (give --real-data)", file=sys.stderr)
         return 2
+    added: set[str] = set()
     for item in args.kitti:
         name, sep, folder = item.partition("=")
         if not sep or not name or not (Path(folder) / "velodyne").is_dir():
@@ -313,16 +344,24 @@ def run(args: argparse.Namespace) -> int:
                   "calib/); the held-out drives come from `python scripts/extract_real_kitti.py`", file=sys.stderr)
             return 2
         sets.append(replace(KITTI_SET, name=name, folder=str(Path(folder).resolve())))
+        added.add(name)
+    if args.pool and len(added) < 2:
+        print("eval-real: --pool needs two or more --kitti sets to pool", file=sys.stderr)
+        return 2
     from fastpillars_ros.config import load_model_config
 
     config = load_model_config(args.config or DEFAULT_MODEL)
     detector = Detector(config, args.checkpoint, score_threshold=config.decode.score_threshold)
-    reports = []
+    reports, kitti_runs = [], []
     for real in sets:
-        report, frames = evaluate_set(detector, real, root, progress=not args.no_progress)
-        reports.append(report)
+        set_run = run_set(detector, real, root, progress=not args.no_progress)
+        reports.append(summarise(real.name, [set_run]))
+        if real.name in added:
+            kitti_runs.append(set_run)
         if args.pictures:
-            _pictures(frames, real.name, Path(args.pictures) / f"real_{real.name}.png")
+            _pictures(set_run.pictures, real.name, Path(args.pictures) / f"real_{real.name}.png")
+    if args.pool:
+        reports.append(summarise(args.pool, kitti_runs))
     defaults = detector.default_score_thresholds
     print(detector.describe())
     print(format_reports(reports, defaults))
@@ -415,12 +454,11 @@ class Calibrate:
         by_frame: list[dict[str, list[float]]] = []  # class -> scores of each frame's false objects
         for folder in args.data:
             real = RealSet(Path(folder).name, str(Path(folder).resolve()), 1.0, (1242, 375), False, False, 2)
-            _, per_frame = evaluate_set(detector, real, Path("/"))
-            for f in per_frame:
+            set_run = run_set(detector, real, Path("/"))
+            for pub, false in zip(set_run.published, set_run.false, strict=True):
                 false_scores: dict[str, list[float]] = {}
-                for name, score, false in zip(f["det_names"], f["det_scores"], f["false"], strict=True):
-                    if false:
-                        false_scores.setdefault(name, []).append(float(score))
+                for label, score in zip(pub.labels[false], pub.scores[false], strict=True):  # type: ignore[index]
+                    false_scores.setdefault(detector.class_names[int(label)], []).append(float(score))
                 by_frame.append(false_scores)
         scores = {c: [s for f in by_frame for s in f.get(c, [])] for c in budget}
         frames = len(by_frame)
