@@ -34,6 +34,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                   "the real development scans: AP, recall and false objects per frame, 180-degree check"),
     "calibrate": ("fastpillars_ros.tools.eval_real:Calibrate",
                   "default score thresholds per class from held-out real scans, stored with the weights"),
+    "average": ("fastpillars_ros.tools.average",
+                "the mean of several runs' weights (seeds of one recipe), to calibrate and use as one model"),
     "slim": ("fastpillars_ros.tools.slim",
              "cut a trained model to a narrower config (most active channels kept) as a start for train --init"),
     "pseudo-label": ("fastpillars_ros.tools.pseudo_label",
