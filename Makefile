@@ -6,7 +6,7 @@ PY := .venv/bin/python
 NETNS := scripts/netns_run.sh
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint bench demo model model-tiny eval-real eval-heldout clean test-jazzy
+.PHONY: setup test lint bench demo model model-stage1 model-terrain model-tiny eval-real eval-heldout clean test-jazzy
 
 setup:
 	@bash scripts/setup_env.sh
@@ -39,36 +39,56 @@ REAL_DEV := ../shared/data/real
 # Local bare git copies of the source repositories (<owner>+<name>/repo) instead of cloning them: make MIRRORS=DIR ...
 MIRRORS ?=
 KITTI_LICENCE := CC BY-NC-SA 3.0 (non-commercial): trained on KITTI raw drives 2011_09_26_0005 and 0052 (Geiger et al.) and simulated scenes
-# Re-train the embedded default tiny360 (MODEL_CARD.md): simulated scenes mixed with real KITTI drives (extracted from
-# public repositories at pinned commits by scripts/extract_real_kitti.py; needs network once), fine-tuned from the
-# shipped sim-only tiny weights in two stages (the second on scenes with ramps and KITTI-style label boxes), thresholds
-# calibrated on drive 0048 and the 7 KITTI development frames; ~95 min, 2 cores.
-# Every epoch is checkpointed: `make model RESUME=--resume` continues an interrupted run.
-model: setup
+# Stage 1 of the real-data models (MODEL_CARD.md): the simulated scenes, the real KITTI drives (extracted from public
+# repositories at pinned commits by scripts/extract_real_kitti.py; needs network once), and the sim-only tiny weights
+# fine-tuned on a +-40.8 m canvas (~40 min, 2 cores; skipped once done). Every epoch is checkpointed:
+# `make model RESUME=--resume` continues an interrupted run.
+model-stage1: setup
 	$(FP) simulate --out out/sim/train --scenes 1500 --seed 0 --sensor hdl64 --workers 2 --skip-existing
 	$(FP) simulate --out out/sim/train_ramps_kl --scenes 1000 --seed 0 --sensor hdl64 --ramps 0.5 --label-style kitti \
 	  --workers 2 --skip-existing
 	$(FP) simulate --out out/sim/test_fresh_kl --scenes 200 --seed 2000 --sensor hdl64 --label-style kitti --workers 2 \
 	  --skip-existing
 	$(PY) scripts/extract_real_kitti.py --out $(REAL) $(if $(MIRRORS),--mirrors $(MIRRORS))
-	$(FP) train --config config/training/tiny360_stage1.yaml --init fastpillars_ros/weights/tiny.pt \
+	test -f out/train/tiny360/epoch_003.pt || $(FP) train --config config/training/tiny360_stage1.yaml \
+	  --init fastpillars_ros/weights/tiny.pt \
 	  --data out/sim/train --max-frames 1000 --camera-view-data $(REAL)/2011_09_26_drive_0005 \
 	  --camera-view-data $(REAL)/2011_09_26_drive_0052 --real-repeat 3 \
 	  --val $(REAL)/2011_09_26_drive_0048 --val-camera-view --epochs 6 --max-steps 1104 --lr 1e-3 \
 	  --out out/train/tiny360 --threads 2 --workers 1 --gt-sampling --seed 0 $(RESUME)
-	$(FP) train --config tiny360 --init out/train/tiny360/epoch_003.pt \
-	  --data out/sim/train_ramps_kl --max-frames 1000 --camera-view-data $(REAL)/2011_09_26_drive_0005 \
-	  --camera-view-data $(REAL)/2011_09_26_drive_0052 --real-repeat 3 \
-	  --val $(REAL)/2011_09_26_drive_0048 --val-camera-view --epochs 5 --lr 8e-4 \
-	  --pct-start 0.15 --out out/train/tiny360_k1 --threads 2 --workers 1 --gt-sampling --seed 1 \
-	  --weights-licence "$(KITTI_LICENCE)" $(RESUME)
+
+# Stage 2 (5 epochs from stage 1's weights on the scenes with ramps and KITTI-style label boxes plus the real drives,
+# ~50 min) and the checks after it; the model config and seed are given where it is used.
+STAGE2 = --init out/train/tiny360/epoch_003.pt --data out/sim/train_ramps_kl --max-frames 1000 \
+	  --camera-view-data $(REAL)/2011_09_26_drive_0005 --camera-view-data $(REAL)/2011_09_26_drive_0052 --real-repeat 3 \
+	  --val $(REAL)/2011_09_26_drive_0048 --val-camera-view --epochs 5 --lr 8e-4 --pct-start 0.15 --threads 2 \
+	  --workers 1 --gt-sampling --weights-licence "$(KITTI_LICENCE)" $(RESUME)
+# $(call ship,CONFIG,CHECKPOINT): default thresholds calibrated on drive 0048 and the 7 KITTI development frames, the
+# fresh simulated split and the development set, then the weights into the package.
+ship = $(FP) calibrate --config $(1) --checkpoint $(2) --data $(REAL)/2011_09_26_drive_0048 \
+	  --data $(REAL_DEV)/kitti/training --write && \
+	$(FP) eval --config $(1) --checkpoint $(2) --data out/sim/test_fresh_kl --no-progress \
+	  --out $(basename $(2))_eval_sim_test.json && \
+	$(FP) eval-real --config $(1) --checkpoint $(2) --no-progress && \
+	cp $(2) fastpillars_ros/weights/$(1).pt
+
+# Re-train the embedded default tiny360: stage 1, then stage 2 with seed 1; ~95 min on 2 cores.
+model: model-stage1
+	$(FP) train --config tiny360 $(STAGE2) --out out/train/tiny360_k1 --seed 1
 	cp out/train/tiny360_k1/last.pt out/train/tiny360_k1/final.pt
-	$(FP) calibrate --config tiny360 --checkpoint out/train/tiny360_k1/final.pt --data $(REAL)/2011_09_26_drive_0048 \
-	  --data $(REAL_DEV)/kitti/training --write
-	$(FP) eval --config tiny360 --checkpoint out/train/tiny360_k1/final.pt --data out/sim/test_fresh_kl --no-progress \
-	  --out out/train/tiny360_k1/eval_sim_test.json
-	$(FP) eval-real --config tiny360 --checkpoint out/train/tiny360_k1/final.pt --no-progress
-	cp out/train/tiny360_k1/final.pt fastpillars_ros/weights/tiny360.pt
+	$(call ship,tiny360,out/train/tiny360_k1/final.pt)
+
+# Re-train the opt-in tiny360_terrain: stage 1, then stage 2 with terrain following three times (seeds 1, 7, 13;
+# a finished run is skipped), and the mean of the three runs' weights; ~3 h 10 min on 2 cores (two sessions).
+TERRAIN_SEEDS := 1 7 13
+model-terrain: model-stage1
+	for seed in $(TERRAIN_SEEDS); do \
+	  test -f out/train/tiny360_terrain_seed$$seed/epoch_005.pt || $(FP) train --config tiny360_terrain $(STAGE2) \
+	    --out out/train/tiny360_terrain_seed$$seed --seed $$seed || exit 1; \
+	done
+	$(FP) average $(foreach seed,$(TERRAIN_SEEDS),out/train/tiny360_terrain_seed$(seed)/last.pt) \
+	  --out out/train/tiny360_terrain_mean.pt
+	$(call ship,tiny360_terrain,out/train/tiny360_terrain_mean.pt)
 
 # The sim-only front-view tiny model that tiny360 starts from (Apache-2.0 weights; ~82 min).
 model-tiny: setup
@@ -80,16 +100,17 @@ model-tiny: setup
 	  --out out/train/tiny/eval_sim_test.json --plot out/train/tiny/pr_sim_test.png
 	cp out/train/tiny/last.pt fastpillars_ros/weights/tiny.pt
 
-# The embedded default on the real development scans (../shared/data/real): AP, false objects per frame, 360 check.
+# The embedded default (or MODEL=name) on the real development scans (../shared/data/real): AP, false objects per
+# frame, 360 check.
 eval-real: setup
-	$(FP) eval-real --out out/eval_real.json --pictures out/eval_real
+	$(FP) eval-real $(if $(MODEL),--config $(MODEL)) --out out/eval_real.json --pictures out/eval_real
 
 # The embedded default on real KITTI frames that neither it nor its thresholds ever saw (drive 0001, 16 frames of 13
 # other drives), and on drive 0048 (its thresholds were calibrated there), then all three pooled (77 frames, 247
 # cars: the tightest AP intervals the real data allow); extracts them first (public repositories).
 eval-heldout: setup
 	$(PY) scripts/extract_real_kitti.py --out $(REAL) $(if $(MIRRORS),--mirrors $(MIRRORS))
-	$(FP) eval-real --sets "" --kitti drive_0001=$(REAL)/2011_09_26_drive_0001 \
+	$(FP) eval-real $(if $(MODEL),--config $(MODEL)) --sets "" --kitti drive_0001=$(REAL)/2011_09_26_drive_0001 \
 	  --kitti other_drives=$(REAL)/kitti_objects_mixed --kitti drive_0048_calibration=$(REAL)/2011_09_26_drive_0048 \
 	  --pool all_three --out out/eval_heldout.json --pictures out/eval_heldout
 

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastpillars_ros.config import DEFAULT_MODEL
+from fastpillars_ros.config import DEFAULT_MODEL, available_models
 from fastpillars_ros.mounting import AutoMounting, Mounting
 from fastpillars_ros.runtime.choices import BACKENDS, DEVICES, PRECISIONS
 from fastpillars_ros.runtime.choices import ON_INSUFFICIENT_MEMORY as MEMORY_POLICIES
@@ -127,7 +127,7 @@ _FIELD_NOTE = _XYZ_NOTE + "; empty = always use the fill value"
 SPECS: tuple[ParamSpec, ...] = (
     # --- model and runtime --------------------------------------------------------------------------
     ParamSpec("model", DEFAULT_MODEL, "string",
-              "Model config: a bundled name (tiny360, tiny, kitti, nuscenes_official) or a path to a model .yaml.",
+              f"Model config: a bundled name ({', '.join(available_models())}) or a path to a model .yaml.",
               check=_not_empty("a bundled model name (e.g. tiny) or a path to a model .yaml")),
     ParamSpec("checkpoint", "", "string",
               "Weights file (.pt/.pth) matching the model; empty = the weights shipped for the model "
