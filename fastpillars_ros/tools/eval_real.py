@@ -17,7 +17,8 @@ gives, within :data:`MAX_RANGE` metres and the camera's view:
 
 A set whose sensor is mounted unlike the model's training sensor (View-of-Delft: pitched ~7 degrees) is moved
 into the model's mounting first (:mod:`fastpillars_ros.mounting`). ``--kitti NAME=DIR`` adds other KITTI-layout
-folders of the same sensor (the held-out real drives of ``make model``), reported like the KITTI set.
+folders of the same sensor (the held-out real drives of ``make model``), reported like the KITTI set; ``--pool NAME``
+reports their frames also as one set (APs over the union of the frames: more objects, tighter intervals).
 """
 
 from __future__ import annotations
