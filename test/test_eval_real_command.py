@@ -97,3 +97,9 @@ def test_calibrate_prints_the_thresholds_with_their_interval_and_stores_them(tmp
     assert "1 frames" in out and "90 % interval over a bootstrap of the frames: car " in out
     stored = checkpoint_meta(weights).score_thresholds
     assert set(stored) == {"car", "pedestrian", "cyclist"} and all(0.1 <= t <= 1.0 for t in stored.values())
+
+
+def test_the_precision_can_be_chosen_to_compare_int8_with_fp32(tmp_path, capsys):
+    folder = _one_frame_folder(tmp_path / "drive", "000010")
+    assert cli_main(["eval-real", "--sets", "", "--kitti", f"a={folder}", "--precision", "fp32", "--no-progress"]) == 0
+    assert "precision fp32" in capsys.readouterr().out
