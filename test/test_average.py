@@ -75,3 +75,14 @@ def test_one_checkpoint_is_refused(tmp_path, capsys):
     a = _run(tmp_path / "a.pt", 1)
     assert cli_main(["average", str(a), "--out", str(tmp_path / "m.pt")]) == 2
     assert "two or more" in capsys.readouterr().err
+
+
+def test_a_checkpoint_written_before_a_config_section_existed_averages_with_newer_ones(tmp_path):
+    old = _run(tmp_path / "old.pt", 1)
+    obj = torch.load(old, weights_only=True)
+    del obj["config"]["terrain"]  # the section came later; its absence means "off", as in the newer file
+    torch.save(obj, old)
+    new = _run(tmp_path / "new.pt", 2)
+    out = tmp_path / "mean.pt"
+    assert cli_main(["average", str(old), str(new), "--out", str(out)]) == 0
+    assert "terrain" in torch.load(out, weights_only=True)["config"]

@@ -54,6 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fastpillars_ros.config import config_from_dict
     from fastpillars_ros.model import read_state_dict
     from fastpillars_ros.model.checkpoint import checkpoint_meta, fusion_level_of
 
@@ -68,7 +69,9 @@ def run(args: argparse.Namespace) -> int:
         if len(levels) > 1:
             raise ValueError(f"the checkpoints are fused to different levels {sorted(levels)}: average weights in "
                              "one form (the training form, as `train` writes them)")
-        if any(c != configs[0] for c in configs[1:]):
+        # Compared as parsed configs: a checkpoint written before a config section existed lacks its key.
+        parsed = [None if c is None else config_from_dict(c).to_dict() for c in configs]
+        if any(c != parsed[0] for c in parsed[1:]):
             raise ValueError("the checkpoints store different model configs: average runs of one network only")
         licences = {checkpoint_meta(p).licence for p in args.checkpoints}
         if len(licences) > 1:
@@ -78,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"average: {exc}", file=sys.stderr)
         return 2
-    obj: dict[str, Any] = {"state_dict": mean, "config": configs[0], "fusion_level": levels.pop()}
+    obj: dict[str, Any] = {"state_dict": mean, "config": parsed[0], "fusion_level": levels.pop()}
     (licence,) = licences
     if licence:
         obj["licence"] = licence
