@@ -13,7 +13,6 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -55,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fastpillars_ros.config import config_from_dict
-    from fastpillars_ros.model import read_state_dict
+    from fastpillars_ros.model import build_model, read_state_dict, save_checkpoint
     from fastpillars_ros.model.checkpoint import checkpoint_meta, fusion_level_of
 
     if len(args.checkpoints) < 2:
@@ -64,14 +63,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         read = [read_state_dict(p) for p in args.checkpoints]
         states = [state for state, _ in read]
-        configs = [config for _, config in read]
         levels = {fusion_level_of(s) for s in states}
         if len(levels) > 1:
             raise ValueError(f"the checkpoints are fused to different levels {sorted(levels)}: average weights in "
                              "one form (the training form, as `train` writes them)")
+        if any(config is None for _, config in read):
+            raise ValueError("a checkpoint stores no model config: average checkpoints written by `train`")
         # Compared as parsed configs: a checkpoint written before a config section existed lacks its key.
-        parsed = [None if c is None else config_from_dict(c).to_dict() for c in configs]
-        if any(c != parsed[0] for c in parsed[1:]):
+        configs = [config_from_dict(config) for _, config in read]  # type: ignore[arg-type]
+        if any(c.to_dict() != configs[0].to_dict() for c in configs[1:]):
             raise ValueError("the checkpoints store different model configs: average runs of one network only")
         licences = {checkpoint_meta(p).licence for p in args.checkpoints}
         if len(licences) > 1:
@@ -81,13 +81,14 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"average: {exc}", file=sys.stderr)
         return 2
-    obj: dict[str, Any] = {"state_dict": mean, "config": parsed[0], "fusion_level": levels.pop()}
-    (licence,) = licences
-    if licence:
-        obj["licence"] = licence
+    model = build_model(configs[0])
+    level = levels.pop()
+    if level != "train":
+        model.fuse(level)
+    model.load_state_dict(mean)
     out = Path(args.out)
     tmp = out.with_name(out.name + ".tmp")
-    torch.save(obj, tmp)
+    save_checkpoint(model, tmp, licence=licences.pop())
     tmp.replace(out)
     print(f"average of {len(states)} checkpoints written to {out} (no score thresholds: run "
           f"`fastpillars-ros calibrate --checkpoint {out} --data ... --write`)")

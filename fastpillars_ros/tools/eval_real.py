@@ -176,13 +176,13 @@ class SetRun:
     pictures: list[dict[str, Any]] = field(default_factory=list)
 
 
-def run_set(detector: Any, real: RealSet, root: Path, *, progress: bool = False) -> SetRun:
+def run_set(detector: Any, real: RealSet, root: Path, *, progress: bool = False, pictures: bool = False) -> SetRun:
     """Run ``detector`` (built with the decode floor as its threshold) on every frame of one set.
 
     Scans of a set with ``estimate_mounting`` are moved into the model's mounting first by a ground-plane fit of
     each scan (:func:`fastpillars_ros.mounting.estimate_ground`, what ``mounting.auto`` does on the first
-    cloud). The result also holds, per frame, the material for pictures (points, ground truth, published
-    detections, which of them are false).
+    cloud). With ``pictures`` the result also holds, per frame, the material for pictures (points, ground truth,
+    published detections, which of them are false); without, no scan is kept.
     """
     from tqdm import tqdm
 
@@ -218,10 +218,11 @@ def run_set(detector: Any, real: RealSet, root: Path, *, progress: bool = False)
         run.truths.append(gt)
         run.published.append(pub)
         run.false.append(false)
-        run.pictures.append({"frame_id": frame.frame_id, "points": frame.points, "gt_boxes": frame.boxes,
-                             "gt_names": list(frame.names), "det_boxes": pub.boxes,
-                             "det_scores": pub.scores, "det_names": [class_names[int(c)] for c in pub.labels],
-                             "false": false})
+        if pictures:
+            run.pictures.append({"frame_id": frame.frame_id, "points": frame.points, "gt_boxes": frame.boxes,
+                                 "gt_names": list(frame.names), "det_boxes": pub.boxes,
+                                 "det_scores": pub.scores, "det_names": [class_names[int(c)] for c in pub.labels],
+                                 "false": false})
         if run.turned is not None:
             out_t = detector.detect(_turn(pts))
             pred_t = FrameBoxes(_turn_boxes_back(out_t.boxes), out_t.labels.astype(np.int64),
@@ -359,7 +360,7 @@ def run(args: argparse.Namespace) -> int:
                         score_threshold=config.decode.score_threshold)
     reports, kitti_runs = [], []
     for real in sets:
-        set_run = run_set(detector, real, root, progress=not args.no_progress)
+        set_run = run_set(detector, real, root, progress=not args.no_progress, pictures=bool(args.pictures))
         reports.append(summarise(real.name, [set_run]))
         if real.name in added:
             kitti_runs.append(set_run)
