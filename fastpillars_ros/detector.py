@@ -28,12 +28,13 @@ from .mounting import AutoMounting, Mounting, boxes_to_cloud, points_to_model
 from .ops import Pillars, decorate, pillarize
 from .ops.nms import nms_grouped
 from .pointcloud import even_indices
-from .runtime.choices import BACKENDS, DEVICES, ON_INSUFFICIENT_MEMORY, PRECISIONS
+from .runtime.choices import BACKENDS, CPU_BACKENDS, DEVICES, ON_INSUFFICIENT_MEMORY, PRECISIONS
 from .runtime.cuda_graphs import GraphRunner
 from .runtime.engine_cache import EngineCache
 from .runtime.malloc import keep_freed_memory
 from .runtime.memory import (
     InsufficientMemoryError,
+    cpu_backend_version,
     estimate_memory,
     fits,
     insufficient_message,
@@ -45,6 +46,7 @@ from .terrain import follow_terrain
 
 if TYPE_CHECKING:
     from .runtime.onnxruntime_backend import OnnxRuntimeDense
+    from .runtime.openvino_backend import OpenVinoDense
     from .runtime.tensorrt_backend import TensorRTDense
 
 log = logging.getLogger(__name__)
@@ -194,7 +196,7 @@ class Detector:
     # ---- set-up helpers ------------------------------------------------------------------------
     def _resolve_device(self, device: str, precision: str, backend: str, on_insufficient: str) -> tuple[str, str]:
         if device == "auto":
-            cpu_only = backend == "onnxruntime" or precision == "int8"
+            cpu_only = backend in CPU_BACKENDS or precision in ("int8", "bf16")
             device = "cuda" if torch.cuda.is_available() and not cpu_only else "cpu"
         if device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA device "
@@ -203,9 +205,9 @@ class Detector:
             if precision == "fp16":
                 raise ValueError("precision 'fp16' needs a GPU: use precision 'fp32' or 'int8' on the CPU")
             return device, precision
-        if precision == "int8":
-            raise ValueError("precision 'int8' runs on the CPU (onnxruntime): use device 'cpu', or precision "
-                             "'fp32'/'fp16' on the GPU")
+        if precision in ("int8", "bf16"):
+            raise ValueError(f"precision {precision!r} runs on the CPU (OpenVINO or onnxruntime): use device 'cpu', "
+                             "or precision 'fp32'/'fp16' on the GPU")
         precision = "fp32" if precision == "auto" else precision
         dev = query_device_memory()
         # Budget the back end that will run: with "auto" that is TensorRT where it is installed.
@@ -227,18 +229,16 @@ class Detector:
         raise InsufficientMemoryError(message)
 
     def _resolve_backend(self, backend: str) -> str:
-        from .runtime.onnxruntime_backend import onnxruntime_version
-
-        if backend == "onnxruntime" or (backend == "auto" and self.device == "cpu"):
+        if backend in CPU_BACKENDS:
             if self.device != "cpu":
-                raise ValueError("backend 'onnxruntime' runs the dense part on the CPU: use device 'cpu', or "
+                raise ValueError(f"backend {backend!r} runs the dense part on the CPU: use device 'cpu', or "
                                  "backend 'torch'/'tensorrt' on the GPU")
-            if onnxruntime_version() is not None:
-                return "onnxruntime"
-            if backend == "onnxruntime":
-                raise RuntimeError("backend 'onnxruntime' needs the onnxruntime package (pip install "
-                                   "onnxruntime); or use backend 'torch'")
-            return "torch"
+            if cpu_backend_version(backend) is None:
+                raise RuntimeError(f"backend {backend!r} needs the {backend} package (pip install {backend}); "
+                                   "or use backend 'auto' or 'torch'")
+            return backend
+        if backend == "auto" and self.device == "cpu":
+            return resolve_backend("auto", "cpu")
         if backend == "torch":
             return "torch"
         if self.device != "cuda":
@@ -257,30 +257,42 @@ class Detector:
     @staticmethod
     def _resolve_precision(precision: str, backend: str) -> str:
         if precision == "auto":
+            if backend == "openvino":
+                from .runtime.openvino_backend import native_bf16
+
+                return "bf16" if native_bf16() else "int8"
             return "int8" if backend == "onnxruntime" else "fp32"
-        if precision == "int8" and backend != "onnxruntime":
-            raise ValueError(f"precision 'int8' needs the onnxruntime back end (pip install onnxruntime), not "
-                             f"{backend!r}: use backend 'onnxruntime' or 'auto', or precision 'fp32'")
+        if precision == "int8" and backend not in CPU_BACKENDS:
+            raise ValueError(f"precision 'int8' needs a CPU back end (OpenVINO or onnxruntime), not {backend!r}: "
+                             "use backend 'openvino', 'onnxruntime' or 'auto', or precision 'fp32'")
+        if precision == "bf16" and backend != "openvino":
+            raise ValueError(f"precision 'bf16' needs the openvino back end (pip install openvino), not "
+                             f"{backend!r}: use backend 'openvino' or 'auto', or precision 'fp32'")
         return precision
 
     def _make_dense(self, backend: str, explicit: bool, engine_cache_dir: str | Path | None
-                    ) -> tuple[torch.nn.Module | TensorRTDense | OnnxRuntimeDense, str]:
+                    ) -> tuple[torch.nn.Module | TensorRTDense | OnnxRuntimeDense | OpenVinoDense, str]:
         """The object whose ``forward_dense`` runs the dense part; falls back to torch when a TensorRT
         engine or an onnxruntime session cannot be made and the backend was "auto"."""
-        if backend in ("onnxruntime", "tensorrt"):
+        if backend in (*CPU_BACKENDS, "tensorrt"):
             try:
                 return self._make_engine(backend, engine_cache_dir), backend
             except Exception as exc:
                 if explicit:
                     raise
                 log.warning("%s back end unavailable (%s): falling back to the torch backend", backend, exc)
-                self.precision = "fp32" if self.precision == "int8" else self.precision
+                self.precision = "fp32" if self.precision in ("int8", "bf16") else self.precision
         if self.precision == "fp16":
             # MAPE stays fp32 (segment softmax sums); only the dense part runs in half precision.
             return _HalfDense(self.model), "torch"
         return self.model, "torch"
 
-    def _make_engine(self, backend: str, engine_cache_dir: str | Path | None) -> TensorRTDense | OnnxRuntimeDense:
+    def _make_engine(self, backend: str, engine_cache_dir: str | Path | None
+                     ) -> TensorRTDense | OnnxRuntimeDense | OpenVinoDense:
+        if backend == "openvino":
+            from .runtime.openvino_backend import OpenVinoDense
+
+            return OpenVinoDense(self.model, precision=self.precision, cache=EngineCache(engine_cache_dir))
         if backend == "onnxruntime":
             from .runtime.onnxruntime_backend import OnnxRuntimeDense
 

@@ -147,10 +147,12 @@ def test_cpu_auto_backend_is_onnxruntime_and_in_fp32_gives_the_torch_boxes(detec
     np.testing.assert_array_equal(a.labels, b.labels)
 
 
-def test_without_onnxruntime_auto_uses_torch_and_an_explicit_request_says_what_is_missing(monkeypatch):
+def test_without_a_cpu_engine_auto_uses_torch_and_an_explicit_request_says_what_is_missing(monkeypatch):
     import fastpillars_ros.runtime.onnxruntime_backend as ort_backend
+    import fastpillars_ros.runtime.openvino_backend as ov_backend
 
     monkeypatch.setattr(ort_backend, "onnxruntime_version", lambda: None)
+    monkeypatch.setattr(ov_backend, "openvino_version", lambda: None)
     assert Detector("tiny", device="cpu", warmup=False).backend == "torch"
     with pytest.raises(RuntimeError, match="pip install onnxruntime"):
         Detector("tiny", device="cpu", backend="onnxruntime", warmup=False)

@@ -118,11 +118,13 @@ def test_estimate_error_compares_totals_and_splits_context_from_allocator():
 
 # ---- the back end is resolved before the budget: what will really run ----------------------------
 
-def _stub_installed(monkeypatch, tensorrt: str | None, onnxruntime: str | None) -> None:
-    from fastpillars_ros.runtime import onnxruntime_backend, tensorrt_backend
+def _stub_installed(monkeypatch, tensorrt: str | None, onnxruntime: str | None, openvino: str | None = None
+                    ) -> None:
+    from fastpillars_ros.runtime import onnxruntime_backend, openvino_backend, tensorrt_backend
 
     monkeypatch.setattr(tensorrt_backend, "tensorrt_version", lambda: tensorrt)
     monkeypatch.setattr(onnxruntime_backend, "onnxruntime_version", lambda: onnxruntime)
+    monkeypatch.setattr(openvino_backend, "openvino_version", lambda: openvino)
 
 
 @pytest.mark.parametrize(("tensorrt", "device", "expected"), [
@@ -133,8 +135,10 @@ def test_auto_resolves_to_the_back_end_the_detector_runs(monkeypatch, tensorrt, 
     assert resolve_backend("torch", device) == "torch"
 
 
-def test_auto_on_the_cpu_without_onnxruntime_is_torch(monkeypatch):
-    _stub_installed(monkeypatch, None, None)
+def test_auto_on_the_cpu_without_onnxruntime_is_openvino_and_without_either_torch(monkeypatch):
+    _stub_installed(monkeypatch, None, None, "2026.4")
+    assert resolve_backend("auto", "cpu") == "openvino"
+    _stub_installed(monkeypatch, None, None, None)
     assert resolve_backend("auto", "cpu") == "torch"
 
 

@@ -62,7 +62,7 @@ def test_runtime_changeable_parameters_include_the_thresholds():
     ("score_threshold", "high", "[-1, 1]"),
     ("backend", "onnx", "'auto', 'torch', 'tensorrt'"),
     ("device", "gpu", "'auto', 'cpu', 'cuda'"),
-    ("precision", "int4", "'fp32', 'fp16', 'int8'"),
+    ("precision", "int4", "'fp32', 'fp16', 'bf16', 'int8'"),
     ("on_insufficient_memory", "crash", "'error', 'fp16', 'cpu'"),
     ("nms_kind", "soft", "'rotate'"),
     ("nms_iou_threshold", 0.0, "0 is not allowed"),

@@ -3,14 +3,18 @@ deployment commands all take their allowed values from here."""
 
 from __future__ import annotations
 
-__all__ = ["BACKENDS", "DEVICES", "ON_INSUFFICIENT_MEMORY", "PRECISIONS"]
+__all__ = ["BACKENDS", "CPU_BACKENDS", "DEVICES", "ON_INSUFFICIENT_MEMORY", "PRECISIONS"]
 
-#: Dense-network back ends: auto (onnxruntime on the CPU, torch on a GPU), or one by name.
-BACKENDS = ("auto", "torch", "tensorrt", "onnxruntime")
+#: Dense-network back ends: auto (on the CPU onnxruntime, else OpenVINO, else torch; on a GPU TensorRT, else torch),
+#: or one by name.
+BACKENDS = ("auto", "torch", "tensorrt", "onnxruntime", "openvino")
+#: The back ends that run the dense part on the CPU (in the order ``auto`` tries them before torch).
+CPU_BACKENDS = ("onnxruntime", "openvino")
 #: auto (cuda when available, else cpu), cpu or cuda.
 DEVICES = ("auto", "cpu", "cuda")
-#: Numeric precision of the dense network: auto (int8 with onnxruntime on the CPU, fp32 elsewhere), fp32, fp16
-#: (GPU) or int8 (onnxruntime on the CPU).
-PRECISIONS = ("auto", "fp32", "fp16", "int8")
+#: Numeric precision of the dense network: auto (int8 with onnxruntime; with OpenVINO bf16 where the processor has
+#: native bf16, else int8; fp32 elsewhere), fp32, fp16 (GPU), bf16 (OpenVINO on the CPU) or int8 (onnxruntime or
+#: OpenVINO on the CPU).
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
 #: What to do when the GPU lacks memory for the model: fail, fall back to fp16, or run on the CPU.
 ON_INSUFFICIENT_MEMORY = ("error", "fp16", "cpu")

@@ -8,7 +8,7 @@ end really holds. It is a sum of named components, each in bytes:
 * ``cuda_context``: the CUDA context, kernels and library handles a process pays once, outside torch's
   allocator (:data:`CUDA_CONTEXT_MIB`; 700-714 MiB measured on an H100 with torch 2.11 + CUDA 13, cuDNN,
   cuBLAS and our CuPy kernels loaded; smaller on older stacks, so the budget errs high there);
-* ``parameters`` (torch) or ``engine`` (TensorRT, onnxruntime): the weights the dense part runs with,
+* ``parameters`` (torch) or ``engine`` (TensorRT, onnxruntime, OpenVINO): the weights the dense part runs with,
   parameter count of the deployed (fused) network x bytes per element of the precision (fp32 4, fp16/bf16 2,
   int8 1) - the familiar "N params x bytes" rule of thumb; an engine's size is its weights;
 * ``fp32_model``: the fp32 torch model that stays on the device beside a separate copy of the dense
@@ -19,12 +19,12 @@ end really holds. It is a sum of named components, each in bytes:
 * ``encoder``: MAPE per-point and per-pillar tensors for the configured maximum point count;
 * ``workspace``: TensorRT workspace (:data:`DEFAULT_WORKSPACE_MIB`, 1,024 MiB, the limit the engine is built
   with), or the cuDNN/cuBLAS workspaces torch allocates (tens of MiB: the torch-path allocator peak on an
-  H100 was within 9 % of the other components alone); none for onnxruntime;
+  H100 was within 9 % of the other components alone); none for onnxruntime and OpenVINO;
 * ``buffers``: pre/post-processing buffers (raw cloud bytes, point columns, decorated features,
   pillar maps, occupancy grid, candidates and the NMS mask);
 * ``cuda_graph`` (torch): the CUDA graph's own copy of the canvas (fp32), which every frame is copied into.
 
-onnxruntime runs on the CPU: its estimate has no CUDA context and no workspace, and it is host memory.
+onnxruntime and OpenVINO run on the CPU: their estimate has no CUDA context and no workspace, and it is host memory.
 The accuracy of the estimate was measured on one GPU model (an H100, BENCHMARKS.md), torch back end only.
 """
 
@@ -39,12 +39,13 @@ from typing import Any
 import torch
 
 from ..config import ModelConfig, load_model_config
+from .choices import CPU_BACKENDS
 
 MIB = 1024 * 1024
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 CUDA_CONTEXT_MIB = 700
-DEFAULT_WORKSPACE_MIB = {"tensorrt": 1024, "torch": 64, "onnxruntime": 0}
-# The back ends whose memory is on the GPU; onnxruntime runs the dense part on the CPU.
+DEFAULT_WORKSPACE_MIB = {"tensorrt": 1024, "torch": 64, "onnxruntime": 0, "openvino": 0}
+# The back ends whose memory is on the GPU; onnxruntime and OpenVINO run the dense part on the CPU.
 GPU_BACKENDS = ("tensorrt", "torch")
 # Bytes of one raw PointCloud2 point budgeted for the device copy of the message (Ouster's 48-byte layout
 # is the widest common one).
@@ -127,17 +128,26 @@ def parameter_count(config: str | Path | ModelConfig) -> int:
     return _trace(load_model_config(config))[0]
 
 
+def cpu_backend_version(backend: str) -> str | None:
+    """The installed version of a CPU back end's library ("openvino" or "onnxruntime"), None when missing."""
+    if backend == "openvino":
+        from .openvino_backend import openvino_version
+
+        return openvino_version()
+    from .onnxruntime_backend import onnxruntime_version
+
+    return onnxruntime_version()
+
+
 def resolve_backend(backend: str, device: str = "cuda") -> str:
-    """The back end a Detector with ``backend`` on ``device`` runs ("tensorrt", "torch" or "onnxruntime"),
-    resolved as the Detector does: "auto" is TensorRT on a GPU where the package is installed, else torch;
-    onnxruntime on the CPU where installed. Decided before anything is allocated, so the memory check
-    budgets the back end that will really run."""
+    """The back end a Detector with ``backend`` on ``device`` runs ("tensorrt", "torch", "openvino" or
+    "onnxruntime"), resolved as the Detector does: "auto" is TensorRT on a GPU where the package is installed,
+    else torch; on the CPU the first of :data:`~.choices.CPU_BACKENDS` installed, else torch. Decided before
+    anything is allocated, so the memory check budgets the back end that will really run."""
     if backend != "auto":
         return backend
     if device == "cpu":
-        from .onnxruntime_backend import onnxruntime_version
-
-        return "onnxruntime" if onnxruntime_version() is not None else "torch"
+        return next((b for b in CPU_BACKENDS if cpu_backend_version(b) is not None), "torch")
     from .tensorrt_backend import tensorrt_version
 
     return "tensorrt" if tensorrt_version() is not None else "torch"

@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--device", default="auto", choices=DEVICES)
     src.add_argument("--backend", default="auto", choices=BACKENDS)
     src.add_argument("--precision", default="auto", choices=PRECISIONS,
-                     help="auto: int8 with onnxruntime on the CPU, else fp32")
+                     help="auto: the Detector's default precision for the back end (the default path)")
     src.add_argument("--score-threshold", type=float, default=None,
                      help="detector score threshold (default: the config's decode.score_threshold, the candidate "
                           "floor; lower gives fuller PR curves)")

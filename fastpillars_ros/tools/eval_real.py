@@ -36,7 +36,7 @@ import numpy as np
 
 from fastpillars_ros.evaluation import FrameBoxes, bootstrap_interval, evaluate
 from fastpillars_ros.pointcloud import model_columns
-from fastpillars_ros.runtime.choices import PRECISIONS
+from fastpillars_ros.runtime.choices import BACKENDS, PRECISIONS
 from fastpillars_ros.tools.eval import ground_truth, in_camera_fov, project_centres
 
 __all__ = ["DEV_SETS", "KITTI_SET", "LOOSE_IOU", "MAX_RANGE", "Calibrate", "RealSet", "SetReport", "SetRun",
@@ -305,8 +305,10 @@ def _pictures(frames: list[dict[str, Any]], set_name: str, path: Path) -> Path:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="model config (default: the embedded default)")
     parser.add_argument("--checkpoint", default=None, help="weights (default: the ones shipped for --config)")
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
+                        help="dense-part back end (default auto: the Detector's default path)")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS,
-                        help="auto: int8 with onnxruntime on the CPU (the default path), else fp32")
+                        help="auto: the Detector's default precision for the back end (the default path)")
     parser.add_argument("--real-data", default=None,
                         help="the real-data folder (default: shared/data/real beside the repository)")
     parser.add_argument("--sets", default=",".join(s.name for s in DEV_SETS),
@@ -356,7 +358,7 @@ def run(args: argparse.Namespace) -> int:
     from fastpillars_ros.config import load_model_config
 
     config = load_model_config(args.config or DEFAULT_MODEL)
-    detector = Detector(config, args.checkpoint, precision=args.precision,
+    detector = Detector(config, args.checkpoint, backend=args.backend, precision=args.precision,
                         score_threshold=config.decode.score_threshold)
     reports, kitti_runs = [], []
     for real in sets:

@@ -1,19 +1,22 @@
-"""The CPU default path stage by stage, today's default against the new one, side by side (``make bench``).
+"""The CPU path stage by stage and end to end, by back end and precision, against issue #17's anchor (``make bench``).
 
-Anchor ("before"): the tiny model (front 51.2 m square) with the dense part in fp32 onnxruntime and MAPE in
-its autograd-friendly form (two scatter-max and two index_add passes). Candidate: the embedded default
-(tiny360, 81.6 m square around the sensor) with the INT8 dense part and MAPE's inference path.
-Both run on the same real scans in one process, interleaved, with the same thread count. Goal (issue 17):
-end to end at least 2.5x faster than the anchor. Other stages have their own anchors elsewhere:
-PointCloud2 conversion (bench_pointcloud.py), pillarize vs spconv (bench_pillarize.py), NMS vs shapely
-(bench_nms.py); the NMS + thresholds row compares the CPU path's pre-filter with NMS over every
-candidate. tiny360 runs with the tiny weights until its own are installed: the compute is the same.
+Anchor: the tiny model (front 51.2 m square) with the dense part in fp32 onnxruntime, MAPE in its
+autograd-friendly form (two scatter-max and two index_add passes) and libgomp's spinning wait. Candidates: the
+embedded default (tiny360, 81.6 m square around the sensor) through torch, onnxruntime (fp32, int8) and OpenVINO
+(bf16, int8), and as ``Detector()`` builds it (auto). End to end each configuration runs in a process of its own
+(:data:`CONFIGS`), in interleaved rounds, on the same real scans with the same thread count. Goal (issue 17): end
+to end at least 2.5x faster than the anchor. In one process: MAPE (inference path vs today's), terrain following,
+NMS + thresholds (the CPU path's pre-filter vs NMS over every candidate) and the message. Other stages have their
+own anchors elsewhere: PointCloud2 conversion (bench_pointcloud.py), pillarize vs spconv (bench_pillarize.py), NMS vs
+shapely (bench_nms.py).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -117,10 +120,9 @@ def bench_terrain(scan: np.ndarray, cfg: ModelConfig, repeat: int) -> None:
 
 @torch.no_grad()
 def bench_stages(scan: np.ndarray, repeat: int) -> None:
-    """MAPE (inference path vs today's) and the dense part (int8 vs fp32 onnxruntime vs torch) of the default model."""
-    ckpt = _checkpoint(DEFAULT)
-    int8 = Detector(DEFAULT, ckpt, device="cpu", precision="int8")
-    fp32 = Detector(DEFAULT, ckpt, device="cpu", precision="fp32")
+    """MAPE (inference path vs today's), terrain following, selection and message of the default model (the dense
+    part by back end: :func:`bench_end_to_end`)."""
+    int8 = Detector(DEFAULT, _checkpoint(DEFAULT), device="cpu", backend="onnxruntime", precision="int8")
     cfg, model = int8.config, int8.model
     p = pillarize(scan, cfg.pc_range, cfg.pillar_size)
     feats = torch.from_numpy(decorate(scan, p, cfg.pc_range, cfg.pillar_size))
@@ -128,14 +130,7 @@ def bench_stages(scan: np.ndarray, repeat: int) -> None:
     print(f"{DEFAULT}: {len(scan):,} points, {len(feats):,} in range, {len(coords):,} pillars")
     bench_terrain(scan, cfg, repeat)
     bench_mape(model, feats, ids, coords, repeat)
-    canvas = model.encode(feats, ids, coords)
-    t_torch = time_ms(lambda: model.forward_dense(canvas), repeat=repeat)
-    t_fp32 = time_ms(lambda: fp32._dense.forward_dense(canvas), repeat=repeat)
-    t_int8 = time_ms(lambda: int8._dense.forward_dense(canvas), repeat=repeat)
-    print_ratio(f"  dense onnxruntime fp32 ({DEFAULT})", "torch fused fp32", t_torch, t_fp32)
-    print_ratio(f"  dense onnxruntime int8 ({DEFAULT})", "onnxruntime fp32", t_fp32, t_int8)
-    print_ratio(f"  dense onnxruntime int8 ({DEFAULT})", "torch fused fp32", t_torch, t_int8)
-    bench_selection(int8, canvas, repeat)
+    bench_selection(int8, model.encode(feats, ids, coords), repeat)
     res = int8.detect(scan)
     labels = res.labels
     build = time_ms(lambda: detections_to_msg(res.boxes, res.scores, labels, int8.class_names,
@@ -160,20 +155,67 @@ def bench_selection(det: Detector, canvas: torch.Tensor, repeat: int) -> None:
                 times["pre-filtered"])
 
 
-def bench_end_to_end(repeat: int) -> None:
-    before = _with_todays_mape(Detector("tiny", device="cpu", precision="fp32"))
-    after = Detector(DEFAULT, _checkpoint(DEFAULT), device="cpu")
-    print(f"before: {before.describe()}\nafter:  {after.describe()}")
-    for name, pts in _scans().items():
-        a, b = {}, {}
-        for _ in range(2):  # interleaved halves, so a load change hits both sides
-            a = _merge(a, _stages(before, pts, repeat // 2))
-            b = _merge(b, _stages(after, pts, repeat // 2))
-        for label, s in (("before", a), ("after", b)):
-            print(f"  {label:<6s} {name:<20s} stages ms: " + "  ".join(f"{k} {s[k]:.1f}" for k in STAGES))
-        print_ratio(f"  end to end, {name}", "tiny fp32, today's MAPE", a["total"], b["total"])
-        print(f"  goal: at least x{GOAL_SPEEDUP} ({'met' if a['total'] >= GOAL_SPEEDUP * b['total'] else 'NOT met'});"
-              f" load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+#: End-to-end configurations, each timed in a process of its own: name -> (model, backend, precision, libgomp
+#: environment). One process each because two inference libraries' thread pools in one process slow each other
+#: (OpenVINO's beside onnxruntime's cost both 20-40 % on 2 cores) and because torch's OpenMP wait policy is fixed
+#: when torch is loaded. "spinning": libgomp's own default, neither variable set (what every process had before the
+#: package set passive waiting; this script imports torch before fastpillars_ros, so the package's setting comes too
+#: late for libgomp here); "passive": what importing fastpillars_ros first sets (fastpillars_ros/__init__.py).
+ANCHOR = "anchor: tiny fp32 onnxruntime, #17's MAPE, spinning"
+CONFIGS: dict[str, tuple[str, str, str, str]] = {
+    ANCHOR: ("tiny", "onnxruntime", "fp32", "spinning"),
+    f"{DEFAULT} torch fp32": (DEFAULT, "torch", "fp32", "passive"),
+    f"{DEFAULT} onnxruntime fp32": (DEFAULT, "onnxruntime", "fp32", "passive"),
+    f"{DEFAULT} onnxruntime int8, spinning": (DEFAULT, "onnxruntime", "int8", "spinning"),
+    f"{DEFAULT} onnxruntime int8": (DEFAULT, "onnxruntime", "int8", "passive"),
+    f"{DEFAULT} openvino bf16": (DEFAULT, "openvino", "bf16", "passive"),
+    f"{DEFAULT} openvino int8": (DEFAULT, "openvino", "int8", "passive"),
+    f"{DEFAULT} default (auto)": (DEFAULT, "auto", "auto", "passive"),
+}
+_WAIT: dict[str, dict[str, str]] = {"spinning": {}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"}}
+
+
+def _worker(name: str, repeat: int) -> None:
+    """Child process: build one configuration, time every scan, print ``{"describe", scan: {stage: ms}}`` as JSON."""
+    model, backend, precision, _ = CONFIGS[name]
+    det = Detector(model, _checkpoint(model), device="cpu", backend=backend, precision=precision)
+    if name == ANCHOR:
+        det = _with_todays_mape(det)
+    result: dict[str, object] = {"describe": f"{det.backend} {det.precision}"}
+    for scan, pts in _scans().items():
+        result[scan] = _stages(det, pts, repeat)
+    print(json.dumps(result))
+
+
+def _run_worker(name: str, repeat: int) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(_WAIT[CONFIGS[name][3]])
+    out = subprocess.run([sys.executable, __file__, "--worker", name, "--repeat", str(repeat)], env=env,
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def bench_end_to_end(repeat: int, rounds: int = 3) -> None:
+    """Every configuration end to end on every scan, one process each, in ``rounds`` interleaved rounds (so a load
+    change hits all of them); per stage the median over the rounds of each round's median."""
+    runs: dict[str, list[dict]] = {name: [] for name in CONFIGS}
+    for _ in range(rounds):
+        for name in CONFIGS:
+            runs[name].append(_run_worker(name, repeat))
+    scans = [k for k in runs[ANCHOR][0] if k != "describe"]
+    for scan in scans:
+        med = {name: {st: float(np.median([r[scan][st] for r in rs])) for st in (*STAGES, "total")}
+               for name, rs in runs.items()}
+        print(f"  {scan}:")
+        for name, s in med.items():
+            print(f"    {name:<44s} ({runs[name][0]['describe']:<16s}) " + "  ".join(f"{k} {s[k]:.1f}" for k in STAGES))
+        for name, s in med.items():
+            if name != ANCHOR:
+                print_ratio(f"    end to end, {name}", "anchor", med[ANCHOR]["total"], s["total"])
+        default = med[f"{DEFAULT} default (auto)"]["total"]
+        print(f"    goal: default at least x{GOAL_SPEEDUP} "
+              f"({'met' if med[ANCHOR]['total'] >= GOAL_SPEEDUP * default else 'NOT met'})")
+    print(f"  load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
 
 def _merge(acc: dict[str, float], new: dict[str, float]) -> dict[str, float]:
@@ -183,11 +225,15 @@ def _merge(acc: dict[str, float], new: dict[str, float]) -> dict[str, float]:
 
 def main() -> None:
     torch.set_grad_enabled(False)
-    print_header("CPU default path by stage (tiny360, int8 dense part, MAPE inference path)")
+    if "--worker" in sys.argv:
+        _worker(sys.argv[sys.argv.index("--worker") + 1], int(sys.argv[sys.argv.index("--repeat") + 1]))
+        return
+    print_header("CPU default path by stage (tiny360, MAPE inference path, selection, message)")
     print(f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     bench_stages(read_points(real_file("kitti/training/velodyne/000001.bin")), repeat=10)
-    print_header("CPU default end to end: new default vs today's (tiny, fp32 onnxruntime, today's MAPE)")
-    bench_end_to_end(repeat=10)
+    print_header("CPU end to end by back end and precision, one process each, vs the anchor (tiny, fp32 onnxruntime, "
+                 "today's MAPE, libgomp spinning)")
+    bench_end_to_end(repeat=6)
 
 
 if __name__ == "__main__":
