@@ -256,10 +256,11 @@ def test_estimate_is_within_15_percent_of_the_measured_peak(config, precision, p
     assert abs(report["estimate_error"]) <= 0.15, report
 
 
-def test_memcheck_budgets_onnxruntime_as_host_memory(capsys):
-    assert cli_main(["memcheck", "--config", "tiny360", "--precision", "fp32", "--backend", "onnxruntime"]) == 2
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_memcheck_budgets_the_cpu_back_ends_as_host_memory(capsys, backend):
+    assert cli_main(["memcheck", "--config", "tiny360", "--precision", "fp32", "--backend", backend]) == 2
     out = capsys.readouterr().out
     assert "host memory" in out and "cuda_context" not in out
-    assert cli_main(["memcheck", "--config", "tiny360", "--precision", "fp32", "--backend", "onnxruntime",
+    assert cli_main(["memcheck", "--config", "tiny360", "--precision", "fp32", "--backend", backend,
                      "--measure"]) == 2
     assert "runs on the CPU" in capsys.readouterr().err

@@ -109,3 +109,27 @@ def test_without_openvino_an_explicit_request_says_what_is_missing(monkeypatch):
     monkeypatch.setattr(openvino_backend, "openvino_version", lambda: None)
     with pytest.raises(RuntimeError, match="pip install openvino"):
         Detector("tiny", device="cpu", backend="openvino", warmup=False)
+
+
+def test_bf16_without_native_bf16_warns_that_int8_is_the_fast_choice(monkeypatch, caplog):
+    import openvino
+
+    real_compile = openvino.Core.compile_model
+
+    class NoNativeBf16:
+        """A compiled model as OpenVINO gives it on a processor without bf16: computing in f32."""
+
+        def __init__(self, compiled):
+            self._compiled = compiled
+
+        def get_property(self, name):
+            return openvino.Type.f32 if name == "INFERENCE_PRECISION_HINT" else self._compiled.get_property(name)
+
+        def __getattr__(self, name):
+            return getattr(self._compiled, name)
+
+    monkeypatch.setattr(openvino.Core, "compile_model", lambda *a, **k: NoNativeBf16(real_compile(*a, **k)))
+    with caplog.at_level("WARNING"):
+        det = Detector("tiny", device="cpu", backend="openvino", precision="bf16", warmup=False)
+    assert det._dense.inference_precision == "f32"
+    assert "no native bf16" in caplog.text and "'int8' is the fast choice" in caplog.text

@@ -15,6 +15,7 @@ emulate it at fp32 speed, so ``precision="auto"`` picks INT8 there (``detector.p
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ from .engine_cache import EngineCache, EngineKey
 #: graph's convolutions in int8 and the rest in the processor's fastest exact-enough type, bf16 where native).
 OPENVINO_PRECISIONS = ("fp32", "bf16", "int8")
 _HINTS = {"fp32": "f32", "bf16": "bf16"}
+
+log = logging.getLogger(__name__)
 
 
 def openvino_version() -> str | None:
@@ -103,6 +106,9 @@ class OpenVinoDense:
                 self.compiled, self.built = (cache or EngineCache()).get_or_build(
                     self.key, lambda: quantize_dense(path, calibration_canvases(model)), compile_graph)
         self.inference_precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        if precision == "bf16" and self.inference_precision != "bf16":
+            log.warning("openvino bf16: this processor has no native bf16, so OpenVINO computes in %s at fp32's "
+                        "speed; precision 'int8' is the fast choice here", self.inference_precision)
         self.request = self.compiled.create_infer_request()
         self.names = output_names(self.config)
         self._ports = {p.get_any_name(): p for p in self.compiled.outputs}
