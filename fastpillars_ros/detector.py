@@ -28,7 +28,7 @@ from .mounting import AutoMounting, Mounting, boxes_to_cloud, points_to_model
 from .ops import Pillars, decorate, pillarize
 from .ops.nms import nms_grouped
 from .pointcloud import even_indices
-from .runtime.choices import BACKENDS, CPU_BACKENDS, DEVICES, ON_INSUFFICIENT_MEMORY, PRECISIONS
+from .runtime.choices import BACKENDS, CPU_BACKENDS, CPU_PRECISIONS, DEVICES, ON_INSUFFICIENT_MEMORY, PRECISIONS
 from .runtime.cuda_graphs import GraphRunner
 from .runtime.engine_cache import EngineCache
 from .runtime.malloc import keep_freed_memory
@@ -95,13 +95,15 @@ class Detector:
         config: bundled model config name, YAML path or :class:`ModelConfig`.
         checkpoint: weights file; None uses the checkpoint shipped for a bundled config and warns (random
             weights) when there is none. Loaded strictly with ``torch.load(weights_only=True)``.
-        backend: "torch", "tensorrt", "onnxruntime" or "auto": on a GPU TensorRT where installed, else torch
-            (with one warning); on the CPU onnxruntime where installed (the faster CPU engine for the dense
-            part, BENCHMARKS.md), else torch.
+        backend: "torch", "tensorrt", "onnxruntime", "openvino" or "auto": on a GPU TensorRT where installed,
+            else torch (with one warning); on the CPU onnxruntime where installed (the faster CPU engine for the
+            dense part, BENCHMARKS.md), else OpenVINO, else torch; OpenVINO with precision "bf16".
         device: "cpu", "cuda" or "auto" (cuda when available).
-        precision: "fp32", "fp16" (GPU only), "int8" (the dense part quantised for onnxruntime on the CPU,
-            ``runtime/quantize.py``) or "auto": int8 with the onnxruntime back end (3x faster dense part on
-            the CPU, boxes within the tolerance of ``test/test_quantize.py``), fp32 elsewhere.
+        precision: "fp32", "fp16" (GPU only), "bf16" (OpenVINO on the CPU: fp32's boxes, fast where the
+            processor has native bf16), "int8" (the dense part quantised on the CPU, ``runtime/quantize.py``, run
+            by onnxruntime or OpenVINO) or "auto": int8 with onnxruntime (2x faster dense part than fp32, boxes
+            within the tolerance of ``test/test_quantize.py``), with OpenVINO bf16 where native else int8, fp32
+            elsewhere.
         score_threshold: minimum published score, one float or ``{class_name: threshold}`` (classes not in
             the dict use the default); None = the defaults (:attr:`default_score_thresholds`: calibrated
             thresholds stored in the checkpoint, else the config's ``decode.score_threshold``).
@@ -160,7 +162,7 @@ class Detector:
         self.mounting_source: Mounting | AutoMounting | None = None
 
         self.device, self.precision = self._resolve_device(device, precision, backend, on_insufficient_memory)
-        self.backend = self._resolve_backend(backend)
+        self.backend = self._resolve_backend(backend, self.precision)
         self.precision = self._resolve_precision(self.precision, self.backend)
         self.checkpoint = self._resolve_checkpoint(checkpoint)
 
@@ -179,7 +181,7 @@ class Detector:
         self.set_score_threshold(score_threshold)
         model.eval().fuse("full")
         self.model = model.to(self.device)
-        explicit = backend != "auto" or precision == "int8"
+        explicit = backend != "auto" or precision in CPU_PRECISIONS
         self._dense, self.backend = self._make_dense(self.backend, explicit, engine_cache_dir)
         self._graphs = (GraphRunner(self._dense_and_decode)
                         if cuda_graphs and self.device == "cuda" and self.backend == "torch" else None)
@@ -196,7 +198,7 @@ class Detector:
     # ---- set-up helpers ------------------------------------------------------------------------
     def _resolve_device(self, device: str, precision: str, backend: str, on_insufficient: str) -> tuple[str, str]:
         if device == "auto":
-            cpu_only = backend in CPU_BACKENDS or precision in ("int8", "bf16")
+            cpu_only = backend in CPU_BACKENDS or precision in CPU_PRECISIONS
             device = "cuda" if torch.cuda.is_available() and not cpu_only else "cpu"
         if device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA device "
@@ -205,7 +207,7 @@ class Detector:
             if precision == "fp16":
                 raise ValueError("precision 'fp16' needs a GPU: use precision 'fp32' or 'int8' on the CPU")
             return device, precision
-        if precision in ("int8", "bf16"):
+        if precision in CPU_PRECISIONS:
             raise ValueError(f"precision {precision!r} runs on the CPU (OpenVINO or onnxruntime): use device 'cpu', "
                              "or precision 'fp32'/'fp16' on the GPU")
         precision = "fp32" if precision == "auto" else precision
@@ -228,7 +230,9 @@ class Detector:
             return "cpu", "fp32"
         raise InsufficientMemoryError(message)
 
-    def _resolve_backend(self, backend: str) -> str:
+    def _resolve_backend(self, backend: str, precision: str) -> str:
+        if backend == "auto" and precision == "bf16":
+            backend = "openvino"  # the only back end that runs bf16
         if backend in CPU_BACKENDS:
             if self.device != "cpu":
                 raise ValueError(f"backend {backend!r} runs the dense part on the CPU: use device 'cpu', or "
@@ -281,7 +285,7 @@ class Detector:
                 if explicit:
                     raise
                 log.warning("%s back end unavailable (%s): falling back to the torch backend", backend, exc)
-                self.precision = "fp32" if self.precision in ("int8", "bf16") else self.precision
+                self.precision = "fp32" if self.precision in CPU_PRECISIONS else self.precision
         if self.precision == "fp16":
             # MAPE stays fp32 (segment softmax sums); only the dense part runs in half precision.
             return _HalfDense(self.model), "torch"

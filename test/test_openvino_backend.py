@@ -133,3 +133,8 @@ def test_bf16_without_native_bf16_warns_that_int8_is_the_fast_choice(monkeypatch
         det = Detector("tiny", device="cpu", backend="openvino", precision="bf16", warmup=False)
     assert det._dense.inference_precision == "f32"
     assert "no native bf16" in caplog.text and "'int8' is the fast choice" in caplog.text
+
+
+def test_bf16_with_the_auto_back_end_runs_on_openvino():
+    det = Detector("tiny", precision="bf16", warmup=False)
+    assert (det.device, det.backend, det.precision) == ("cpu", "openvino", "bf16")

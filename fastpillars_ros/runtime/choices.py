@@ -3,7 +3,7 @@ deployment commands all take their allowed values from here."""
 
 from __future__ import annotations
 
-__all__ = ["BACKENDS", "CPU_BACKENDS", "DEVICES", "ON_INSUFFICIENT_MEMORY", "PRECISIONS"]
+__all__ = ["BACKENDS", "CPU_BACKENDS", "CPU_PRECISIONS", "DEVICES", "ON_INSUFFICIENT_MEMORY", "PRECISIONS"]
 
 #: Dense-network back ends: auto (on the CPU onnxruntime, else OpenVINO, else torch; on a GPU TensorRT, else torch),
 #: or one by name.
@@ -16,5 +16,7 @@ DEVICES = ("auto", "cpu", "cuda")
 #: native bf16, else int8; fp32 elsewhere), fp32, fp16 (GPU), bf16 (OpenVINO on the CPU) or int8 (onnxruntime or
 #: OpenVINO on the CPU).
 PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
+#: The precisions only the CPU back ends run.
+CPU_PRECISIONS = ("bf16", "int8")
 #: What to do when the GPU lacks memory for the model: fail, fall back to fp16, or run on the CPU.
 ON_INSUFFICIENT_MEMORY = ("error", "fp16", "cpu")
