@@ -19,7 +19,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,7 @@ from real_data import real_file
 from std_msgs.msg import Header
 
 from fastpillars_ros.config import ModelConfig, TerrainConfig
-from fastpillars_ros.detector import STAGES, Detector, default_checkpoint
+from fastpillars_ros.detector import STAGES, Detector
 from fastpillars_ros.model.head import Candidates, decode_dense
 from fastpillars_ros.model.mape import MAPE, scatter_to_canvas
 from fastpillars_ros.ops import decorate, mape_cpu, pillarize
@@ -42,10 +42,6 @@ from fastpillars_ros.terrain import follow_terrain
 logging.basicConfig(level=logging.ERROR)
 DEFAULT = "tiny360"
 GOAL_SPEEDUP = 2.5
-
-
-def _checkpoint(config: str) -> Path | None:
-    return default_checkpoint(config) or default_checkpoint("tiny")
 
 
 def _with_todays_mape(det: Detector) -> Detector:
@@ -122,7 +118,7 @@ def bench_terrain(scan: np.ndarray, cfg: ModelConfig, repeat: int) -> None:
 def bench_stages(scan: np.ndarray, repeat: int) -> None:
     """MAPE (inference path vs today's), terrain following, selection and message of the default model (the dense
     part by back end: :func:`bench_end_to_end`)."""
-    int8 = Detector(DEFAULT, _checkpoint(DEFAULT), device="cpu", backend="onnxruntime", precision="int8")
+    int8 = Detector(DEFAULT, device="cpu", backend="onnxruntime", precision="int8")
     cfg, model = int8.config, int8.model
     p = pillarize(scan, cfg.pc_range, cfg.pillar_size)
     feats = torch.from_numpy(decorate(scan, p, cfg.pc_range, cfg.pillar_size))
@@ -155,31 +151,47 @@ def bench_selection(det: Detector, canvas: torch.Tensor, repeat: int) -> None:
                 times["pre-filtered"])
 
 
-#: End-to-end configurations, each timed in a process of its own: name -> (model, backend, precision, libgomp
-#: environment). One process each because two inference libraries' thread pools in one process slow each other
-#: (OpenVINO's beside onnxruntime's cost both 20-40 % on 2 cores) and because torch's OpenMP wait policy is fixed
-#: when torch is loaded. "spinning": libgomp's own default, neither variable set (what every process had before the
-#: package set passive waiting; this script imports torch before fastpillars_ros, so the package's setting comes too
-#: late for libgomp here); "passive": what importing fastpillars_ros first sets (fastpillars_ros/__init__.py).
+@dataclass(frozen=True)
+class RunConfig:
+    """One end-to-end configuration, timed in a process of its own (:func:`time_configs`).
+
+    One process each because two inference libraries' thread pools in one process slow each other (OpenVINO's
+    beside onnxruntime's cost both 20-40 % on 2 cores) and because torch's OpenMP wait policy is fixed when torch is
+    loaded. ``wait``: "spinning" is libgomp's own default, neither variable set (what every process had before the
+    package set passive waiting; this script imports torch before fastpillars_ros, so the package's setting comes too
+    late for libgomp here); "passive" is what importing fastpillars_ros first sets (fastpillars_ros/__init__.py).
+    ``checkpoint`` None: the weights shipped for a bundled ``model`` (else random, with the Detector's warning);
+    ``todays_mape``: MAPE's autograd path (#17's anchor).
+    """
+
+    model: str
+    backend: str = "auto"
+    precision: str = "auto"
+    wait: str = "passive"
+    checkpoint: str | None = None
+    todays_mape: bool = False
+
+
 ANCHOR = "anchor: tiny fp32 onnxruntime, #17's MAPE, spinning"
-CONFIGS: dict[str, tuple[str, str, str, str]] = {
-    ANCHOR: ("tiny", "onnxruntime", "fp32", "spinning"),
-    f"{DEFAULT} torch fp32": (DEFAULT, "torch", "fp32", "passive"),
-    f"{DEFAULT} onnxruntime fp32": (DEFAULT, "onnxruntime", "fp32", "passive"),
-    f"{DEFAULT} onnxruntime int8, spinning": (DEFAULT, "onnxruntime", "int8", "spinning"),
-    f"{DEFAULT} onnxruntime int8": (DEFAULT, "onnxruntime", "int8", "passive"),
-    f"{DEFAULT} openvino bf16": (DEFAULT, "openvino", "bf16", "passive"),
-    f"{DEFAULT} openvino int8": (DEFAULT, "openvino", "int8", "passive"),
-    f"{DEFAULT} default (auto)": (DEFAULT, "auto", "auto", "passive"),
+ANCHOR_CONFIG = RunConfig("tiny", "onnxruntime", "fp32", "spinning", todays_mape=True)
+CONFIGS: dict[str, RunConfig] = {
+    ANCHOR: ANCHOR_CONFIG,
+    f"{DEFAULT} torch fp32": RunConfig(DEFAULT, "torch", "fp32"),
+    f"{DEFAULT} onnxruntime fp32": RunConfig(DEFAULT, "onnxruntime", "fp32"),
+    f"{DEFAULT} onnxruntime int8, spinning": RunConfig(DEFAULT, "onnxruntime", "int8", "spinning"),
+    f"{DEFAULT} onnxruntime int8": RunConfig(DEFAULT, "onnxruntime", "int8"),
+    f"{DEFAULT} openvino bf16": RunConfig(DEFAULT, "openvino", "bf16"),
+    f"{DEFAULT} openvino int8": RunConfig(DEFAULT, "openvino", "int8"),
+    f"{DEFAULT} default (auto)": RunConfig(DEFAULT),
 }
 _WAIT: dict[str, dict[str, str]] = {"spinning": {}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"}}
 
 
-def _worker(name: str, repeat: int) -> None:
+def _worker(config: RunConfig, repeat: int) -> None:
     """Child process: build one configuration, time every scan, print ``{"describe", scan: {stage: ms}}`` as JSON."""
-    model, backend, precision, _ = CONFIGS[name]
-    det = Detector(model, _checkpoint(model), device="cpu", backend=backend, precision=precision)
-    if name == ANCHOR:
+    det = Detector(config.model, config.checkpoint, device="cpu", backend=config.backend,
+                   precision=config.precision)
+    if config.todays_mape:
         det = _with_todays_mape(det)
     result: dict[str, object] = {"describe": f"{det.backend} {det.precision}"}
     for scan, pts in _scans().items():
@@ -187,46 +199,55 @@ def _worker(name: str, repeat: int) -> None:
     print(json.dumps(result))
 
 
-def _run_worker(name: str, repeat: int) -> dict:
+def _run_worker(config: RunConfig, repeat: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    env.update(_WAIT[CONFIGS[name][3]])
-    out = subprocess.run([sys.executable, __file__, "--worker", name, "--repeat", str(repeat)], env=env,
-                         check=True, capture_output=True, text=True).stdout
+    env.update(_WAIT[config.wait])
+    out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(asdict(config)), "--repeat", str(repeat)],
+                         env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
-def bench_end_to_end(repeat: int, rounds: int = 3) -> None:
+def time_configs(configs: dict[str, RunConfig], repeat: int, rounds: int = 3) -> tuple[dict, dict]:
     """Every configuration end to end on every scan, one process each, in ``rounds`` interleaved rounds (so a load
-    change hits all of them); per stage the median over the rounds of each round's median."""
-    runs: dict[str, list[dict]] = {name: [] for name in CONFIGS}
+    change hits all of them). Returns (per name: scan -> stage -> the median over the rounds of each round's
+    median ms, per name: what the Detector resolved "backend precision" to)."""
+    runs: dict[str, list[dict]] = {name: [] for name in configs}
     for _ in range(rounds):
-        for name in CONFIGS:
-            runs[name].append(_run_worker(name, repeat))
-    scans = [k for k in runs[ANCHOR][0] if k != "describe"]
-    for scan in scans:
-        med = {name: {st: float(np.median([r[scan][st] for r in rs])) for st in (*STAGES, "total")}
-               for name, rs in runs.items()}
+        for name, config in configs.items():
+            runs[name].append(_run_worker(config, repeat))
+    scans = [k for k in next(iter(runs.values()))[0] if k != "describe"]
+    med = {name: {scan: {st: float(np.median([r[scan][st] for r in rs])) for st in (*STAGES, "total")}
+                  for scan in scans} for name, rs in runs.items()}
+    return med, {name: rs[0]["describe"] for name, rs in runs.items()}
+
+
+def print_end_to_end(med: dict, described: dict, anchor: str = ANCHOR) -> None:
+    """Per scan: every configuration's stages and its end-to-end ratio against ``anchor``."""
+    for scan in med[anchor]:
         print(f"  {scan}:")
-        for name, s in med.items():
-            print(f"    {name:<44s} ({runs[name][0]['describe']:<16s}) " + "  ".join(f"{k} {s[k]:.1f}" for k in STAGES))
-        for name, s in med.items():
-            if name != ANCHOR:
-                print_ratio(f"    end to end, {name}", "anchor", med[ANCHOR]["total"], s["total"])
-        default = med[f"{DEFAULT} default (auto)"]["total"]
-        print(f"    goal: default at least x{GOAL_SPEEDUP} "
-              f"({'met' if med[ANCHOR]['total'] >= GOAL_SPEEDUP * default else 'NOT met'})")
+        for name in med:
+            s = med[name][scan]
+            print(f"    {name:<44s} ({described[name]:<16s}) " + "  ".join(f"{k} {s[k]:.1f}" for k in STAGES))
+        for name in med:
+            if name != anchor:
+                print_ratio(f"    end to end, {name}", "anchor", med[anchor][scan]["total"], med[name][scan]["total"])
     print(f"  load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
 
-def _merge(acc: dict[str, float], new: dict[str, float]) -> dict[str, float]:
-    """Mean of the two halves' medians."""
-    return {k: (acc[k] + v) / 2 for k, v in new.items()} if acc else new
+def bench_end_to_end(repeat: int, rounds: int = 3) -> None:
+    """:data:`CONFIGS` end to end (:func:`time_configs`) and the goal for the default."""
+    med, described = time_configs(CONFIGS, repeat, rounds)
+    print_end_to_end(med, described)
+    for scan, stages in med[f"{DEFAULT} default (auto)"].items():
+        met = med[ANCHOR][scan]["total"] >= GOAL_SPEEDUP * stages["total"]
+        print(f"  goal on {scan}: default at least x{GOAL_SPEEDUP} ({'met' if met else 'NOT met'})")
 
 
 def main() -> None:
     torch.set_grad_enabled(False)
     if "--worker" in sys.argv:
-        _worker(sys.argv[sys.argv.index("--worker") + 1], int(sys.argv[sys.argv.index("--repeat") + 1]))
+        _worker(RunConfig(**json.loads(sys.argv[sys.argv.index("--worker") + 1])),
+                int(sys.argv[sys.argv.index("--repeat") + 1]))
         return
     print_header("CPU default path by stage (tiny360, MAPE inference path, selection, message)")
     print(f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
