@@ -2,7 +2,7 @@
 
 Why: OpenVINO's CPU plugin runs convolutions through oneDNN with the processor's own instructions (AVX-512
 VNNI for INT8, AVX-512 BF16 / AMX for bf16) and a blocked memory layout. On the 2-core AMD EPYC machine the
-tiny360 dense part takes 14.5 ms in INT8 (onnxruntime: 21.2 ms, the same quantised graph) and 21-24 ms in
+tiny360 dense part alone takes 14.5 ms in INT8 (onnxruntime: 21.2 ms, the same quantised graph) and 21-24 ms in
 bf16, whose scores stay within 0.01 of fp32 (INT8: up to 0.26-0.29); fp32 is onnxruntime's speed (43 ms;
 BENCHMARKS.md). The graphs are the ones the onnxruntime back end runs: the fp32 export of the loaded model
 (``model/export.py``) and, for INT8, its QDQ quantisation from the engine cache (``runtime/quantize.py``, built
