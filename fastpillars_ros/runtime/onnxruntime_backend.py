@@ -68,11 +68,9 @@ class OnnxRuntimeDense:
             if precision == "fp32":
                 self.session = session(str(path))
             else:
-                from .quantize import calibration_canvases, int8_key, quantize_dense
+                from .quantize import cached_int8
 
-                self.key = int8_key(path, model, onnxruntime_version() or "none")
-                self.session, self.built = (cache or EngineCache()).get_or_build(
-                    self.key, lambda: quantize_dense(path, calibration_canvases(model)), session)
+                self.session, self.built, self.key = cached_int8(path, model, cache, session)
         self.names = output_names(self.config)
         self.input_shape = (1, *self.config.canvas_shape)
 

@@ -94,17 +94,10 @@ class OpenVinoDense:
             if precision != "int8":
                 self.compiled = compile_graph(path.read_bytes())
             else:
-                from .onnxruntime_backend import onnxruntime_version
-                from .quantize import calibration_canvases, int8_key, quantize_dense
+                from .quantize import cached_int8
 
-                ort_version = onnxruntime_version()
-                if ort_version is None:
-                    raise RuntimeError("openvino precision 'int8' runs the graph quantised by onnxruntime's "
-                                       "quantiser: pip install onnxruntime, or use precision 'bf16' or 'fp32'")
                 # The same cached QDQ graph as the onnxruntime back end's (same key): quantised once for both.
-                self.key = int8_key(path, model, ort_version)
-                self.compiled, self.built = (cache or EngineCache()).get_or_build(
-                    self.key, lambda: quantize_dense(path, calibration_canvases(model)), compile_graph)
+                self.compiled, self.built, self.key = cached_int8(path, model, cache, compile_graph)
         self.inference_precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
         if precision == "bf16" and self.inference_precision != "bf16":
             log.warning("openvino bf16: this processor has no native bf16, so OpenVINO computes in %s at fp32's "

@@ -40,19 +40,20 @@ import hashlib
 import json
 import logging
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from ..bags import SAMPLE_BAG, read_clouds
 from ..model.fastpillars import FastPillars
-from .engine_cache import EngineKey, sha256_file
+from .engine_cache import EngineCache, EngineKey, sha256_file
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Sample-bag frames used for calibration (all of them: 30 simulated scans of different street scenes).
 CALIBRATION_FRAMES = tuple(range(30))
@@ -99,6 +100,27 @@ def int8_key(fp32_onnx: Path, model: FastPillars, onnxruntime_version: str) -> E
     """Engine-cache key of the INT8 model built from ``fp32_onnx`` (the exported dense part of ``model``)."""
     return EngineKey(sha256_file(fp32_onnx), f"onnxruntime {onnxruntime_version}", "cpu", "", "int8",
                      (1, *model.config.canvas_shape), calibration_digest(model))
+
+
+def cached_int8(fp32_onnx: Path, model: FastPillars, cache: EngineCache | None,
+                deserialize: Callable[[bytes], T]) -> tuple[T, bool, EngineKey]:
+    """The INT8 (QDQ) graph of ``fp32_onnx`` (the exported dense part of ``model``) from the engine cache, quantised
+    and stored when missing or stale, loaded by ``deserialize`` (an onnxruntime session, an OpenVINO compiled
+    model: both CPU back ends run the same graph under the same key). Returns (loaded, quantised now, key).
+
+    Raises:
+        RuntimeError: onnxruntime, whose quantiser builds the graph, is not installed.
+    """
+    from .onnxruntime_backend import onnxruntime_version
+
+    version = onnxruntime_version()
+    if version is None:
+        raise RuntimeError("precision 'int8' runs the graph quantised by onnxruntime's quantiser: pip install "
+                           "onnxruntime, or use precision 'bf16' (openvino) or 'fp32'")
+    key = int8_key(fp32_onnx, model, version)
+    loaded, built = (cache or EngineCache()).get_or_build(
+        key, lambda: quantize_dense(fp32_onnx, calibration_canvases(model)), deserialize)
+    return loaded, built, key  # type: ignore[return-value]
 
 
 def split_identity(model: Any, skip: list[str]) -> int:
