@@ -70,7 +70,7 @@ class OnnxRuntimeDense:
             else:
                 from .quantize import cached_int8
 
-                self.session, self.built, self.key = cached_int8(path, model, cache, session)
+                self.session, self.built, self.key = cached_int8(path, model, cache, session, onnxruntime_version())
         self.names = output_names(self.config)
         self.input_shape = (1, *self.config.canvas_shape)
 

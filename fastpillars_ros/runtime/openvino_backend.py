@@ -94,10 +94,12 @@ class OpenVinoDense:
             if precision != "int8":
                 self.compiled = compile_graph(path.read_bytes())
             else:
+                from .onnxruntime_backend import onnxruntime_version
                 from .quantize import cached_int8
 
                 # The same cached QDQ graph as the onnxruntime back end's (same key): quantised once for both.
-                self.compiled, self.built, self.key = cached_int8(path, model, cache, compile_graph)
+                self.compiled, self.built, self.key = cached_int8(path, model, cache, compile_graph,
+                                                                     onnxruntime_version())
         self.inference_precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
         if precision == "bf16" and self.inference_precision != "bf16":
             log.warning("openvino bf16: this processor has no native bf16, so OpenVINO computes in %s at fp32's "

@@ -103,21 +103,19 @@ def int8_key(fp32_onnx: Path, model: FastPillars, onnxruntime_version: str) -> E
 
 
 def cached_int8(fp32_onnx: Path, model: FastPillars, cache: EngineCache | None,
-                deserialize: Callable[[bytes], T]) -> tuple[T, bool, EngineKey]:
+                deserialize: Callable[[bytes], T], onnxruntime_version: str | None) -> tuple[T, bool, EngineKey]:
     """The INT8 (QDQ) graph of ``fp32_onnx`` (the exported dense part of ``model``) from the engine cache, quantised
     and stored when missing or stale, loaded by ``deserialize`` (an onnxruntime session, an OpenVINO compiled
-    model: both CPU back ends run the same graph under the same key). Returns (loaded, quantised now, key).
+    model: both CPU back ends run the same graph under the same key). ``onnxruntime_version``: the installed
+    quantiser's (part of the key). Returns (loaded, quantised now, key).
 
     Raises:
-        RuntimeError: onnxruntime, whose quantiser builds the graph, is not installed.
+        RuntimeError: onnxruntime, whose quantiser builds the graph, is not installed (version None).
     """
-    from .onnxruntime_backend import onnxruntime_version
-
-    version = onnxruntime_version()
-    if version is None:
+    if onnxruntime_version is None:
         raise RuntimeError("precision 'int8' runs the graph quantised by onnxruntime's quantiser: pip install "
                            "onnxruntime, or use precision 'bf16' (openvino) or 'fp32'")
-    key = int8_key(fp32_onnx, model, version)
+    key = int8_key(fp32_onnx, model, onnxruntime_version)
     loaded, built = (cache or EngineCache()).get_or_build(
         key, lambda: quantize_dense(fp32_onnx, calibration_canvases(model)), deserialize)
     return loaded, built, key  # type: ignore[return-value]
