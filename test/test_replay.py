@@ -29,9 +29,11 @@ PERIOD_NS = 50_000_000  # 20 Hz bag
 T0 = bags.DEFAULT_START_NS
 
 # The echo detector: answers each cloud with one detection (header copied), also a MarkerArray, and
-# counts /clock messages; prints a JSON line with what it saw when interrupted.
+# counts /clock messages; prints a JSON line with what it saw when interrupted. With ECHO_IGNORE=N in its
+# environment it ignores the first N clouds, as a best-effort subscriber does before it has matched the publisher;
+# ECHO_PREFIX goes before its topics (so that it does not answer beside the module's echo).
 ECHO = f"""
-import json, sys
+import json, os, sys
 import rclpy, rclpy.executors
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import PointCloud2
@@ -39,14 +41,17 @@ from vision_msgs.msg import Detection3D, Detection3DArray
 from visualization_msgs.msg import Marker, MarkerArray
 rclpy.init()
 node = rclpy.create_node("echo_detector")
-det_pub = node.create_publisher(Detection3DArray, "{DETECTIONS}", 10)
-marker_pub = node.create_publisher(MarkerArray, "{MARKERS}", 10)
+prefix = os.environ.get("ECHO_PREFIX", "")
+det_pub = node.create_publisher(Detection3DArray, prefix + "{DETECTIONS}", 10)
+marker_pub = node.create_publisher(MarkerArray, prefix + "{MARKERS}", 10)
 seen = {{"clouds": 0, "clocks": []}}
 def on_cloud(msg):
     seen["clouds"] += 1
+    if seen["clouds"] <= int(os.environ.get("ECHO_IGNORE", "0")):
+        return
     det_pub.publish(Detection3DArray(header=msg.header, detections=[Detection3D(header=msg.header, id="a")]))
     marker_pub.publish(MarkerArray(markers=[Marker(header=msg.header)]))
-node.create_subscription(PointCloud2, "{TOPIC}", on_cloud, 10)
+node.create_subscription(PointCloud2, prefix + "{TOPIC}", on_cloud, 10)
 node.create_subscription(Clock, "/clock", lambda m: seen["clocks"].append(m.clock.sec * 10**9 + m.clock.nanosec), 100)
 print("ready", flush=True)
 try:
@@ -132,6 +137,21 @@ def test_tracker_gives_repeated_stamps_to_the_oldest_send():
     tr.answered(100, 1.2)
     tr.answered(100, 1.3)
     assert tr.stats.latencies_ms == pytest.approx([1200.0, 300.0])
+
+
+def test_tracker_counts_a_resent_frame_once_and_its_extra_answer_as_a_duplicate():
+    tr = AnswerTracker(timeout_s=1.5)
+    seq = tr.sent(100, 0.0)
+    assert tr.resent(seq, 1.0)  # latency and timeout now count from the copy
+    assert tr.answered(100, 2.2) == "answered"  # 2.2 s after the first send, 1.2 s after the copy
+    assert tr.answered(100, 2.3) == "duplicate"  # the answer to the other copy
+    assert tr.answered(100, 2.4) == "unmatched"  # one extra answer per copy, no more
+    assert not tr.resent(seq, 3.0)  # no longer waiting
+    stats = tr.finish(3.0)
+    assert (stats.sent, stats.answered, stats.dropped, stats.resent, stats.duplicates, stats.unmatched) == \
+        (1, 1, 0, 1, 1, 1)
+    assert stats.latencies_ms == pytest.approx([1200.0])
+    assert "published 1 more time" in stats.format()
 
 
 def test_tracker_latency_percentiles_and_report():
@@ -247,6 +267,25 @@ def test_replay_loop_start_and_duration(echo, bag):
     assert stats.bag_s == pytest.approx(0.35)  # second loop ends one period + span after the first start
     capped = replay(_options(bag, max_rate=True, loops=None, max_frames=15))
     assert capped.sent == 15 and capped.answered == 15
+
+
+@pytest.mark.ros
+@pytest.mark.parametrize("max_rate", [True, False], ids=["max-rate", "paced"])
+def test_replay_publishes_the_first_cloud_again_until_a_late_matching_detector_answers_it(bag, max_rate):
+    # The CI failure this prevents: a detector whose best-effort subscription matched the replay's publisher
+    # only after the first cloud went out lost that cloud, and the replay counted a drop.
+    proc = spawn_python(ECHO, env_extra={"ECHO_IGNORE": "2", "ECHO_PREFIX": "/late"})
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        stats = replay(_options(bag, max_rate=max_rate, rate=1.0, publish_topic="/late" + TOPIC,
+                                detections_topic="/late" + DETECTIONS))
+    finally:
+        stop(proc)
+    assert (stats.sent, stats.answered, stats.dropped, stats.unmatched) == (10, 10, 0, 0)
+    assert stats.resent == 2 and stats.duplicates == 0
+    assert max(stats.latencies_ms) < 1000.0  # the first frame's latency counts from the copy that was answered
+    if not max_rate:
+        assert 0.44 <= stats.send_s < 0.8  # the recorded pace starts after the handshake
 
 
 @pytest.mark.ros

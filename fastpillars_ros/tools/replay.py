@@ -17,7 +17,11 @@ What it does:
   ours); ``--record OUT`` writes the answers (and with ``--record-markers`` the MarkerArray) as received,
   stamped with the receive time, into a new mcap bag;
 * prints frames sent / answered / dropped (no answer within ``--timeout-s``), late and unmatched answers and
-  the latency percentiles (receive time of the answer minus send time of its cloud).
+  the latency percentiles (receive time of the answer minus send time of its cloud);
+* publishes the first cloud again every ``FIRST_RESEND_S`` until it is answered (at most ``--timeout-s``): a
+  best-effort subscriber (ours, like most lidar consumers) loses whatever arrives before it has matched the
+  replay's publisher, and that moment cannot be seen from the publisher's side. Once one answer came back both
+  directions are matched and every later cloud is sent once; a paced replay's recorded pace starts there.
 
 The DDS environment is the caller's (a robot's replay must reach other machines); ``--loopback`` restricts
 it to this machine (tests and the demo use it).
@@ -73,6 +77,9 @@ __all__ = [
 
 # Wait after both directions matched, before the first cloud (see replay(): discovery is not symmetric).
 MATCH_SETTLE_S = 0.3
+# The first cloud is published again after this long without an answer (see the module docstring): well above a
+# detector's first answer once it is ready, short against the timeout.
+FIRST_RESEND_S = 1.0
 
 
 # ==========================================================================================================
@@ -172,6 +179,9 @@ class ReplayStats:
     dropped: int = 0
     late: int = 0
     unmatched: int = 0
+    #: Copies of the first cloud published again while it had no answer, and the extra answers they drew.
+    resent: int = 0
+    duplicates: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     detections: int = 0
     wall_s: float = 0.0
@@ -202,7 +212,8 @@ class ReplayStats:
 
         return {
             "sent": self.sent, "answered": self.answered, "dropped": self.dropped, "late": self.late,
-            "unmatched": self.unmatched, "detections": self.detections, "wall_s": num(self.wall_s),
+            "unmatched": self.unmatched, "resent": self.resent, "duplicates": self.duplicates,
+            "detections": self.detections, "wall_s": num(self.wall_s),
             "send_s": num(self.send_s), "bag_s": num(self.bag_s), "sent_fps": num(self.sent_fps),
             "answered_fps": num(self.answered_fps),
             "latency_ms": {name: num(self.latency(q)) for name, q in (("p50", 50), ("p90", 90), ("p95", 95),
@@ -219,6 +230,9 @@ class ReplayStats:
             f"wall {self.wall_s:.2f} s for {self.bag_s:.2f} s of bag time; sent {self.sent_fps:.2f} frames/s, "
             f"answered {self.answered_fps:.2f} frames/s (over the whole run); {self.detections} detections",
         ]
+        if self.resent:
+            lines.append(f"first cloud published {self.resent} more time(s) before the detector answered it "
+                         f"({self.duplicates} duplicate answer(s))")
         if self.latencies_ms:
             lines.append("latency ms: " + ", ".join(f"{n} {self.latency(q):.1f}" for n, q in
                                                     (("p50", 50), ("p90", 90), ("p95", 95), ("p99", 99),
@@ -240,8 +254,9 @@ class AnswerTracker:
 
     A frame is *answered* when an answer with its stamp arrives within ``timeout_s`` of sending, *dropped*
     when the timeout passes first (an answer after that counts as *late*). Answers whose stamp was never
-    sent (or was already answered) are *unmatched*. When the same stamp is in flight more than once (a
-    looped bag), the oldest send takes the answer.
+    sent (or was already answered) are *unmatched*, except the answers to copies published again with
+    :meth:`resent` (*duplicates*). When the same stamp is in flight more than once (a looped bag), the oldest
+    send takes the answer.
     """
 
     def __init__(self, timeout_s: float) -> None:
@@ -255,6 +270,7 @@ class AnswerTracker:
         self._last_seq_done = -1
         self._seq = -1
         self._seq_of: dict[int, collections.deque[int]] = {}
+        self._copies: collections.Counter[int] = collections.Counter()
         self.sent_stamps: set[int] = set()
 
     def sent(self, stamp_ns: int, t: float) -> int:
@@ -267,8 +283,21 @@ class AnswerTracker:
             self.stats.sent += 1
             return self._seq
 
+    def resent(self, seq: int, t: float) -> bool:
+        """Record that frame ``seq``, still waiting, was published again at monotonic time ``t``: its latency
+        and timeout count from this copy, and one more answer with its stamp is a duplicate, not unmatched.
+        Returns False (and records nothing) when ``seq`` is no longer waiting."""
+        with self._lock:
+            for stamp, seqs in self._seq_of.items():
+                if seq in seqs:
+                    self._pending[stamp][seqs.index(seq)] = t
+                    self._copies[stamp] += 1
+                    self.stats.resent += 1
+                    return True
+            return False
+
     def answered(self, stamp_ns: int, t: float, num_detections: int = 0) -> str:
-        """Record an answer at monotonic time ``t``; returns "answered", "late" or "unmatched"."""
+        """Record an answer at monotonic time ``t``; returns "answered", "late", "duplicate" or "unmatched"."""
         with self._lock:
             self._expire_locked(t)
             queue = self._pending.get(stamp_ns)
@@ -286,6 +315,10 @@ class AnswerTracker:
                 self._expired[stamp_ns] -= 1
                 self.stats.late += 1
                 return "late"
+            if self._copies[stamp_ns] > 0:
+                self._copies[stamp_ns] -= 1
+                self.stats.duplicates += 1
+                return "duplicate"
             self.stats.unmatched += 1
             return "unmatched"
 
@@ -630,6 +663,19 @@ def _play(opts: ReplayOptions, first: BagFrame, frames: Iterator[BagFrame], pub:
             step = clock_period if clock_pub is not None else 0.05
             time.sleep(max(0.0, min(due - now, step, 0.05)))
 
+    def resend_until_answered(frame: BagFrame, seq: int, t_first: float) -> None:
+        # The first cloud again every FIRST_RESEND_S until it is answered (see the module docstring).
+        while not opts.stop.is_set() and not tracker.wait_settled(seq, FIRST_RESEND_S):
+            now = time.monotonic()
+            if now - t_first >= opts.timeout_s or not tracker.resent(seq, now):
+                break
+            if stats.resent == 1:
+                _log(opts, f"no answer to the first cloud after {FIRST_RESEND_S:g} s (the detector may not have "
+                           "matched this publisher yet); publishing it again until it is answered")
+            if clock_pub is not None:
+                publish_clock(frame.bag_time_ns)
+            pub.publish(frame.raw)
+
     frame: BagFrame | None = first
     prev_seq: int | None = None
     while frame is not None and not opts.stop.is_set():
@@ -650,6 +696,12 @@ def _play(opts: ReplayOptions, first: BagFrame, frames: Iterator[BagFrame], pub:
         t_send = time.monotonic()
         prev_seq = tracker.sent(frame.stamp_ns, t_send)
         pub.publish(frame.raw)
+        if stats.sent == 1:
+            resend_until_answered(frame, prev_seq, t_send)
+            # The recorded pace starts once the first cloud is answered: the start-up handshake is not part of it.
+            offset = due - t0
+            t0 = time.monotonic() - offset
+            t_send = t0 + offset
         stats.send_s = t_send - t0
         stats.bag_s = pacer.bag_offset_ns(frame.loop, frame.bag_time_ns) / NS
         frame = next(frames, None)
