@@ -23,6 +23,7 @@ import torch
 
 from .config import DEFAULT_MODEL, ModelConfig, load_model_config
 from .model import build_model, checkpoint_meta, load_checkpoint
+from .model.checkpoint import CheckpointMeta
 from .model.head import Candidates, DenseCandidates, decode_dense
 from .mounting import AutoMounting, Mounting, boxes_to_cloud, points_to_model
 from .ops import Pillars, decorate, pillarize
@@ -97,7 +98,9 @@ class Detector:
             weights) when there is none. Loaded strictly with ``torch.load(weights_only=True)``.
         backend: "torch", "tensorrt", "onnxruntime", "openvino" or "auto": on a GPU TensorRT where installed,
             else torch (with one warning); on the CPU onnxruntime where installed (the faster CPU engine for the
-            dense part, BENCHMARKS.md), else OpenVINO, else torch; OpenVINO with precision "bf16".
+            dense part, BENCHMARKS.md), else OpenVINO, else torch, but OpenVINO first on a processor with AMX
+            bf16 units (there bf16 is 3x faster than onnxruntime INT8 with fp32's accuracy,
+            ``runtime/cpu_features.py``); OpenVINO with precision "bf16".
         device: "cpu", "cuda" or "auto" (cuda when available).
         precision: "fp32", "fp16" (GPU only), "bf16" (OpenVINO on the CPU: fp32's boxes, fast where the
             processor has native bf16), "int8" (the dense part quantised on the CPU, ``runtime/quantize.py``, run
@@ -169,20 +172,23 @@ class Detector:
         model = build_model(cfg)
         #: Terms the loaded weights are under (stated in the checkpoint; None: not stated or random weights).
         self.weights_licence: str | None = None
-        #: Published score per class when the user sets none: calibrated thresholds stored with the weights,
-        #: else the config's decode floor.
+        #: Published score per class when the user sets none: the thresholds stored with the weights for the
+        #: precision that runs (set once the dense part exists: a failed engine falls back), else the config's
+        #: decode floor.
         self.default_score_thresholds = {c: float(self.config.decode.score_threshold) for c in self.class_names}
+        self.set_score_threshold(score_threshold)  # a bad value fails here, before any engine is built
+        meta = CheckpointMeta()
         if self.checkpoint is not None:
             load_checkpoint(model, self.checkpoint, strict=True)
             meta = checkpoint_meta(self.checkpoint)
             self.weights_licence = meta.licence
-            self.default_score_thresholds.update({c: t for c, t in meta.score_thresholds.items()
-                                                  if c in self.default_score_thresholds})
-        self.set_score_threshold(score_threshold)
         model.eval().fuse("full")
         self.model = model.to(self.device)
         explicit = backend != "auto" or precision in CPU_PRECISIONS
         self._dense, self.backend = self._make_dense(self.backend, explicit, engine_cache_dir)
+        self.default_score_thresholds.update({c: t for c, t in meta.thresholds_for(self.precision).items()
+                                              if c in self.default_score_thresholds})
+        self.set_score_threshold(score_threshold)
         self._graphs = (GraphRunner(self._dense_and_decode)
                         if cuda_graphs and self.device == "cuda" and self.backend == "torch" else None)
         self._device_thresholds: tuple[np.ndarray, torch.Tensor] | None = None

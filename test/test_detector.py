@@ -11,6 +11,7 @@ from fastpillars_ros.datasets.kitti import KittiDataset
 from fastpillars_ros.detector import STAGES, Detector
 from fastpillars_ros.ops.iou import rotated_iou_bev
 from fastpillars_ros.pointcloud import read_points
+from fastpillars_ros.runtime.cpu_features import amx_bf16
 
 
 @pytest.fixture(scope="module")
@@ -136,8 +137,8 @@ def test_tensorrt_backend_without_a_gpu_says_what_is_missing():
         Detector("tiny", backend="tensorrt", device="cuda", warmup=False)
 
 
-def test_cpu_auto_backend_is_onnxruntime_and_in_fp32_gives_the_torch_boxes(detector, kitti_points):
-    assert detector.backend == "onnxruntime"
+def test_cpu_auto_backend_follows_the_processor_and_in_fp32_gives_the_torch_boxes(detector, kitti_points):
+    assert detector.backend == ("openvino" if amx_bf16() else "onnxruntime")
     fp32 = Detector("tiny", device="cpu", precision="fp32", warmup=False)
     torch_det = Detector("tiny", device="cpu", backend="torch", warmup=False)
     a, b = fp32.detect(kitti_points), torch_det.detect(kitti_points)

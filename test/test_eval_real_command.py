@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from real_data import real_file
 
 from fastpillars_ros.cli import main as cli_main
@@ -92,11 +93,36 @@ def test_calibrate_prints_the_thresholds_with_their_interval_and_stores_them(tmp
     save_checkpoint(build_model(load_model_config(small)), weights)
     folder = _one_frame_folder(tmp_path / "drive", "000010")
     assert cli_main(["calibrate", "--config", str(small), "--checkpoint", str(weights), "--data", str(folder),
-                     "--write"]) == 0
+                     "--precision", "int8", "--write"]) == 0
     out = capsys.readouterr().out
     assert "1 frames" in out and "90 % interval over a bootstrap of the frames: car " in out
-    stored = checkpoint_meta(weights).score_thresholds
+    assert "(int8 dense part" in out and "(score_thresholds)" in out
+    meta = checkpoint_meta(weights)
+    stored = meta.score_thresholds
     assert set(stored) == {"car", "pedestrian", "cyclist"} and all(0.1 <= t <= 1.0 for t in stored.values())
+    assert meta.float_score_thresholds == {}
+
+
+def test_calibrating_a_floating_point_dense_part_stores_its_own_thresholds_beside_the_int8_ones(tmp_path, capsys):
+    from fastpillars_ros.config import load_model_config
+    from fastpillars_ros.detector import Detector
+    from fastpillars_ros.model import build_model, save_checkpoint, update_checkpoint_meta
+    from fastpillars_ros.model.checkpoint import checkpoint_meta
+
+    small = Path(__file__).parent / "data" / "train_small.yaml"
+    weights = tmp_path / "w.pt"
+    save_checkpoint(build_model(load_model_config(small)), weights)
+    update_checkpoint_meta(weights, score_thresholds={"car": 0.9, "pedestrian": 0.9, "cyclist": 0.9})
+    folder = _one_frame_folder(tmp_path / "drive", "000010")
+    assert cli_main(["calibrate", "--config", str(small), "--checkpoint", str(weights), "--data", str(folder),
+                     "--backend", "onnxruntime", "--precision", "fp32", "--write"]) == 0
+    assert "(floating-point dense part: onnxruntime fp32)" in capsys.readouterr().out
+    meta = checkpoint_meta(weights)
+    assert meta.score_thresholds == {"car": 0.9, "pedestrian": 0.9, "cyclist": 0.9}  # the INT8 set is kept
+    assert set(meta.float_score_thresholds) == {"car", "pedestrian", "cyclist"}
+    for precision, expected in (("fp32", meta.float_score_thresholds), ("int8", meta.score_thresholds)):
+        det = Detector(small, weights, device="cpu", backend="onnxruntime", precision=precision, warmup=False)
+        assert det.default_score_thresholds == pytest.approx(expected)
 
 
 def test_the_precision_can_be_chosen_to_compare_int8_with_fp32(tmp_path, capsys):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fastpillars_ros.model import build_model, load_checkpoint, read_state_dict, save_checkpoint
+from fastpillars_ros.model.checkpoint import CheckpointMeta
 from fastpillars_ros.model.testing import randomize_
 
 
@@ -138,3 +139,12 @@ def test_python_objects_in_meta_are_refused_clearly(tmp_path, trained):
     torch.save({"meta": {"args": argparse.Namespace(lr=1)}, "state_dict": model.state_dict()}, path)
     with pytest.raises(ValueError, match="weights_only"):
         load_checkpoint(build_model("tiny"), path)
+
+
+def test_thresholds_follow_the_arithmetic_they_were_calibrated_on():
+    both = CheckpointMeta(score_thresholds={"car": 0.48}, float_score_thresholds={"car": 0.50})
+    assert both.thresholds_for("int8") == {"car": 0.48}
+    assert both.thresholds_for("bf16") == both.thresholds_for("fp32") == both.thresholds_for("fp16") == {"car": 0.50}
+    only_int8 = CheckpointMeta(score_thresholds={"car": 0.48})
+    assert only_int8.thresholds_for("fp32") == {"car": 0.48}  # the other set rather than none
+    assert CheckpointMeta(float_score_thresholds={"car": 0.5}).thresholds_for("int8") == {"car": 0.5}

@@ -96,13 +96,26 @@ def test_openvino_runs_on_the_cpu_when_the_device_is_auto():
 
 
 def test_auto_prefers_onnxruntime_and_takes_openvino_where_onnxruntime_is_missing(monkeypatch):
-    from fastpillars_ros.runtime import onnxruntime_backend
+    from fastpillars_ros.runtime import memory, onnxruntime_backend
 
+    monkeypatch.setattr(memory, "amx_bf16", lambda: False)
     assert Detector("tiny", device="cpu", warmup=False).backend == "onnxruntime"
     monkeypatch.setattr(onnxruntime_backend, "onnxruntime_version", lambda: None)
     monkeypatch.setattr(openvino_backend, "native_bf16", lambda: True)
     det = Detector("tiny", device="cpu", warmup=False)
     assert (det.backend, det.precision) == ("openvino", "bf16")
+
+
+def test_auto_on_a_processor_with_amx_is_openvino_bf16_and_onnxruntime_int8_without_openvino(monkeypatch):
+    from fastpillars_ros.runtime import memory
+
+    monkeypatch.setattr(memory, "amx_bf16", lambda: True)
+    monkeypatch.setattr(openvino_backend, "native_bf16", lambda: True)  # AMX has native bf16
+    det = Detector("tiny", device="cpu", warmup=False)
+    assert (det.backend, det.precision) == ("openvino", "bf16")
+    monkeypatch.setattr(openvino_backend, "openvino_version", lambda: None)
+    det = Detector("tiny", device="cpu", warmup=False)
+    assert (det.backend, det.precision) == ("onnxruntime", "int8")
 
 
 def test_without_openvino_an_explicit_request_says_what_is_missing(monkeypatch):

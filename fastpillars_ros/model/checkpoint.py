@@ -159,35 +159,56 @@ def save_checkpoint(model: FastPillars, path: str | Path, licence: str | None = 
 
 @dataclass(frozen=True)
 class CheckpointMeta:
-    """What one of our checkpoints says about its weights besides the tensors."""
+    """What one of our checkpoints says about its weights besides the tensors.
+
+    ``score_thresholds``: default published score per class, calibrated on the INT8 dense part (the CPU default
+    where onnxruntime runs it); ``float_score_thresholds``: the same calibration with a floating-point dense part
+    (fp32, and bf16/fp16, whose scores stay within a few thousandths of fp32's). INT8 moves scores by up to a few
+    hundredths, enough to move a calibrated threshold; empty when not calibrated (the other set is used then).
+    """
 
     licence: str | None = None
     score_thresholds: dict[str, float] = field(default_factory=dict)
+    float_score_thresholds: dict[str, float] = field(default_factory=dict)
+
+    def thresholds_for(self, precision: str) -> dict[str, float]:
+        """The calibrated thresholds for a dense part running at ``precision`` ("int8", "fp32", "bf16", "fp16"):
+        the set calibrated at that arithmetic where there is one, else the other."""
+        if precision == "int8":
+            return self.score_thresholds or self.float_score_thresholds
+        return self.float_score_thresholds or self.score_thresholds
+
+
+def _class_values(raw: Any) -> dict[str, float]:
+    return ({str(k): float(v) for k, v in raw.items() if isinstance(v, (int, float))}
+            if isinstance(raw, dict) else {})
 
 
 def checkpoint_meta(path: str | Path) -> CheckpointMeta:
-    """The ``licence`` and calibrated ``score_thresholds`` entries of a checkpoint (empty when absent)."""
+    """The ``licence`` and calibrated ``score_thresholds`` / ``float_score_thresholds`` entries of a checkpoint
+    (empty when absent)."""
     obj = torch.load(Path(path), map_location="cpu", weights_only=True)
     if not isinstance(obj, dict):
         return CheckpointMeta()
     licence = obj.get("licence") if isinstance(obj.get("licence"), str) else None
-    raw = obj.get("score_thresholds")
-    thresholds = ({str(k): float(v) for k, v in raw.items() if isinstance(v, (int, float))}
-                  if isinstance(raw, dict) else {})
-    return CheckpointMeta(licence, thresholds)
+    return CheckpointMeta(licence, _class_values(obj.get("score_thresholds")),
+                          _class_values(obj.get("float_score_thresholds")))
 
 
 def update_checkpoint_meta(path: str | Path, *, licence: str | None = None,
-                           score_thresholds: dict[str, float] | None = None) -> None:
-    """Rewrite a checkpoint with new ``licence`` / ``score_thresholds`` entries (atomically; weights unchanged)."""
+                           score_thresholds: dict[str, float] | None = None,
+                           float_score_thresholds: dict[str, float] | None = None) -> None:
+    """Rewrite a checkpoint with new ``licence`` / ``score_thresholds`` / ``float_score_thresholds`` entries
+    (atomically; weights unchanged)."""
     path = Path(path)
     obj = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(obj, dict) or "state_dict" not in obj:
         raise ValueError(f"{path} is not one of our checkpoints (no 'state_dict' entry)")
     if licence is not None:
         obj["licence"] = str(licence)
-    if score_thresholds is not None:
-        obj["score_thresholds"] = {str(k): float(v) for k, v in score_thresholds.items()}
+    for key, values in (("score_thresholds", score_thresholds), ("float_score_thresholds", float_score_thresholds)):
+        if values is not None:
+            obj[key] = {str(k): float(v) for k, v in values.items()}
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)

@@ -134,7 +134,8 @@ SPECS: tuple[ParamSpec, ...] = (
               "(random weights with a warning when none are shipped)."),
     ParamSpec("backend", "auto", "string",
               "Inference backend for the dense network: auto (on a GPU TensorRT when installed, else torch; on "
-              "the CPU onnxruntime when installed, else OpenVINO, else torch), torch, tensorrt, onnxruntime or "
+              "the CPU onnxruntime when installed, else OpenVINO, else torch; OpenVINO first where the CPU has "
+              "AMX), torch, tensorrt, onnxruntime or "
               "openvino (CPU only; bf16 with fp32's accuracy, or int8 1.5x faster).",
               choices=BACKENDS),
     ParamSpec("device", "auto", "string", "auto (cuda when available, else cpu), cpu or cuda.", choices=DEVICES),

@@ -3,13 +3,16 @@ deployment commands all take their allowed values from here."""
 
 from __future__ import annotations
 
-__all__ = ["BACKENDS", "CPU_BACKENDS", "CPU_PRECISIONS", "DEVICES", "ON_INSUFFICIENT_MEMORY", "PRECISIONS"]
+__all__ = ["BACKENDS", "CPU_BACKENDS", "CPU_BACKENDS_AMX", "CPU_PRECISIONS", "DEVICES", "ON_INSUFFICIENT_MEMORY",
+           "PRECISIONS"]
 
-#: Dense-network back ends: auto (on the CPU onnxruntime, else OpenVINO, else torch; on a GPU TensorRT, else torch),
-#: or one by name.
+#: Dense-network back ends: auto (on the CPU onnxruntime, else OpenVINO, else torch, but OpenVINO first on processors
+#: with AMX; on a GPU TensorRT, else torch), or one by name.
 BACKENDS = ("auto", "torch", "tensorrt", "onnxruntime", "openvino")
 #: The back ends that run the dense part on the CPU (in the order ``auto`` tries them before torch).
 CPU_BACKENDS = ("onnxruntime", "openvino")
+#: The order ``auto`` tries them in on a processor with AMX bf16 units (``runtime/cpu_features.py``).
+CPU_BACKENDS_AMX = ("openvino", "onnxruntime")
 #: auto (cuda when available, else cpu), cpu or cuda.
 DEVICES = ("auto", "cpu", "cuda")
 #: Numeric precision of the dense network: auto (int8 with onnxruntime; with OpenVINO bf16 where the processor has

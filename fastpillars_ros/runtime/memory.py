@@ -39,7 +39,8 @@ from typing import Any
 import torch
 
 from ..config import ModelConfig, load_model_config
-from .choices import CPU_BACKENDS
+from .choices import CPU_BACKENDS, CPU_BACKENDS_AMX
+from .cpu_features import amx_bf16
 
 MIB = 1024 * 1024
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
@@ -142,12 +143,14 @@ def cpu_backend_version(backend: str) -> str | None:
 def resolve_backend(backend: str, device: str = "cuda") -> str:
     """The back end a Detector with ``backend`` on ``device`` runs ("tensorrt", "torch", "openvino" or
     "onnxruntime"), resolved as the Detector does: "auto" is TensorRT on a GPU where the package is installed,
-    else torch; on the CPU the first of :data:`~.choices.CPU_BACKENDS` installed, else torch. Decided before
-    anything is allocated, so the memory check budgets the back end that will really run."""
+    else torch; on the CPU the first of :data:`~.choices.CPU_BACKENDS` installed (of
+    :data:`~.choices.CPU_BACKENDS_AMX` on a processor with AMX bf16 units), else torch. Decided before anything
+    is allocated, so the memory check budgets the back end that will really run."""
     if backend != "auto":
         return backend
     if device == "cpu":
-        return next((b for b in CPU_BACKENDS if cpu_backend_version(b) is not None), "torch")
+        order = CPU_BACKENDS_AMX if amx_bf16() else CPU_BACKENDS
+        return next((b for b in order if cpu_backend_version(b) is not None), "torch")
     from .tensorrt_backend import tensorrt_version
 
     return "tensorrt" if tensorrt_version() is not None else "torch"

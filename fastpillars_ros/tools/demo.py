@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,9 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how long to wait for the node to come up")
 
 
-def _start_node(model: str, checkpoint: str, log_path: Path) -> subprocess.Popen:
+def _start_node(model: str, checkpoint: str, log_path: Path, params: Sequence[str] = ()) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "fastpillars_ros.tools.launch", "--loopback", "--use-sim-time",
            "--input-topic", "/points", "-p", "cpu_threads:=2"]
+    for param in params:
+        cmd += ["-p", param]
     if model:
         cmd += ["--model", model]
     if checkpoint:
@@ -50,10 +53,12 @@ def _start_node(model: str, checkpoint: str, log_path: Path) -> subprocess.Popen
 
 
 def replay_through_node(bag: Path, record: Path, node_log: Path, *, model: str = "", checkpoint: str = "",
-                        max_frames: int | None = None, start_timeout_s: float = 120.0) -> ReplayStats:
+                        max_frames: int | None = None, start_timeout_s: float = 120.0,
+                        params: Sequence[str] = ()) -> ReplayStats:
     """Start the detector node as its own process (loopback DDS, simulated time), replay ``bag`` into it
     with back-pressure and ``/clock``, record its answers to ``record`` and score them against the bag's
-    ``/ground_truth``; the node is stopped afterwards. Used by the demo and the CI regression test."""
+    ``/ground_truth``; the node is stopped afterwards. ``params``: more node parameters (``NAME:=VALUE``).
+    Used by the demo and the CI regression test."""
     from fastpillars_ros.ros.rosenv import apply_loopback_environment
     from fastpillars_ros.tools.launch import stop_process
     from fastpillars_ros.tools.replay import ReplayOptions, replay
@@ -61,7 +66,7 @@ def replay_through_node(bag: Path, record: Path, node_log: Path, *, model: str =
     apply_loopback_environment()
     if record.exists():
         shutil.rmtree(record) if record.is_dir() else record.unlink()
-    node = _start_node(model, checkpoint, node_log)
+    node = _start_node(model, checkpoint, node_log, params)
     try:
         return replay(ReplayOptions(bag=bag, max_rate=True, clock=True, record=record, loopback=True,
                                     evaluate=True, wait_s=start_timeout_s, timeout_s=10.0, max_frames=max_frames))

@@ -441,7 +441,12 @@ class Calibrate:
         parser.add_argument("--false-per-frame", default="car=0.5,pedestrian=0.4,cyclist=0.2",
                             help="allowed false objects per frame and class (default car=0.5,pedestrian=0.4,"
                                  "cyclist=0.2)")
-        parser.add_argument("--write", action="store_true", help="store the thresholds in the checkpoint")
+        parser.add_argument("--backend", default="auto", choices=BACKENDS, help="dense-part back end (default auto)")
+        parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                            help="dense-part precision (default auto): int8 calibrates the thresholds of INT8 "
+                                 "dense parts, any other those of floating-point ones (fp32, bf16, fp16)")
+        parser.add_argument("--write", action="store_true",
+                            help="store the thresholds in the checkpoint, as the set of the precision that ran")
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
@@ -456,7 +461,8 @@ class Calibrate:
             print(f"calibrate: {exc}", file=sys.stderr)
             return 2
         floor = config.decode.score_threshold
-        detector = Detector(config, args.checkpoint, score_threshold=floor)
+        detector = Detector(config, args.checkpoint, score_threshold=floor, backend=args.backend,
+                            precision=args.precision)
         # Every candidate is "published" at the floor, so that each false object's score is seen.
         detector.default_score_thresholds = {c: floor for c in detector.class_names}
         by_frame: list[dict[str, list[float]]] = []  # class -> scores of each frame's false objects
@@ -474,11 +480,14 @@ class Calibrate:
         spread = threshold_intervals(by_frame, budget, floor)
         print(f"{frames} frames; false objects at the floor {floor:g}: "
               + ", ".join(f"{c} {len(scores.get(c, []))}" for c in budget))
-        print("thresholds: " + ", ".join(f"{c} {t:.3f}" for c, t in chosen.items()))
+        arithmetic = "int8" if detector.precision == "int8" else "floating-point"
+        print(f"thresholds ({arithmetic} dense part: {detector.backend} {detector.precision}): "
+              + ", ".join(f"{c} {t:.3f}" for c, t in chosen.items()))
         # A threshold set from few frames is itself uncertain; say how much (e.g. 10 frames of one drive).
         print("90 % interval over a bootstrap of the frames: "
               + ", ".join(f"{c} {lo:.3f}-{hi:.3f}" for c, (lo, hi) in spread.items()))
         if args.write:
-            update_checkpoint_meta(args.checkpoint, score_thresholds=chosen)
-            print(f"written to {args.checkpoint}")
+            key = "score_thresholds" if detector.precision == "int8" else "float_score_thresholds"
+            update_checkpoint_meta(args.checkpoint, **{key: chosen})
+            print(f"written to {args.checkpoint} ({key})")
         return 0
