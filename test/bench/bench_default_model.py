@@ -1,10 +1,10 @@
-"""The embedded default against the previous one (``make bench``): tiny360 (360 degrees, real + simulated
-training) end to end on real ~120k-point KITTI HDL-64 scans, against ``tiny`` (front 51.2 m only, the default
-before it) measured side by side in the same run, both with the CPU defaults (MAPE in torch, dense part in
-onnxruntime where installed). Runs alternate between the two detectors so that other load on the machine hits
-both alike. What the 360-degree canvas costs on today's code paths, for information: issue #14's speed goal
-(within 1.5x of the default path *as it was when the issue was filed*: tiny, fp32, the MAPE of then) is measured
-by ``bench_cpu_default.py``, whose anchor is that path.
+"""The embedded default against the previous one (``make bench``): tiny360 (360 degrees, real + simulated training) end
+to end on real ~120k-point KITTI HDL-64 scans, against ``tiny`` (front 51.2 m only, the default before it) measured
+side by side in the same run, both with the CPU defaults (MAPE in torch, dense part in onnxruntime where installed,
+OpenVINO bf16 on a processor with AMX). Runs alternate between the two detectors so that other load on the machine
+hits both alike. What the 360-degree canvas costs on today's code paths, for information: issue #14's speed goal
+(within 1.5x of the default path *as it was when the issue was filed*: tiny, fp32, the MAPE of then) is measured by
+``bench_cpu_default.py``, whose anchor is that path.
 """
 
 from __future__ import annotations
