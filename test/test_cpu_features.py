@@ -14,11 +14,11 @@ def cpuinfo(tmp_path, monkeypatch):
         if text is not None:
             path.write_text(text)
         monkeypatch.setattr(cpu_features, "CPUINFO", path)
-        cpu_features.amx_bf16.cache_clear()
+        cpu_features.cpu_flags.cache_clear()
         return cpu_features.amx_bf16()
 
     yield write
-    cpu_features.amx_bf16.cache_clear()
+    cpu_features.cpu_flags.cache_clear()
 
 
 def test_amx_is_read_from_the_flags_line(cpuinfo):

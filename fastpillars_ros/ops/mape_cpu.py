@@ -30,6 +30,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fastpillars_ros.runtime.cpu_features import cpu_flags
 from fastpillars_ros.runtime.engine_cache import EngineCache
 
 if TYPE_CHECKING:
@@ -45,19 +46,11 @@ COMPILE_FLAGS = ("-O3", "-march=native", "-ffast-math", "-fPIC")
 LINK_FLAGS = ("-shared",)
 
 
-def _cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return ""
-
-
 def _build(compiler: list[str], directory: Path) -> Path:
     """Compile the kernel into ``directory`` (atomically: a temporary file, then rename) unless it is there."""
     version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=30, check=True).stdout
     key = "\n".join([SOURCE.read_text(), " ".join(COMPILE_FLAGS + LINK_FLAGS), *compiler, version, platform.machine(),
-                     _cpu_flags()])
+                     " ".join(sorted(cpu_flags()))])
     path = directory / f"mape_cpu_{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
     if not path.is_file():
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)

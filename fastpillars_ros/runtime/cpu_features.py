@@ -1,4 +1,5 @@
-"""The processor feature that picks the CPU back end: AMX matrix units with bf16.
+"""The processor's feature flags (``/proc/cpuinfo``), read once: AMX matrix units with bf16 pick the CPU back end,
+and the compiled MAPE kernel (``ops/mape_cpu.py``) keys its build on them.
 
 On an Intel Xeon with AMX (2 cores, 2026-12-07, BENCHMARKS.md) OpenVINO computes the dense part in bf16 on the
 AMX tiles in 11.7 ms against onnxruntime INT8's 37.9 ms, and bf16 keeps fp32's accuracy (within 0.3 points on
@@ -11,17 +12,23 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-__all__ = ["amx_bf16"]
+__all__ = ["amx_bf16", "cpu_flags"]
 
 CPUINFO = Path("/proc/cpuinfo")
 
 
-@functools.lru_cache(maxsize=1)
-def amx_bf16() -> bool:
-    """Whether the processor has AMX with bf16 tiles (the ``amx_bf16`` flag of ``/proc/cpuinfo``; False where
-    that file cannot be read, e.g. off Linux)."""
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The feature flags of the first processor in ``/proc/cpuinfo`` (empty where that file cannot be read, e.g.
+    off Linux)."""
     try:
-        text = CPUINFO.read_text(errors="replace")
+        with open(CPUINFO, errors="replace") as f:
+            line = next((line for line in f if line.startswith("flags")), "")
     except OSError:
-        return False
-    return any(line.startswith("flags") and "amx_bf16" in line.split() for line in text.splitlines())
+        return frozenset()
+    return frozenset(line.partition(":")[2].split())
+
+
+def amx_bf16() -> bool:
+    """Whether the processor has AMX with bf16 tiles (the ``amx_bf16`` flag)."""
+    return "amx_bf16" in cpu_flags()

@@ -480,14 +480,14 @@ class Calibrate:
         spread = threshold_intervals(by_frame, budget, floor)
         print(f"{frames} frames; false objects at the floor {floor:g}: "
               + ", ".join(f"{c} {len(scores.get(c, []))}" for c in budget))
-        arithmetic = "int8" if detector.precision == "int8" else "floating-point"
-        print(f"thresholds ({arithmetic} dense part: {detector.backend} {detector.precision}): "
-              + ", ".join(f"{c} {t:.3f}" for c, t in chosen.items()))
+        int8 = detector.precision == "int8"  # which of the checkpoint's two threshold sets this calibrates
+        arithmetic = f"{'int8' if int8 else 'floating-point'} dense part: {detector.backend} {detector.precision}"
+        print(f"thresholds ({arithmetic}): " + ", ".join(f"{c} {t:.3f}" for c, t in chosen.items()))
         # A threshold set from few frames is itself uncertain; say how much (e.g. 10 frames of one drive).
         print("90 % interval over a bootstrap of the frames: "
               + ", ".join(f"{c} {lo:.3f}-{hi:.3f}" for c, (lo, hi) in spread.items()))
         if args.write:
-            key = "score_thresholds" if detector.precision == "int8" else "float_score_thresholds"
+            key = "score_thresholds" if int8 else "float_score_thresholds"
             update_checkpoint_meta(args.checkpoint, **{key: chosen})
             print(f"written to {args.checkpoint} ({key})")
         return 0
