@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from fastpillars_ros.model.mape import MAPE
+from fastpillars_ros.model.repvgg import LEAKY_SLOPE
 from fastpillars_ros.model.testing import random_pillars, randomize_
 from fastpillars_ros.ops import mape_cpu
 
@@ -28,6 +29,12 @@ def _kernel_or_skip():
     return lib
 
 
+def _encode(lib, mape, feats, ids, num_pillars, threads=1):
+    score = mape.score_fn[0]
+    return mape_cpu.mape_encode(lib, feats, ids, num_pillars, mape._folded_linear(), (score.weight, score.bias),
+                                LEAKY_SLOPE, threads)
+
+
 @pytest.mark.parametrize("channels", [32, 16])  # a channel count with its own loop, and the general loop
 @torch.no_grad()
 def test_kernel_gives_the_pure_torch_result(channels):
@@ -35,10 +42,22 @@ def test_kernel_gives_the_pure_torch_result(channels):
     mape = randomize_(MAPE(8, channels), seed=11).eval()
     feats, ids, _ = random_pillars(80, 900, 8, 20, 20, seed=7)
     ids = torch.where(ids == 5, 6, ids)  # pillar 5 without points
-    f, s = mape._point_tensors(feats, feats.new_empty((2, len(feats), channels)))
-    got = mape_cpu.mape_reduce(lib, f, s, ids, 80)
+    got = _encode(lib, mape, feats, ids, 80)
     assert not got[5].any()
     torch.testing.assert_close(got, mape._forward_torch(feats, ids, 80), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@torch.no_grad()
+def test_kernel_threads_share_the_pillars_without_changing_the_result(threads):
+    lib = _kernel_or_skip()
+    mape = randomize_(MAPE(7, 32), seed=14).eval()
+    # above the kernel's 8,192-point threshold for threads; one crowded pillar (a wall next to the sensor)
+    feats, ids, _ = random_pillars(500, 20_000, 7, 30, 30, seed=10)
+    ids[:3000] = 17
+    one = _encode(lib, mape, feats, ids, 500, threads=1)
+    torch.testing.assert_close(_encode(lib, mape, feats, ids, 500, threads=threads), one, rtol=0, atol=0)
+    torch.testing.assert_close(one, mape._forward_torch(feats, ids, 500), rtol=1e-5, atol=1e-5)
 
 
 @torch.no_grad()
@@ -47,10 +66,17 @@ def test_kernel_keeps_the_softmax_stable_for_large_logits():
     mape = randomize_(MAPE(8, 32), seed=12).eval()
     mape.score_fn[0].weight.mul_(1e3)  # logits in the thousands: exp without the per-pillar max overflows
     feats, ids, _ = random_pillars(30, 300, 8, 10, 10, seed=8)
-    f, s = mape._point_tensors(feats, feats.new_empty((2, len(feats), 32)))
-    got = mape_cpu.mape_reduce(lib, f, s, ids, 30)
+    got = _encode(lib, mape, feats, ids, 30)
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got, mape._forward_torch(feats, ids, 30), rtol=1e-4, atol=1e-4)
+
+
+@torch.no_grad()
+def test_kernel_gives_zero_pillars_for_a_cloud_without_points():
+    lib = _kernel_or_skip()
+    mape = randomize_(MAPE(8, 32), seed=15).eval()
+    got = _encode(lib, mape, torch.zeros(0, 8), torch.zeros(0, dtype=torch.int64), 4)
+    assert got.shape == (4, 32) and not got.any()
 
 
 def test_kernel_is_built_once_into_the_engine_cache(fresh_kernel, tmp_path, monkeypatch):

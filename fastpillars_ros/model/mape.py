@@ -98,13 +98,13 @@ class MAPE(nn.Module):
         return (attention + maximum) * 0.5
 
     def _forward_inference(self, features: Tensor, idx: Tensor, num_pillars: int) -> Tensor:
-        """:meth:`forward` without autograd: on the CPU the GEMMs in torch and the per-pillar reductions in a
-        compiled kernel (``ops/mape_cpu.py``, two passes over the points; CPU time 11 vs 27 ms of the autograd path
-        on a 118k-point scan, one thread), elsewhere or without a C compiler :meth:`_forward_torch`."""
+        """:meth:`forward` without autograd: on the CPU one compiled kernel, GEMMs and per-pillar reductions fused
+        (``ops/mape_cpu.py``; BENCHMARKS.md, #17), on torch's intra-op thread count; elsewhere or without a C
+        compiler :meth:`_forward_torch`."""
         if features.device.type == "cpu" and (lib := mape_cpu.kernel()) is not None:
-            points = features.new_empty((2, features.shape[0], self.num_filters))
-            f, s = self._point_tensors(features, points)
-            return mape_cpu.mape_reduce(lib, f, s, idx, num_pillars)
+            score = self.score_fn[0]
+            return mape_cpu.mape_encode(lib, features.float(), idx, num_pillars, self._folded_linear(),
+                                        (score.weight, score.bias), LEAKY_SLOPE, torch.get_num_threads())
         return self._forward_torch(features, idx, num_pillars)
 
     def _point_tensors(self, features: Tensor, out: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,10 +1,11 @@
-"""MAPE's per-pillar reductions as a small C kernel, compiled with the system C compiler at first use.
+"""MAPE's eval-mode forward as a small C kernel, compiled with the system C compiler at first use.
 
-Why a compiled kernel: after its two GEMMs, MAPE is a handful of memory-bound passes over ``[L, C]`` tensors
-(two scatter-max, a gather, subtract, exp, multiply, two scatter-add: 15 MB each on a 118k-point scan). The kernel
-does them in two passes that read the features and logits and write nothing per point, so the encoder of the
-360-degree default takes about half the CPU time of the best pure-torch path (BENCHMARKS.md, #17). torch.compile is
-no alternative (it needs a compiler too, and imports slowly); numba would add a large dependency for one loop.
+Why a compiled kernel: in torch, MAPE is two GEMMs that write ``[L, C]`` point features and logits (15 MB each on
+a 118k-point scan) and then a handful of memory-bound passes over them (two scatter-max, a gather, subtract, exp,
+multiply, two scatter-add). The kernel sorts the points by pillar and computes each pillar's features, logits and
+reductions in a cache-resident buffer, so nothing per point goes to memory, and it splits the pillars between
+threads (mape_cpu.c). torch.compile is no alternative (it needs a compiler too, and imports slowly); numba would
+add a large dependency for one loop.
 
 Nothing is required: without a C compiler (``$CC``, e.g. ``ccache gcc``, else ``cc``), with
 ``FASTPILLARS_NATIVE_MAPE=0``, or when the build fails, :func:`kernel` returns None and MAPE uses its pure-torch path
@@ -39,11 +40,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("mape_cpu.c")
-COMPILE_FLAGS = ("-O3", "-march=native", "-ffast-math", "-fPIC")
+COMPILE_FLAGS = ("-O3", "-march=native", "-ffast-math", "-fPIC", "-pthread")
 # Linked in a separate step without -ffast-math: linking with it adds crtfastmath.o, whose constructor turns on
 # flush-to-zero / denormals-are-zero for the whole process when the library loads (pillarize then kept a point at
 # x = -1e-45 as if it were at 0: test_ops_pillarize's bound tests failed after MAPE had run).
-LINK_FLAGS = ("-shared",)
+LINK_FLAGS = ("-shared", "-pthread")
 
 
 def _build(compiler: list[str], directory: Path) -> Path:
@@ -85,32 +86,39 @@ def kernel() -> ctypes.CDLL | None:
         return None
     try:
         lib = ctypes.CDLL(str(_build(compiler, cache.directory)))
-        lib.mape_reduce.restype = None
+        lib.mape_encode.restype = ctypes.c_int
     except (OSError, AttributeError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", "") or exc
         log.warning("building or loading the MAPE CPU kernel failed (%s): MAPE uses its pure-torch path", detail)
         return None
-    lib.mape_reduce.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
-                                ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
+    lib.mape_encode.argtypes = [ctypes.c_void_p, ctypes.c_void_p, *[ctypes.c_int64] * 4, *[ctypes.c_void_p] * 4,
+                                ctypes.c_float, ctypes.c_int64, ctypes.c_void_p]
     return lib
 
 
-def mape_reduce(lib: ctypes.CDLL, f: Tensor, s: Tensor, pillar: Tensor, num_pillars: int) -> Tensor:
-    """``(attention + max) / 2`` per pillar, as :meth:`MAPE.forward` (see mape_cpu.c).
+def mape_encode(lib: ctypes.CDLL, features: Tensor, pillar: Tensor, num_pillars: int,
+                point_linear: tuple[Tensor, Tensor], score_linear: tuple[Tensor, Tensor], slope: float,
+                threads: int) -> Tensor:
+    """:meth:`MAPE.forward` in eval mode (see mape_cpu.c).
 
     Args:
         lib: :func:`kernel`'s library.
-        f, s: ``[L, C]`` float32 contiguous CPU point features and attention logits (finite).
-        pillar: ``[L]`` int64 pillar id of each point in ``[0, num_pillars)``, any order.
+        features: ``[L, F]`` float32 CPU decorated points (finite), any order.
+        pillar: ``[L]`` int64 pillar id of each point in ``[0, num_pillars)``.
         num_pillars: M.
+        point_linear: weight ``[C, F]`` and bias ``[C]`` of the point Linear with the batch norm folded in.
+        score_linear: weight ``[C, C]`` and bias ``[C]`` of the attention Linear.
+        slope: the LeakyReLUs' negative slope.
+        threads: threads to share the pillars (1 on clouds under 8,192 points).
     Returns:
         ``[M, C]`` float32; pillars without points are 0.
     """
-    channels = f.shape[1]
-    pillar = pillar.contiguous()
-    out = f.new_empty((num_pillars, channels))
-    scratch = f.new_empty((3, num_pillars, channels))
-    lib.mape_reduce(f.data_ptr(), s.data_ptr(), pillar.data_ptr(), f.shape[0], num_pillars, channels,
-                    scratch.data_ptr(), out.data_ptr())
+    (w1, b1), (w2, b2) = point_linear, score_linear
+    features, pillar = features.contiguous(), pillar.contiguous()
+    w1t, w2t, b1, b2 = (t.detach().float().contiguous() for t in (w1.t(), w2.t(), b1, b2))
+    out = features.new_empty((num_pillars, w1.shape[0]))
+    if lib.mape_encode(features.data_ptr(), pillar.data_ptr(), features.shape[0], num_pillars, features.shape[1],
+                       w1.shape[0], w1t.data_ptr(), b1.data_ptr(), w2t.data_ptr(), b2.data_ptr(), slope, threads,
+                       out.data_ptr()) != 0:
+        raise MemoryError(f"MAPE CPU kernel: no memory for the pillar lists of {features.shape[0]} points")
     return out
-
