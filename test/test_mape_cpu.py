@@ -98,7 +98,7 @@ def test_kernel_is_not_loaded_from_a_directory_others_can_write(fresh_kernel, tm
     assert fresh_kernel() is None and not list(shared.iterdir())
 
 
-@pytest.mark.parametrize("setting", [{"CC": "/nonexistent/cc"}, {"FASTPILLARS_NATIVE_MAPE": "0"}])
+@pytest.mark.parametrize("setting", [{"CC": "/nonexistent/cc"}, {"FASTPILLARS_NATIVE": "0"}])
 def test_without_the_kernel_mape_falls_back_to_pure_torch(fresh_kernel, tmp_path, monkeypatch, setting):
     monkeypatch.setenv("FASTPILLARS_ENGINE_CACHE", str(tmp_path))
     for name, value in setting.items():

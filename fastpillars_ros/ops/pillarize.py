@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fastpillars_ros.ops import pillarize_cpu
 from fastpillars_ros.ops.grid import GridConstants, Pillars, grid_constants
 
 if TYPE_CHECKING:
@@ -129,6 +130,23 @@ def _as_points_numpy(points: np.ndarray) -> np.ndarray:
 
 
 def _pillarize_numpy(points: np.ndarray, g: GridConstants) -> Pillars:
+    """The compiled kernel where there is one (``ops/pillarize_cpu.py``, equal bit for bit), else
+    :func:`_pillarize_reference`."""
+    if (lib := pillarize_cpu.kernel()) is None:
+        return _pillarize_reference(points, g)
+    pts = np.ascontiguousarray(_as_points_numpy(points))
+    n = pts.shape[0]
+    scratch = _get_scratch()
+    occ, lut = scratch.grid(g.nx * g.ny)
+    take = scratch.outputs.take
+    point_index, point_pillar = take(n, np.int64), take(n, np.int64)
+    coords = take(2 * min(n, g.nx * g.ny), np.int32).reshape(-1, 2)
+    kept, num_pillars = pillarize_cpu.pillarize(lib, pts, g, occ, lut, point_index, point_pillar, coords)
+    return Pillars(coords[:num_pillars], point_pillar[:kept], point_index[:kept], (g.ny, g.nx))
+
+
+def _pillarize_reference(points: np.ndarray, g: GridConstants) -> Pillars:
+    """The rules of the module docstring in numpy (the reference for the compiled and the CUDA kernels)."""
     pts = _as_points_numpy(points)
     nx, ny = g.nx, g.ny
     scratch = _get_scratch()
@@ -323,6 +341,17 @@ def decorate(points: np.ndarray | torch.Tensor, pillars: Pillars, pc_range: tupl
 
 
 def _decorate_numpy(pts: np.ndarray, pillars: Pillars, g: GridConstants) -> np.ndarray:
+    """The compiled kernel where there is one (``ops/pillarize_cpu.py``, equal bit for bit), else
+    :func:`_decorate_reference`."""
+    if (lib := pillarize_cpu.kernel()) is None:
+        return _decorate_reference(pts, pillars, g)
+    return pillarize_cpu.decorate(lib, np.ascontiguousarray(pts), np.ascontiguousarray(pillars.point_index, np.int64),
+                                  np.ascontiguousarray(pillars.point_pillar, np.int64),
+                                  np.ascontiguousarray(pillars.coords, np.int32), g)
+
+
+def _decorate_reference(pts: np.ndarray, pillars: Pillars, g: GridConstants) -> np.ndarray:
+    """Decoration in numpy (the reference for the compiled and the CUDA kernels)."""
     pts = np.ascontiguousarray(pts)
     n_cols, n_kept = pts.shape[1], pillars.point_index.shape[0]
     out = np.empty((n_kept, n_cols + 3), np.float32)

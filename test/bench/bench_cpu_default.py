@@ -1,7 +1,8 @@
 """The CPU path stage by stage and end to end, by back end and precision, against issue #17's anchor (``make bench``).
 
 Anchor: the tiny model (front 51.2 m square) with the dense part in fp32 onnxruntime, MAPE in its
-autograd-friendly form (two scatter-max and two index_add passes) and libgomp's spinning wait. Candidates: the
+autograd-friendly form (two scatter-max and two index_add passes), pillarize and decorate in numpy (no compiled
+kernel) and libgomp's spinning wait: the default path when issue 17 was filed. Candidates: the
 embedded default (tiny360, 81.6 m square around the sensor) through torch, onnxruntime (fp32, int8) and OpenVINO
 (bf16, int8), and as ``Detector()`` builds it (auto). End to end each configuration runs in a process of its own
 (:data:`CONFIGS`), in interleaved rounds, on the same real scans with the same thread count. Goal (issue 17): end
@@ -34,7 +35,8 @@ from fastpillars_ros.config import ModelConfig, TerrainConfig
 from fastpillars_ros.detector import STAGES, Detector
 from fastpillars_ros.model.head import Candidates, decode_dense
 from fastpillars_ros.model.mape import MAPE, scatter_to_canvas
-from fastpillars_ros.ops import decorate, mape_cpu, pillarize
+from fastpillars_ros.ops import decorate, mape_cpu, native, pillarize, pillarize_cpu
+from fastpillars_ros.ops.pillarize import _decorate_reference, _pillarize_reference, grid_constants
 from fastpillars_ros.pointcloud import read_points
 from fastpillars_ros.ros.messages import detections_to_msg
 from fastpillars_ros.terrain import follow_terrain
@@ -44,7 +46,7 @@ DEFAULT = "tiny360"
 GOAL_SPEEDUP = 2.5
 
 
-def _with_todays_mape(det: Detector) -> Detector:
+def _with_issue_time_mape(det: Detector) -> Detector:
     """Make ``det`` encode with MAPE's autograd-friendly path (the default's MAPE before issue 17)."""
     mape = det.model.backbone.pillar_pooling1
     for p in mape.parameters():
@@ -103,6 +105,19 @@ def bench_mape(model: torch.nn.Module, feats: torch.Tensor, ids: torch.Tensor, c
         print_ratio(f"  MAPE+scatter pure torch{label}", "today's MAPE", times["autograd"], times["pure torch"])
 
 
+def bench_pillarize(scan: np.ndarray, cfg: ModelConfig, repeat: int) -> None:
+    """Pillarize + decorate: the compiled kernel (ops/pillarize_cpu.py) against the numpy reference it replaces."""
+    g = grid_constants(cfg.pc_range, cfg.pillar_size)
+
+    def reference() -> np.ndarray:
+        return _decorate_reference(scan, _pillarize_reference(scan, g), g)
+
+    times = time_interleaved({"numpy": reference, "kernel": lambda: decorate(scan, pillarize(
+        scan, cfg.pc_range, cfg.pillar_size), cfg.pc_range, cfg.pillar_size)}, repeat=repeat)
+    kernel = "CPU kernel" if pillarize_cpu.kernel() is not None else "no compiler: numpy"
+    print_ratio(f"  pillarize + decorate {kernel}", "numpy reference", times["numpy"], times["kernel"])
+
+
 def bench_terrain(scan: np.ndarray, cfg: ModelConfig, repeat: int) -> None:
     """Terrain following (off in the shipped config; MODEL_CARD item 10) against the pillarisation it precedes."""
     on = replace(cfg, terrain=cfg.terrain or TerrainConfig())
@@ -124,6 +139,7 @@ def bench_stages(scan: np.ndarray, repeat: int) -> None:
     feats = torch.from_numpy(decorate(scan, p, cfg.pc_range, cfg.pillar_size))
     ids, coords = torch.from_numpy(p.point_pillar), torch.from_numpy(p.coords)
     print(f"{DEFAULT}: {len(scan):,} points, {len(feats):,} in range, {len(coords):,} pillars")
+    bench_pillarize(scan, cfg, repeat)
     bench_terrain(scan, cfg, repeat)
     bench_mape(model, feats, ids, coords, repeat)
     bench_selection(int8, model.encode(feats, ids, coords), repeat)
@@ -161,7 +177,8 @@ class RunConfig:
     package set passive waiting; this script imports torch before fastpillars_ros, so the package's setting comes too
     late for libgomp here); "passive" is what importing fastpillars_ros first sets (fastpillars_ros/__init__.py).
     ``checkpoint`` None: the weights shipped for a bundled ``model`` (else random, with the Detector's warning);
-    ``todays_mape``: MAPE's autograd path (#17's anchor).
+    ``issue_time_path``: MAPE's autograd path and no compiled kernel (``FASTPILLARS_NATIVE=0``: numpy pillarize and
+    decorate), as when #17 was filed (the anchor).
     """
 
     model: str
@@ -169,11 +186,11 @@ class RunConfig:
     precision: str = "auto"
     wait: str = "passive"
     checkpoint: str | None = None
-    todays_mape: bool = False
+    issue_time_path: bool = False
 
 
 ANCHOR = "anchor: tiny fp32 onnxruntime, #17's MAPE, spinning"
-ANCHOR_CONFIG = RunConfig("tiny", "onnxruntime", "fp32", "spinning", todays_mape=True)
+ANCHOR_CONFIG = RunConfig("tiny", "onnxruntime", "fp32", "spinning", issue_time_path=True)
 CONFIGS: dict[str, RunConfig] = {
     ANCHOR: ANCHOR_CONFIG,
     f"{DEFAULT} torch fp32": RunConfig(DEFAULT, "torch", "fp32"),
@@ -191,8 +208,8 @@ def _worker(config: RunConfig, repeat: int) -> None:
     """Child process: build one configuration, time every scan, print ``{"describe", scan: {stage: ms}}`` as JSON."""
     det = Detector(config.model, config.checkpoint, device="cpu", backend=config.backend,
                    precision=config.precision)
-    if config.todays_mape:
-        det = _with_todays_mape(det)
+    if config.issue_time_path:
+        det = _with_issue_time_mape(det)
     result: dict[str, object] = {"describe": f"{det.backend} {det.precision}"}
     for scan, pts in _scans().items():
         result[scan] = _stages(det, pts, repeat)
@@ -202,6 +219,8 @@ def _worker(config: RunConfig, repeat: int) -> None:
 def _run_worker(config: RunConfig, repeat: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     env.update(_WAIT[config.wait])
+    if config.issue_time_path:
+        env[native.SWITCH] = "0"
     out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(asdict(config)), "--repeat", str(repeat)],
                          env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
