@@ -101,7 +101,8 @@ class MAPE(nn.Module):
         """:meth:`forward` without autograd: on the CPU one compiled kernel, GEMMs and per-pillar reductions fused
         (``ops/mape_cpu.py``; BENCHMARKS.md, #17), on torch's intra-op thread count; elsewhere or without a C
         compiler :meth:`_forward_torch`."""
-        if features.device.type == "cpu" and (lib := mape_cpu.kernel()) is not None:
+        if features.device.type == "cpu" and features.shape[0] < mape_cpu.MAX_POINTS and \
+                (lib := mape_cpu.kernel()) is not None:
             score = self.score_fn[0]
             return mape_cpu.mape_encode(lib, features.float(), idx, num_pillars, self._folded_linear(),
                                         (score.weight, score.bias), LEAKY_SLOPE, torch.get_num_threads())

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 SOURCE = Path(__file__).with_name("mape_cpu.c")
 # -ffast-math for glibc's vectorised expf (libmvec); every value in the kernel is finite.
 COMPILE_FLAGS = ("-O3", "-march=native", "-ffast-math", "-fPIC", "-pthread")
+MAX_POINTS = 2**31  # the kernel lists points by int32 index
 
 
 @functools.cache
@@ -47,7 +48,7 @@ def mape_encode(lib: ctypes.CDLL, features: Tensor, pillar: Tensor, num_pillars:
 
     Args:
         lib: :func:`kernel`'s library.
-        features: ``[L, F]`` float32 CPU decorated points (finite), any order.
+        features: ``[L, F]`` float32 CPU decorated points (finite), any order; L < :data:`MAX_POINTS`.
         pillar: ``[L]`` int64 pillar id of each point in ``[0, num_pillars)``.
         num_pillars: M.
         point_linear: weight ``[C, F]`` and bias ``[C]`` of the point Linear with the batch norm folded in.
