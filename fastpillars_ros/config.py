@@ -93,6 +93,9 @@ class DecodeConfig:
     post_max: int = 83
     nms_iou_threshold: float = 0.2
     nms_kind: str = "rotate"
+    # Across classes, the weaker of two boxes is also dropped when they overlap on at least this fraction of the
+    # smaller one's BEV area (a pedestrian inside a car; ops/nms.suppress_contained). 0: off.
+    nms_containment: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -412,6 +415,8 @@ def validate(cfg: ModelConfig, source: str = "<config>") -> None:
         fail(f"'decode.nms_kind' must be one of {list(NMS_KINDS)}, got {d.nms_kind!r}")
     if not 0.0 < d.nms_iou_threshold <= 1.0:
         fail("'decode.nms_iou_threshold' must be in (0, 1]")
+    if not 0.0 <= d.nms_containment <= 1.0:
+        fail(f"'decode.nms_containment' must be in [0, 1] (0: off), got {d.nms_containment}")
     if not math.isfinite(cfg.intensity_scale):
         fail("'intensity_scale' must be finite")
     t = cfg.terrain

@@ -27,7 +27,7 @@ from .model.checkpoint import CheckpointMeta
 from .model.head import Candidates, DenseCandidates, decode_dense
 from .mounting import AutoMounting, Mounting, boxes_to_cloud, points_to_model
 from .ops import Pillars, decorate, pillarize
-from .ops.nms import nms_grouped
+from .ops.nms import nms_grouped, suppress_contained
 from .pointcloud import even_indices
 from .runtime.choices import BACKENDS, CPU_BACKENDS, CPU_PRECISIONS, DEVICES, ON_INSUFFICIENT_MEMORY, PRECISIONS
 from .runtime.cuda_graphs import GraphRunner
@@ -111,6 +111,9 @@ class Detector:
             the dict use the default); None = the defaults (:attr:`default_score_thresholds`: calibrated
             thresholds stored in the checkpoint, else the config's ``decode.score_threshold``).
         nms_kind, nms_iou_threshold, nms_pre_max, nms_post_max: override the config's NMS (per task).
+        nms_containment: override the config's ``decode.nms_containment``: after NMS the weaker of two boxes of
+            different classes is dropped when they overlap on at least this fraction of the smaller one's BEV
+            area (a pedestrian inside a car); 0 = off.
         max_points: points beyond this are dropped deterministically (an even subsample), counted in
             ``stats["dropped_points"]`` and logged.
         max_pillars: non-empty pillars beyond this are dropped (the ones with fewest points), counted.
@@ -132,7 +135,8 @@ class Detector:
                  backend: str = "auto", device: str = "auto", precision: str = "auto",
                  score_threshold: float | Mapping[str, float] | None = None, nms_kind: str | None = None,
                  nms_iou_threshold: float | None = None, nms_pre_max: int | None = None,
-                 nms_post_max: int | None = None, max_points: int = 300_000, max_pillars: int | None = None,
+                 nms_post_max: int | None = None, nms_containment: float | None = None,
+                 max_points: int = 300_000, max_pillars: int | None = None,
                  on_insufficient_memory: str = "error", engine_cache_dir: str | Path | None = None,
                  warmup: bool = True, cuda_graphs: bool = True,
                  mounting: Mounting | AutoMounting | None = None) -> None:
@@ -159,6 +163,9 @@ class Detector:
         self.nms_iou_threshold = d.nms_iou_threshold if nms_iou_threshold is None else float(nms_iou_threshold)
         self.nms_pre_max = d.pre_max if nms_pre_max is None else int(nms_pre_max)
         self.nms_post_max = d.post_max if nms_post_max is None else int(nms_post_max)
+        self.nms_containment = d.nms_containment if nms_containment is None else float(nms_containment)
+        if not 0.0 <= self.nms_containment <= 1.0:
+            raise ValueError(f"nms_containment must be in [0, 1] (0: off), got {nms_containment}")
         if mounting is not None and not isinstance(mounting, (Mounting, AutoMounting)):
             raise TypeError(f"mounting must be a Mounting, an AutoMounting or None, got {type(mounting).__name__}")
         # Set after the warm-up: synthetic points must not feed an AutoMounting's ground estimate.
@@ -473,20 +480,23 @@ class Detector:
         return cached[1]
 
     def _select(self, cand: Candidates) -> Candidates:
-        """CPU: NMS per task (the reference algorithm), then the per-class score thresholds.
+        """CPU: NMS per task (the reference algorithm), the containment suppression across classes, then the
+        per-class score thresholds.
 
-        Candidates below the lowest threshold are dropped before NMS: greedy NMS lets a box suppress only
-        boxes of lower score, and the pre/post caps count boxes by score, so none of them could change
-        what is published; the quadratic IoU work then runs on the few boxes near the published scores
-        instead of all those above the decoder's floor. The result is the same as NMS over all of them."""
+        Candidates below the lowest threshold are dropped before NMS: greedy NMS and the containment suppression
+        let a box suppress only boxes of lower score, and the pre/post caps count boxes by score, so none of them
+        could change what is published; the quadratic IoU work then runs on the few boxes near the published
+        scores instead of all those above the decoder's floor. The result is the same as over all of them."""
         thresholds = self._thresholds_on(cand.scores.device)
-        cand = self._nms(cand.select(cand.scores >= thresholds.min()))
+        cand = self._suppress_contained(self._nms(cand.select(cand.scores >= thresholds.min())))
         return cand.select(cand.scores >= thresholds[cand.labels])
 
     def _select_on_device(self, dense: DenseCandidates) -> Candidates:
-        """GPU: NMS of all tasks in one launch on the decoder's block, the score thresholds, then one select
-        (the frame's first wait for the device), in :meth:`_select`'s order: with NMS by descending score,
-        ties in task order (as :func:`~fastpillars_ros.ops.nms_grouped` merges), without it task by task."""
+        """GPU: NMS of all tasks in one launch on the decoder's block, the lowest score threshold, one select (the
+        frame's first wait for the device), the containment suppression, then the per-class thresholds, in
+        :meth:`_select`'s order: with NMS by descending score, ties in task order (as
+        :func:`~fastpillars_ros.ops.nms_grouped` merges), without it task by task."""
+        thresholds = self._thresholds_on(dense.scores.device)
         keep = dense.valid[0]
         if self.nms_kind is not None:
             from .ops.nms_cuda import nms_groups_cuda
@@ -494,11 +504,19 @@ class Detector:
             keep = nms_groups_cuda(dense.boxes[0], keep, self.nms_iou_threshold, kind=self.nms_kind,
                                    pre_max=self.nms_pre_max, post_max=self.nms_post_max,
                                    min_radius=self.nms_iou_threshold if self.nms_kind == "circle" else None)
-        keep = keep & (dense.scores[0] >= self._thresholds_on(dense.scores.device)[dense.labels[0]])
-        cand = dense.select(0, keep)
-        if self.nms_kind is None:
+        cand = dense.select(0, keep & (dense.scores[0] >= thresholds.min()))
+        if self.nms_kind is not None:
+            cand = cand.select(torch.sort(cand.scores, descending=True, stable=True).indices)
+        cand = self._suppress_contained(cand)
+        return cand.select(cand.scores >= thresholds[cand.labels])
+
+    def _suppress_contained(self, cand: Candidates) -> Candidates:
+        """:func:`~fastpillars_ros.ops.nms.suppress_contained` when ``nms_containment`` is set (on the host: the
+        candidates after NMS are few)."""
+        if not self.nms_containment or len(cand) < 2:
             return cand
-        return cand.select(torch.sort(cand.scores, descending=True, stable=True).indices)
+        keep = suppress_contained(cand.boxes.cpu(), cand.scores.cpu(), cand.labels.cpu(), self.nms_containment)
+        return cand.select(keep.to(cand.scores.device))
 
     def _nms(self, cand: Candidates) -> Candidates:
         if self.nms_kind is None or len(cand) == 0:

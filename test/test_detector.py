@@ -182,10 +182,12 @@ def test_gpu_and_cpu_give_the_same_boxes(kitti_points, tmp_path):
     np.testing.assert_allclose(gpu.scores, cpu.scores, atol=1e-4)
 
 
-def test_publishing_is_the_same_as_nms_over_every_candidate_then_the_thresholds(detector):
+def test_publishing_is_the_same_as_nms_over_every_candidate_then_the_thresholds():
     # The CPU path drops candidates below the lowest threshold before NMS; a dropped box could only have
     # suppressed boxes scored lower still. Crowded random candidates (a below-threshold pedestrian on top of a
-    # cyclist, boxes past the NMS caps) must publish exactly what NMS over all of them, then the thresholds, does.
+    # cyclist, boxes past the NMS caps) must publish exactly what NMS and the containment suppression over all of
+    # them, then the thresholds, do.
+    detector = Detector("tiny", device="cpu", warmup=False, nms_containment=0.5)
     from fastpillars_ros.model.head import Candidates
 
     rng = np.random.default_rng(0)
@@ -200,8 +202,21 @@ def test_publishing_is_the_same_as_nms_over_every_candidate_then_the_thresholds(
                           torch.tensor(labels), torch.zeros(n, dtype=torch.int64))
         detector.set_score_threshold(dict(zip(detector.class_names, rng.uniform(0.1, 0.9, 3).tolist(), strict=True)))
         thresholds = torch.from_numpy(detector._score_thresholds)
-        reference = detector._nms(cand)
+        reference = detector._suppress_contained(detector._nms(cand))
         reference = reference.select(reference.scores >= thresholds[reference.labels])
         published = detector._select(cand)
         assert torch.equal(published.boxes, reference.boxes) and torch.equal(published.labels, reference.labels)
     detector.set_score_threshold(None)
+
+
+def test_the_default_model_publishes_no_pedestrian_inside_a_stronger_car():
+    from fastpillars_ros.config import load_model_config
+    from fastpillars_ros.model.head import Candidates
+
+    assert load_model_config("tiny360").decode.nms_containment == 0.5  # MODEL_CARD step 5 item 18
+    detector = Detector("tiny", device="cpu", warmup=False, nms_containment=0.5, score_threshold=0.3)
+    boxes = torch.tensor([[10.0, 0.0, -1.0, 4.5, 1.9, 1.6, 0.0], [11.5, 0.5, -1.0, 0.8, 0.6, 1.7, 0.0],
+                          [20.0, 5.0, -1.0, 0.8, 0.6, 1.7, 0.0]])
+    cand = Candidates(boxes, torch.tensor([0.8, 0.7, 0.6]), torch.tensor([0, 1, 1]), torch.zeros(3, dtype=torch.int64))
+    assert detector._select(cand).boxes[:, 0].tolist() == [10.0, 20.0]  # the pedestrian alone in the open stays
+    assert len(Detector("tiny", device="cpu", warmup=False, score_threshold=0.3)._select(cand)) == 3  # tiny: off

@@ -68,6 +68,7 @@ def test_runtime_changeable_parameters_include_the_thresholds():
     ("nms_iou_threshold", 0.0, "0 is not allowed"),
     ("nms_pre_max", -5, "[0, 100000]"),
     ("nms_post_max", 2.5, "an integer"),
+    ("nms_containment", 1.5, "[-1, 1]"),
     ("max_points", 10, "[1000, 10000000]"),
     ("max_input_age_ms", -1.0, "[0, 600000]"),
     ("intensity_scale", "loud", "'auto' or a number > 0"),
@@ -112,6 +113,12 @@ def test_values_are_coerced_to_their_types():
     assert params.score_thresholds == {"car": 0.4}
     assert parse({"intensity_scale": 255})[0].intensity_scale == 255.0
     assert parse({"intensity_scale": "AUTO"})[0].intensity_multiplier() is None
+
+
+@pytest.mark.parametrize(("value", "kwarg"), [(-1.0, None), (0.0, 0.0), (0.6, 0.6)])
+def test_nms_containment_reaches_the_detector_negative_meaning_the_model_default(value, kwarg):
+    params, _ = parse({"nms_containment": value})
+    assert params.detector_kwargs(["car"])["nms_containment"] == kwarg
 
 
 def test_sweeps_parameters_are_parsed_validated_and_kept():

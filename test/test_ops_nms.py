@@ -10,6 +10,7 @@ import torch
 from test_ops_iou import random_boxes, shapely_iou
 
 from fastpillars_ros.ops import circle_nms, nms_3d, nms_bev, nms_grouped
+from fastpillars_ros.ops.nms import suppress_contained
 
 
 def detector_like(rng: np.random.Generator, n: int, objects: int, extent: float = 40.0
@@ -240,3 +241,68 @@ def reference_groups(boxes: np.ndarray, scores: np.ndarray, valid: np.ndarray, t
     flags = np.zeros(valid.size, dtype=bool)
     flags[flat[keep]] = True
     return flags.reshape(valid.shape)
+
+
+def _box(x: float, y: float, length: float, width: float, yaw: float = 0.0) -> list[float]:
+    return [x, y, -1.0, length, width, 1.6, yaw]
+
+
+CAR, PEDESTRIAN, CYCLIST = 0, 1, 2
+
+
+def test_a_pedestrian_mostly_inside_a_stronger_car_is_dropped() -> None:
+    boxes = np.array([_box(0, 0, 4.5, 1.9), _box(1.5, 0.5, 0.8, 0.6)])  # the pedestrian wholly inside
+    assert suppress_contained(boxes, [0.7, 0.5], [CAR, PEDESTRIAN], 0.5).tolist() == [0]
+
+
+def test_a_cyclist_beside_a_car_stays_when_less_than_the_fraction_lies_inside() -> None:
+    # A 1.8 m x 0.6 m cyclist along the car's side (y 0.7..1.3, the car's side at 0.95): 42 % of it inside
+    boxes = np.array([_box(0, 0, 4.5, 1.9), _box(0, 1.0, 1.8, 0.6)])
+    assert suppress_contained(boxes, [0.7, 0.5], [CAR, CYCLIST], 0.5).tolist() == [0, 1]
+
+
+def test_a_car_is_never_dropped_for_a_stronger_smaller_box_inside_it() -> None:
+    # A false cyclist at a true car's end, scored higher than the car (View-of-Delft 01047)
+    boxes = np.array([_box(8.4, -4.1, 5.6, 2.1), _box(6.2, -3.6, 1.4, 0.7)])
+    assert suppress_contained(boxes, [0.29, 0.33], [CAR, CYCLIST], 0.5).tolist() == [0, 1]
+
+
+def test_boxes_of_one_class_never_suppress_each_other_by_containment() -> None:
+    boxes = np.array([_box(0, 0, 4.5, 1.9), _box(0.2, 0, 4.0, 1.8)])
+    assert suppress_contained(boxes, [0.7, 0.6], [CAR, CAR], 0.5).tolist() == [0, 1]
+
+
+def test_a_suppressed_box_suppresses_nothing() -> None:
+    # car (x up to 2.25) > pedestrian 78 % inside it (x 1.55..2.45) > cyclist 83 % inside the pedestrian but 17 %
+    # inside the car (x 2.2..2.5): the pedestrian goes first, so the cyclist stays
+    boxes = np.array([_box(0, 0, 4.5, 1.9), _box(2.0, 0, 0.9, 0.7), _box(2.35, 0, 0.3, 0.3)])
+    keep = suppress_contained(boxes, [0.9, 0.8, 0.7], [CAR, PEDESTRIAN, CYCLIST], 0.5)
+    assert keep.tolist() == [0, 2]
+
+
+def test_containment_matches_a_greedy_loop_over_shapely_areas() -> None:
+    from shapely.geometry import Polygon
+
+    def footprint(b: np.ndarray) -> Polygon:
+        c, s = np.cos(b[6]), np.sin(b[6])
+        corners = [(sx * b[3] / 2, sy * b[4] / 2) for sx, sy in ((1, 1), (-1, 1), (-1, -1), (1, -1))]
+        return Polygon([(b[0] + c * u - s * v, b[1] + s * u + c * v) for u, v in corners])
+
+    rng = np.random.default_rng(3)
+    boxes, scores = detector_like(rng, 120, 15, extent=10.0)
+    labels = rng.integers(0, 3, len(boxes))
+    polys = [footprint(b) for b in boxes]
+    kept: list[int] = []
+    for i in sorted(range(len(boxes)), key=lambda k: (-scores[k], k)):
+        if not any(labels[k] != labels[i] and polys[i].area <= polys[k].area
+                   and polys[i].intersection(polys[k]).area >= 0.5 * polys[i].area - 1e-9 for k in kept):
+            kept.append(i)
+    assert suppress_contained(boxes, scores, labels, 0.5).tolist() == sorted(kept)
+
+
+def test_containment_takes_torch_and_rejects_a_bad_fraction() -> None:
+    boxes = torch.tensor([_box(0, 0, 4.5, 1.9), _box(1.5, 0.5, 0.8, 0.6)])
+    keep = suppress_contained(boxes, torch.tensor([0.7, 0.5]), torch.tensor([CAR, PEDESTRIAN]), 0.5)
+    assert isinstance(keep, torch.Tensor) and keep.dtype == torch.int64 and keep.tolist() == [0]
+    with pytest.raises(ValueError, match="min_fraction"):
+        suppress_contained(boxes, [0.7, 0.5], [CAR, PEDESTRIAN], 0.0)

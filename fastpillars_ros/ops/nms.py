@@ -22,9 +22,16 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fastpillars_ros.ops.iou import _bounding_radius, _iou_pairs64, _is_torch, _near_pairs, _to_f64
+from fastpillars_ros.ops.iou import (
+    _bounding_radius,
+    _iou_pairs64,
+    _is_torch,
+    _near_pairs,
+    _to_f64,
+    bev_intersection_area_pairs,
+)
 
-__all__ = ["circle_nms", "nms_3d", "nms_bev", "nms_grouped"]
+__all__ = ["circle_nms", "nms_3d", "nms_bev", "nms_grouped", "suppress_contained"]
 
 ArrayLike = Any  # numpy array or torch tensor
 
@@ -240,3 +247,50 @@ def nms_grouped(boxes: ArrayLike, scores: ArrayLike, groups: ArrayLike, iou_thre
 
         return torch.from_numpy(out).to(boxes.device)
     return out
+
+
+def suppress_contained(boxes: ArrayLike, scores: ArrayLike, labels: ArrayLike, min_fraction: float) -> ArrayLike:
+    """Greedy suppression across classes by containment: visiting boxes by descending score (ties: lower index
+    first), a box is dropped when at least ``min_fraction`` of its BEV area lies inside an already kept, larger box
+    of **another** label. A larger box is never dropped for a smaller one inside it (a true car must not vanish
+    because a stronger false cyclist overlaps its end), and boxes of the same label never suppress each other here
+    (that is NMS's job).
+
+    Why: NMS by IoU cannot see a pedestrian or a cyclist inside a car (a 0.5 m^2 footprint inside an 8 m^2 one
+    has IoU ~0.06); on real scans such pairs are a wall or a car's side read as a second, smaller object
+    (MODEL_CARD.md, step 5 item 18).
+
+    Args:
+        boxes: (N, >=7) ``[x, y, z, l, w, h, yaw]`` (metres, radians), numpy or torch (CPU).
+        scores: (N,) confidences.
+        labels: (N,) integer class ids.
+        min_fraction: in (0, 1].
+    Returns:
+        int64 indices of the kept boxes, ascending; numpy for numpy input, a CPU torch tensor for torch input.
+    """
+    if not 0.0 < float(min_fraction) <= 1.0:
+        raise ValueError(f"min_fraction must be in (0, 1], got {min_fraction}")
+    torch_in = _is_torch(boxes)
+    b = _to_f64(boxes) if (torch_in or len(np.asarray(boxes))) else np.empty((0, 7))
+    s = _scores_f64(scores, len(b))
+    lab = np.asarray(labels.detach().cpu().numpy() if _is_torch(labels) else labels).reshape(-1)
+    if len(lab) != len(b):
+        raise ValueError(f"{len(lab)} labels for {len(b)} boxes")
+    order = np.lexsort((np.arange(len(b)), -s))  # descending score, ties by index
+    ranked, ranked_labels = b[order], lab[order]
+    i, j = _near_pairs(ranked[:, 0], ranked[:, 1], _bounding_radius(ranked))
+    cross = ranked_labels[i] != ranked_labels[j]
+    i, j = i[cross], j[cross]
+    if len(i):
+        area = np.maximum(ranked[:, 3], 0.0) * np.maximum(ranked[:, 4], 0.0)
+        # Only the smaller box of a pair is suppressed (j, the weaker, inside i): a car is not dropped because a
+        # stronger pedestrian or cyclist box overlaps it.
+        hit = bev_intersection_area_pairs(ranked[i], ranked[j]) >= float(min_fraction) * area[j]
+        hit &= (area[j] > 0.0) & (area[j] <= area[i])
+        i, j = i[hit], j[hit]
+    keep = np.sort(order[_greedy(len(order), i, j)]).astype(np.int64)
+    if torch_in:
+        import torch
+
+        return torch.from_numpy(keep)
+    return keep

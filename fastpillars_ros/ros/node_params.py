@@ -167,6 +167,10 @@ SPECS: tuple[ParamSpec, ...] = (
               note="0 = the model config's default"),
     ParamSpec("nms_post_max", 0, "integer", "Detections kept after NMS.", range=(0, 10000),
               note="0 = the model config's default"),
+    ParamSpec("nms_containment", -1.0, "double",
+              "Across classes, the weaker, smaller box is dropped when this share of its BEV area lies inside a "
+              "stronger box (a pedestrian inside a car).", range=(-1.0, 1.0),
+              note="negative = the model config's default (tiny360: 0.5); 0 = off"),
     # --- input ----------------------------------------------------------------------------------------
     ParamSpec("fields.x", "x", "string", "PointCloud2 field giving the model's x (metres).", note=_XYZ_NOTE,
               check=_coordinate_field),
@@ -321,6 +325,7 @@ class NodeParams:
     nms_iou_threshold: float = -1.0
     nms_pre_max: int = 0
     nms_post_max: int = 0
+    nms_containment: float = -1.0
     fields: dict[str, str] = field(default_factory=lambda: {f: _field_default(f) for f in FEATURES})
     missing_field: str = "fill"
     fill: dict[str, float] = field(default_factory=lambda: {"intensity": 0.0, "dt": 0.0})
@@ -406,6 +411,7 @@ class NodeParams:
             nms_kind=self.nms_kind or None,
             nms_iou_threshold=self.nms_iou_threshold if self.nms_iou_threshold > 0 else None,
             nms_pre_max=self.nms_pre_max or None, nms_post_max=self.nms_post_max or None,
+            nms_containment=self.nms_containment if self.nms_containment >= 0 else None,
             max_points=self.max_points, max_pillars=self.max_pillars or None,
             on_insufficient_memory=self.on_insufficient_memory, warmup=self.warmup,
             mounting=self.mounting_source())
