@@ -4,7 +4,12 @@ Pillarization: :func:`pillarize`, :func:`decorate`, :class:`Pillars` (``ops/pill
 raw-PointCloud2 path is in ``ops/pillarize_cuda.py``).
 
 Box overlap and suppression: :func:`rotated_iou_bev`, :func:`iou_3d` (``ops/iou.py``), :func:`nms_bev`,
-:func:`nms_3d`, :func:`circle_nms`, :func:`nms_grouped` (``ops/nms.py``; CUDA path ``ops/nms_cuda.py``).
+:func:`nms_3d`, :func:`circle_nms`, :func:`nms_grouped`, ``suppress_contained`` (``ops/nms.py``; CUDA path
+``ops/nms_cuda.py``).
+
+C kernels for the CPU path, built at first use by ``ops/native.py`` (numpy/torch fallbacks without a compiler):
+pillarize and decorate (``ops/pillarize_cpu.c``, the numpy reference's results bit for bit) and MAPE's fused
+encoder (``ops/mape_cpu.c``, used by ``model/mape.py``).
 """
 
 from fastpillars_ros.ops.iou import iou_3d, rotated_iou_bev
