@@ -132,3 +132,17 @@ def test_loading_the_kernel_leaves_denormal_numbers_alone_in_the_process(tmp_pat
         pytest.skip("no C compiler: the CPU kernel is not built")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "True"
+
+
+@torch.no_grad()
+def test_kernel_rejects_pillar_ids_outside_the_pillars_naming_the_field():
+    lib = _kernel_or_skip()
+    mape = randomize_(MAPE(8, 32), seed=16).eval()
+    feats, ids, _ = random_pillars(30, 300, 8, 10, 10, seed=11)
+    for bad in (30, -1):
+        wrong = ids.clone()
+        wrong[123] = bad
+        with pytest.raises(ValueError, match="point_pillar holds an id outside"):
+            _encode(lib, mape, feats, wrong, 30)
+    with pytest.raises(ValueError, match="point_pillar must be int64"):
+        _encode(lib, mape, feats, ids.int(), 30)

@@ -113,7 +113,7 @@ static void *run(void *arg) {
     return NULL;
 }
 
-/* Returns 0, or -1 when memory could not be allocated (out is then undefined). */
+/* Returns 0; -1 when memory could not be allocated, -2 for a pillar id outside [0, M) (out is then undefined). */
 int mape_encode(const float *x, const int64_t *pillar, int64_t num_points, int64_t num_pillars, int64_t features,
                 int64_t channels, const float *w1t, const float *b1, const float *w2t, const float *b2, float slope,
                 int64_t threads, float *out) {
@@ -124,7 +124,13 @@ int mape_encode(const float *x, const int64_t *pillar, int64_t num_points, int64
     if (!start || !order) goto done;
     /* counting sort: start[p + 2] counts pillar p, prefix sums make start[p + 1] the next free slot of pillar p,
      * and after the fill start[p + 1] is pillar p's end = pillar p + 1's start */
-    for (int64_t i = 0; i < num_points; ++i) start[pillar[i] + 2]++;
+    for (int64_t i = 0; i < num_points; ++i) {
+        if (pillar[i] < 0 || pillar[i] >= num_pillars) {
+            status = -2;
+            goto done;
+        }
+        start[pillar[i] + 2]++;
+    }
     int64_t max_count = 0;
     for (int64_t p = 0; p < num_pillars; ++p) {
         max_count = start[p + 2] > max_count ? start[p + 2] : max_count;

@@ -57,13 +57,24 @@ def mape_encode(lib: ctypes.CDLL, features: Tensor, pillar: Tensor, num_pillars:
         threads: threads to share the pillars (1 on clouds under 8,192 points).
     Returns:
         ``[M, C]`` float32; pillars without points are 0.
+    Raises:
+        ValueError: ``pillar`` is not int64 with one id per point, or holds an id outside ``[0, num_pillars)``.
     """
+    import torch
+
     (w1, b1), (w2, b2) = point_linear, score_linear
     features, pillar = features.contiguous(), pillar.contiguous()
     w1t, w2t, b1, b2 = (t.detach().float().contiguous() for t in (w1.t(), w2.t(), b1, b2))
     out = features.new_empty((num_pillars, w1.shape[0]))
-    if lib.mape_encode(features.data_ptr(), pillar.data_ptr(), features.shape[0], num_pillars, features.shape[1],
-                       w1.shape[0], w1t.data_ptr(), b1.data_ptr(), w2t.data_ptr(), b2.data_ptr(), slope, threads,
-                       out.data_ptr()) != 0:
+    if pillar.dtype != torch.int64 or pillar.shape != features.shape[:1]:
+        raise ValueError(f"point_pillar must be int64 with one id per point ({features.shape[0]}), got "
+                         f"{pillar.dtype} {tuple(pillar.shape)}")
+    status = lib.mape_encode(features.data_ptr(), pillar.data_ptr(), features.shape[0], num_pillars,
+                             features.shape[1], w1.shape[0], w1t.data_ptr(), b1.data_ptr(), w2t.data_ptr(),
+                             b2.data_ptr(), slope, threads, out.data_ptr())
+    if status == -2:
+        raise ValueError(f"point_pillar holds an id outside [0, {num_pillars}): give MAPE the pillar ids that "
+                         "pillarize made for these points")
+    if status != 0:
         raise MemoryError(f"MAPE CPU kernel: no memory for the pillar lists of {features.shape[0]} points")
     return out
