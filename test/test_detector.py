@@ -220,3 +220,40 @@ def test_the_default_model_publishes_no_pedestrian_inside_a_stronger_car():
     cand = Candidates(boxes, torch.tensor([0.8, 0.7, 0.6]), torch.tensor([0, 1, 1]), torch.zeros(3, dtype=torch.int64))
     assert detector._select(cand).boxes[:, 0].tolist() == [10.0, 20.0]  # the pedestrian alone in the open stays
     assert len(Detector("tiny", device="cpu", warmup=False, score_threshold=0.3)._select(cand)) == 3  # tiny: off
+
+
+def _nms_groups_on_the_host(boxes, valid, iou_threshold, kind="bev", pre_max=None, post_max=None,
+                            min_radius=None):
+    """:func:`~fastpillars_ros.ops.nms_cuda.nms_groups_cuda`'s documented semantics on CPU tensors (per row: the
+    valid prefix, by descending score, greedy NMS with the per-group caps)."""
+    from fastpillars_ros.ops import nms_bev
+
+    keep = torch.zeros_like(valid)
+    for g in range(boxes.shape[0]):
+        count = int(valid[g].sum())
+        kept = nms_bev(boxes[g, :count], -torch.arange(count, dtype=torch.float32), iou_threshold, pre_max, post_max)
+        keep[g, kept] = True
+    return keep
+
+
+def test_device_selection_publishes_what_the_cpu_selection_does(kitti_points, monkeypatch):
+    # The GPU path's order of steps (NMS on the decoder's block, the lowest threshold, containment, the class
+    # thresholds), run here on CPU tensors with NMS done on the host: the same boxes as the CPU path.
+    from fastpillars_ros.model.head import decode_dense
+    from fastpillars_ros.ops import nms_cuda
+
+    monkeypatch.setattr(nms_cuda, "nms_groups_cuda", _nms_groups_on_the_host)
+    det = Detector("tiny360", device="cpu", backend="torch", precision="fp32", warmup=False, score_threshold=0.2)
+    assert det.nms_kind == "bev" and det.nms_containment == 0.5
+    cfg = det.config
+    from fastpillars_ros.ops import decorate, pillarize
+
+    p = pillarize(kitti_points, cfg.pc_range, cfg.pillar_size)
+    feats = torch.from_numpy(decorate(kitti_points, p, cfg.pc_range, cfg.pillar_size))
+    with torch.no_grad():
+        canvas = det.model.encode(feats, torch.from_numpy(p.point_pillar), torch.from_numpy(p.coords))
+        dense = decode_dense(det._dense.forward_dense(canvas), cfg)
+    on_device, on_cpu = det._select_on_device(dense), det._select(dense.compact()[0])
+    det.nms_containment = 0.0
+    assert len(on_cpu) < len(det._select(dense.compact()[0]))  # the containment step has work in this frame
+    assert torch.equal(on_device.boxes, on_cpu.boxes) and torch.equal(on_device.labels, on_cpu.labels)
