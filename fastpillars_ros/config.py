@@ -93,8 +93,8 @@ class DecodeConfig:
     post_max: int = 83
     nms_iou_threshold: float = 0.2
     nms_kind: str = "rotate"
-    # Across classes, the weaker of two boxes is also dropped when they overlap on at least this fraction of the
-    # smaller one's BEV area (a pedestrian inside a car; ops/nms.suppress_contained). 0: off.
+    # After NMS, a box is dropped when at least this fraction of its BEV area lies inside a stronger, larger box
+    # of another class (a pedestrian inside a car; ops/nms.suppress_contained). 0: off.
     nms_containment: float = 0.0
 
 

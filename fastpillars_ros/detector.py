@@ -111,9 +111,9 @@ class Detector:
             the dict use the default); None = the defaults (:attr:`default_score_thresholds`: calibrated
             thresholds stored in the checkpoint, else the config's ``decode.score_threshold``).
         nms_kind, nms_iou_threshold, nms_pre_max, nms_post_max: override the config's NMS (per task).
-        nms_containment: override the config's ``decode.nms_containment``: after NMS the weaker of two boxes of
-            different classes is dropped when they overlap on at least this fraction of the smaller one's BEV
-            area (a pedestrian inside a car); 0 = off.
+        nms_containment: override the config's ``decode.nms_containment``: after NMS a box is dropped when at
+            least this fraction of its BEV area lies inside a stronger, larger box of another class (a pedestrian
+            inside a car); 0 = off.
         max_points: points beyond this are dropped deterministically (an even subsample), counted in
             ``stats["dropped_points"]`` and logged.
         max_pillars: non-empty pillars beyond this are dropped (the ones with fewest points), counted.
