@@ -5,7 +5,8 @@ KITTI range (0, -39.68, -3, 69.12, 39.68, 1) and 0.16 m pillars (432 x 496 grid)
 PCD scans from other sensors (read with fastpillars_ros.pointcloud.read_points when available) use the
 official nuScenes grid (+-54 m, 0.15 m pillars, 720 x 720).
 
-Anchors, measured in the same run on the same points:
+The candidate is what ``pillarize`` runs: the compiled kernel (``ops/pillarize_cpu.c``, since session 14) where a C
+compiler is, else the numpy reference. Anchors, measured in the same run on the same points:
   (a) np.unique: the same float32 cell rule, then ``np.unique(flat_cell, return_inverse=True)`` (a sort);
       its pillars are checked to be identical to the candidate's before timing;
   (b) spconv 2.x ``Point2VoxelCPU3d`` (CPU PointToVoxel) with the same range and pillar size, one voxel
@@ -37,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository, 
 
 from common import print_header, print_ratio, time_ms
 
-from fastpillars_ros.ops import decorate, pillarize
+from fastpillars_ros.ops import decorate, pillarize, pillarize_cpu
 from fastpillars_ros.ops.pillarize import grid_constants
 
 REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "real"
@@ -106,6 +107,11 @@ def scans() -> list[tuple[str, np.ndarray, tuple, tuple]]:
     return out
 
 
+# What pillarize() runs here: the compiled kernel, or the numpy reference without a C compiler.
+CANDIDATE = ("pillarize (CPU kernel)" if pillarize_cpu.kernel() is not None
+             else "pillarize (CPU, numpy occupancy + gather)")
+
+
 def bench_scan(name: str, pts: np.ndarray, pc_range, pillar_size, goal: float | None) -> None:
     p = pillarize(pts, pc_range, pillar_size)
     coords, pp, pi = unique_pillarize(pts, pc_range, pillar_size)
@@ -115,7 +121,7 @@ def bench_scan(name: str, pts: np.ndarray, pc_range, pillar_size, goal: float | 
           f"densest pillar {max_points} points")
     t_cand = time_ms(lambda: pillarize(pts, pc_range, pillar_size), repeat=200, warmup=5)
     t_uniq = time_ms(lambda: unique_pillarize(pts, pc_range, pillar_size), repeat=50, warmup=2)
-    print_ratio("pillarize (CPU, occupancy + gather)", "np.unique", t_uniq, t_cand, goal)
+    print_ratio(CANDIDATE, "np.unique", t_uniq, t_cand, goal)
     try:
         gen = spconv_generator(pts, pc_range, pillar_size, max_points, p.num_pillars + 16)
     except MemoryError:
@@ -124,7 +130,7 @@ def bench_scan(name: str, pts: np.ndarray, pc_range, pillar_size, goal: float | 
     if gen is not None:
         m_spconv = int(gen()[0].shape[0])
         t_spc = time_ms(gen, repeat=50, warmup=2)
-        print_ratio("pillarize (CPU, occupancy + gather)", "spconv P2V", t_spc, t_cand, goal)
+        print_ratio(CANDIDATE, "spconv P2V", t_spc, t_cand, goal)
         print(f"{'':44s} (spconv pillars: {m_spconv:,}; the same x_min <= x < x_max rule)")
     t_dec = time_ms(lambda: decorate(pts, p, pc_range, pillar_size), repeat=100, warmup=3)
     print(f"{'decorate (CPU)':<44s} {t_dec:9.3f} ms   page faults/call pillarize: "
