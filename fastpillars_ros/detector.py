@@ -26,7 +26,7 @@ from .model import build_model, checkpoint_meta, load_checkpoint
 from .model.checkpoint import CheckpointMeta
 from .model.head import Candidates, DenseCandidates, decode_dense
 from .mounting import AutoMounting, Mounting, boxes_to_cloud, points_to_model
-from .ops import Pillars, decorate, pillarize
+from .ops import Pillars, decorate, mape_cpu, native, pillarize, pillarize_cpu
 from .ops.nms import nms_grouped, suppress_contained
 from .pointcloud import even_indices
 from .runtime.choices import BACKENDS, CPU_BACKENDS, CPU_PRECISIONS, DEVICES, ON_INSUFFICIENT_MEMORY, PRECISIONS
@@ -527,13 +527,27 @@ class Detector:
                            min_radius=self.nms_iou_threshold if self.nms_kind == "circle" else None)
         return cand.select(torch.as_tensor(keep, device=cand.scores.device))
 
+    @property
+    def cpu_kernels(self) -> str | None:
+        """On the CPU, whether pillarize/decorate and MAPE run as compiled C kernels (``ops/native.py``):
+        "compiled", or which of them fall back to numpy/torch (slower: BENCHMARKS.md, #17); None on a GPU."""
+        if self.device != "cpu":
+            return None
+        missing = [name for name, kernel in (("pillarize", pillarize_cpu.kernel), ("MAPE", mape_cpu.kernel))
+                   if kernel() is None]
+        if not missing:
+            return "compiled"
+        return (f"{' and '.join(missing)} in numpy/torch (no C compiler, {native.SWITCH}=0 or a failed build; "
+                "install a C compiler for the faster path)")
+
     def describe(self) -> str:
-        """One line: model, backend, device, precision, classes, checkpoint and its licence."""
+        """One line: model, backend, device, precision, CPU kernels, classes, checkpoint and its licence."""
         ckpt = self.checkpoint.name if self.checkpoint else "RANDOM WEIGHTS"
         if self.checkpoint:
             ckpt += f", weights licence: {self.weights_licence or 'not stated'}"
+        kernels = f", CPU kernels {self.cpu_kernels}" if self.cpu_kernels else ""
         return (f"model {self.config.name} ({ckpt}), backend {self.backend}, device {self.device}, "
-                f"precision {self.precision}, classes {self.class_names}, features {self.point_features}")
+                f"precision {self.precision}{kernels}, classes {self.class_names}, features {self.point_features}")
 
 
 class _HalfDense(torch.nn.Module):

@@ -257,3 +257,22 @@ def test_device_selection_publishes_what_the_cpu_selection_does(kitti_points, mo
     det.nms_containment = 0.0
     assert len(on_cpu) < len(det._select(dense.compact()[0]))  # the containment step has work in this frame
     assert torch.equal(on_device.boxes, on_cpu.boxes) and torch.equal(on_device.labels, on_cpu.labels)
+
+
+def test_describe_says_whether_the_cpu_kernels_are_compiled(monkeypatch):
+    from fastpillars_ros.ops import mape_cpu, pillarize_cpu
+
+    det = Detector("tiny", device="cpu", warmup=False)
+    if mape_cpu.kernel() is None or pillarize_cpu.kernel() is None:
+        pytest.skip("no C compiler: the CPU kernels are not built")
+    assert "CPU kernels compiled" in det.describe()
+    monkeypatch.setenv("FASTPILLARS_NATIVE", "0")
+    for kernel in (mape_cpu.kernel, pillarize_cpu.kernel):
+        kernel.cache_clear()
+    try:
+        assert "CPU kernels pillarize and MAPE in numpy/torch" in det.describe()
+        assert "install a C compiler" in det.cpu_kernels
+    finally:
+        monkeypatch.delenv("FASTPILLARS_NATIVE")
+        for kernel in (mape_cpu.kernel, pillarize_cpu.kernel):
+            kernel.cache_clear()

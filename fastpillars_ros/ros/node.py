@@ -214,11 +214,12 @@ class DetectorNode(Node):
             sweeps_text = (f"{self.sweeps.buffer.num_sweeps} sweeps (poses: "
                            f"{describe() if describe else type(self.sweeps.pose_source).__name__})")
         weights = str(ckpt) if ckpt else "RANDOM WEIGHTS"
+        kernels = f", CPU kernels {det.cpu_kernels}" if getattr(det, "cpu_kernels", None) else ""
         if ckpt:
             weights += f", weights licence: {getattr(det, 'weights_licence', None) or 'not stated'}"
         log.info(
             f"ready: model {cfg.name} ({weights}), backend {det.backend}, device {det.device}, "
-            f"precision {det.precision}, classes {self.class_names}, input {self.sub.topic_name} "
+            f"precision {det.precision}{kernels}, classes {self.class_names}, input {self.sub.topic_name} "
             f"fields [{fields}], intensity_scale {params.intensity_scale} (model 0..{det.intensity_scale:g}), "
             f"{sweeps_text}, warm-up {warm_text}, start-up {time.perf_counter() - t_start:.1f} s")
 
