@@ -32,13 +32,10 @@ MAX_POINTS = 2**31  # the kernel lists points by int32 index
 @functools.cache
 def kernel() -> ctypes.CDLL | None:
     """The compiled kernel library, or None (pure-torch fallback; the reason is logged once)."""
-    lib = native.load(SOURCE, COMPILE_FLAGS)
-    if lib is None:
-        return None
-    lib.mape_encode.restype = ctypes.c_int
-    lib.mape_encode.argtypes = [ctypes.c_void_p, ctypes.c_void_p, *[ctypes.c_int64] * 4, *[ctypes.c_void_p] * 4,
-                                ctypes.c_float, ctypes.c_int64, ctypes.c_void_p]
-    return lib
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    return native.load(SOURCE, COMPILE_FLAGS, {
+        "mape_encode": (ctypes.c_int, [p, p, i64, i64, i64, i64, p, p, p, p, ctypes.c_float, i64, p]),
+    })
 
 
 def mape_encode(lib: ctypes.CDLL, features: Tensor, pillar: Tensor, num_pillars: int,

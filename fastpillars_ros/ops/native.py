@@ -21,7 +21,9 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from fastpillars_ros.runtime.cpu_features import cpu_flags
 from fastpillars_ros.runtime.engine_cache import EngineCache
@@ -60,8 +62,10 @@ def _build(compiler: list[str], source: Path, compile_flags: tuple[str, ...], di
     return path
 
 
-def load(source: Path, compile_flags: tuple[str, ...]) -> ctypes.CDLL | None:
-    """The library built from ``source`` with ``compile_flags``, or None (the reason is logged; callers cache it)."""
+def load(source: Path, compile_flags: tuple[str, ...],
+         signatures: Mapping[str, tuple[Any, Sequence[Any]]]) -> ctypes.CDLL | None:
+    """The library built from ``source`` with ``compile_flags``, its functions typed by ``signatures`` (name ->
+    (restype, argtypes)), or None (the reason is logged; callers cache the result)."""
     if os.environ.get(SWITCH, "1") == "0":
         return None
     compiler = shlex.split(os.environ.get("CC", ""))
@@ -74,8 +78,12 @@ def load(source: Path, compile_flags: tuple[str, ...]) -> ctypes.CDLL | None:
     if not cache.ensure_private_directory():
         return None
     try:
-        return ctypes.CDLL(str(_build(compiler, source, compile_flags, cache.directory)))
-    except (OSError, subprocess.SubprocessError) as exc:
+        lib = ctypes.CDLL(str(_build(compiler, source, compile_flags, cache.directory)))
+        for name, (restype, argtypes) in signatures.items():
+            function = getattr(lib, name)
+            function.restype, function.argtypes = restype, list(argtypes)
+    except (OSError, AttributeError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", "") or exc
         log.warning("building or loading %s failed (%s): its pure numpy/torch path runs", source.name, detail)
         return None
+    return lib

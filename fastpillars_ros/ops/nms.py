@@ -44,6 +44,17 @@ def _scores_f64(scores: ArrayLike, n: int) -> np.ndarray:
     return arr
 
 
+def _boxes_scores_ids(boxes: ArrayLike, scores: ArrayLike, ids: ArrayLike, what: str
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """float64 (N, 7) boxes, float64 (N,) scores and (N,) integer ids (groups, labels) as numpy, lengths checked."""
+    b = _to_f64(boxes) if (_is_torch(boxes) or len(np.asarray(boxes))) else np.empty((0, 7))
+    s = _scores_f64(scores, len(b))
+    i = np.asarray(ids.detach().cpu().numpy() if _is_torch(ids) else ids).reshape(-1)
+    if len(i) != len(b):
+        raise ValueError(f"{len(i)} {what} for {len(b)} boxes")
+    return b, s, i
+
+
 def _order(scores: np.ndarray, pre_max: int | None) -> np.ndarray:
     """Indices by descending score, ties by ascending index, NaN scores dropped (with a warning)."""
     finite = ~np.isnan(scores)
@@ -224,12 +235,7 @@ def nms_grouped(boxes: ArrayLike, scores: ArrayLike, groups: ArrayLike, iou_thre
 
         return nms_cuda.nms_grouped_cuda(boxes, scores, groups, iou_threshold, kind=kind, pre_max=pre_max,
                                          post_max=post_max, min_radius=min_radius)
-    b = _to_f64(boxes) if (torch_in or len(np.asarray(boxes))) else np.empty((0, 7))
-    s = _scores_f64(scores, len(b))
-    g = groups.detach().cpu().numpy() if _is_torch(groups) else np.asarray(groups)
-    g = g.reshape(-1)
-    if len(g) != len(b):
-        raise ValueError(f"{len(g)} group ids for {len(b)} boxes")
+    b, s, g = _boxes_scores_ids(boxes, scores, groups, "group ids")
     finite = ~np.isnan(s)
     if not finite.all():
         warnings.warn(f"NMS dropped {int((~finite).sum())} box(es) with NaN score", RuntimeWarning,
@@ -271,11 +277,7 @@ def suppress_contained(boxes: ArrayLike, scores: ArrayLike, labels: ArrayLike, m
     if not 0.0 < float(min_fraction) <= 1.0:
         raise ValueError(f"min_fraction must be in (0, 1], got {min_fraction}")
     torch_in = _is_torch(boxes)
-    b = _to_f64(boxes) if (torch_in or len(np.asarray(boxes))) else np.empty((0, 7))
-    s = _scores_f64(scores, len(b))
-    lab = np.asarray(labels.detach().cpu().numpy() if _is_torch(labels) else labels).reshape(-1)
-    if len(lab) != len(b):
-        raise ValueError(f"{len(lab)} labels for {len(b)} boxes")
+    b, s, lab = _boxes_scores_ids(boxes, scores, labels, "labels")
     order = np.lexsort((np.arange(len(b)), -s))  # descending score, ties by index
     ranked, ranked_labels = b[order], lab[order]
     i, j = _near_pairs(ranked[:, 0], ranked[:, 1], _bounding_radius(ranked))

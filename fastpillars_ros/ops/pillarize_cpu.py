@@ -26,14 +26,10 @@ _P, _I64, _F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 @functools.cache
 def kernel() -> ctypes.CDLL | None:
     """The compiled kernel library, or None (numpy fallback; the reason is logged once)."""
-    lib = native.load(SOURCE, COMPILE_FLAGS)
-    if lib is None:
-        return None
-    lib.pillarize.restype = _I64
-    lib.pillarize.argtypes = [_P, _I64, _I64, _F32, _F32, _F32, _F32, _I64, _I64, _P, _P, _P, _P, _P, _P]
-    lib.decorate.restype = ctypes.c_int
-    lib.decorate.argtypes = [_P, _I64, _I64, _P, _P, _I64, _P, _I64, _F32, _F32, _F32, _F32, _F32, _F32, _P]
-    return lib
+    return native.load(SOURCE, COMPILE_FLAGS, {
+        "pillarize": (_I64, [_P, _I64, _I64, _F32, _F32, _F32, _F32, _I64, _I64, _P, _P, _P, _P, _P, _P]),
+        "decorate": (ctypes.c_int, [_P, _I64, _I64, _P, _P, _I64, _P, _I64, _F32, _F32, _F32, _F32, _F32, _F32, _P]),
+    })
 
 
 def pillarize(lib: ctypes.CDLL, points: np.ndarray, g: GridConstants, occupied: np.ndarray, lut: np.ndarray,

@@ -523,8 +523,8 @@ class DetectorNode(Node):
             "cpu_threads": _torch_threads(),
             "input_topic": self.sub.topic_name,
         }
-        if getattr(det, "cpu_kernels", None):
-            static["cpu_kernels"] = det.cpu_kernels
+        if kernels := getattr(det, "cpu_kernels", None):
+            static["cpu_kernels"] = kernels
         cap = getattr(det, "max_pillars", None) or None
         now = self.get_clock().now().to_msg()
         out = DiagnosticArray()

@@ -1,5 +1,5 @@
 """The processor's feature flags (``/proc/cpuinfo``), read once: AMX matrix units with bf16 pick the CPU back end,
-and the compiled MAPE kernel (``ops/mape_cpu.py``) keys its build on them.
+and the compiled CPU kernels (``ops/native.py``) key their builds on them.
 
 On an Intel Xeon with AMX (2 cores, 2026-12-07, BENCHMARKS.md) OpenVINO computes the dense part in bf16 on the
 AMX tiles in 11.7 ms against onnxruntime INT8's 37.9 ms, and bf16 keeps fp32's accuracy (within 0.3 points on
