@@ -38,6 +38,9 @@ REAL := out/real/kitti_drives
 REAL_DEV := ../shared/data/real
 # Local bare git copies of the source repositories (<owner>+<name>/repo) instead of cloning them: make MIRRORS=DIR ...
 MIRRORS ?=
+# Training arithmetic of the dense part: fp32 (how the shipped weights were made) or bf16 (autocast; ~1.7x the step
+# rate on processors with AMX, MODEL_CARD.md): make model TRAIN_PRECISION=bf16
+TRAIN_PRECISION ?= fp32
 KITTI_LICENCE := CC BY-NC-SA 3.0 (non-commercial): trained on KITTI raw drives 2011_09_26_0005 and 0052 (Geiger et al.) and simulated scenes
 # Stage 1 of the real-data models (MODEL_CARD.md): the simulated scenes, the real KITTI drives (extracted from public
 # repositories at pinned commits by scripts/extract_real_kitti.py; needs network once), and the sim-only tiny weights
@@ -55,14 +58,14 @@ model-stage1: setup
 	  --data out/sim/train --max-frames 1000 --camera-view-data $(REAL)/2011_09_26_drive_0005 \
 	  --camera-view-data $(REAL)/2011_09_26_drive_0052 --real-repeat 3 \
 	  --val $(REAL)/2011_09_26_drive_0048 --val-camera-view --epochs 6 --max-steps 1104 --lr 1e-3 \
-	  --out out/train/tiny360 --threads 2 --workers 1 --gt-sampling --seed 0 $(RESUME)
+	  --out out/train/tiny360 --threads 2 --workers 1 --gt-sampling --seed 0 --precision $(TRAIN_PRECISION) $(RESUME)
 
 # Stage 2 (5 epochs from stage 1's weights on the scenes with ramps and KITTI-style label boxes plus the real drives,
 # ~50 min) and the checks after it; the model config and seed are given where it is used.
 STAGE2 = --init out/train/tiny360/epoch_003.pt --data out/sim/train_ramps_kl --max-frames 1000 \
 	  --camera-view-data $(REAL)/2011_09_26_drive_0005 --camera-view-data $(REAL)/2011_09_26_drive_0052 --real-repeat 3 \
 	  --val $(REAL)/2011_09_26_drive_0048 --val-camera-view --epochs 5 --lr 8e-4 --pct-start 0.15 --threads 2 \
-	  --workers 1 --gt-sampling --weights-licence "$(KITTI_LICENCE)" $(RESUME)
+	  --workers 1 --gt-sampling --weights-licence "$(KITTI_LICENCE)" --precision $(TRAIN_PRECISION) $(RESUME)
 # $(call ship,CONFIG,CHECKPOINT): default thresholds calibrated on drive 0048 and the 7 KITTI development frames, once
 # with the INT8 dense part and once with the fp32 one (each arithmetic publishes at its own), the fresh simulated split
 # and the development set, then the weights into the package.

@@ -15,6 +15,7 @@ import torch
 
 from fastpillars_ros.boxes import points_in_boxes, wrap_angle
 from fastpillars_ros.config import HEAD_CHANNELS, ModelConfig, load_model_config
+from fastpillars_ros.model import build_model
 from fastpillars_ros.model.checkpoint import load_checkpoint
 from fastpillars_ros.model.head import decode_head_outputs
 from fastpillars_ros.mounting import Mounting, points_to_model
@@ -30,7 +31,7 @@ from fastpillars_ros.train.augment import (
     paste_objects,
 )
 from fastpillars_ros.train.data import Frame, TrainSet, collate
-from fastpillars_ros.train.engine import TrainOptions, train
+from fastpillars_ros.train.engine import TrainOptions, _forward, train
 from fastpillars_ros.train.losses import BatchTargets, compute_losses, focal_loss
 from fastpillars_ros.train.targets import build_targets, gaussian_radius, head_geometry, regression_branches
 
@@ -298,6 +299,41 @@ def test_resume_continues_and_matches_an_uninterrupted_run(tmp_path: Path) -> No
     assert all(torch.equal(a[k], b[k]) for k in a)
     log = [json.loads(line)["epoch"] for line in (tmp_path / "part" / "log.jsonl").read_text().splitlines()]
     assert log == [1, 2]
+
+
+def test_bf16_training_reduces_loss_and_keeps_fp32_weights(tmp_path: Path) -> None:
+    summary = train(_opts(tmp_path, epochs=12, lr=1e-2, augment=False, precision="bf16"), train_source=frames(6))
+    hist = summary["history"]
+    first, last = hist[0]["loss"], np.mean([h["loss"] for h in hist[-2:]])
+    assert last < 0.5 * first, [round(h["loss"], 3) for h in hist]
+    assert {v.dtype for v in _state(tmp_path / "last.pt").values() if v.is_floating_point()} == {torch.float32}
+
+
+def test_bf16_precision_runs_the_dense_part_in_bf16_and_returns_fp32_maps() -> None:
+    config = load_model_config(SMALL)
+    torch.manual_seed(0)
+    model = build_model(config).train()
+    batch = collate([TrainSet(frames(2, seed=3), config, augment=False)[i] for i in range(2)])
+    full = _forward(model, batch, torch.device("cpu"), "fp32")
+    half = _forward(model, batch, torch.device("cpu"), "bf16")
+    for a, b in zip(full, half, strict=True):
+        for key in a:
+            assert b[key].dtype == torch.float32
+            assert not torch.equal(a[key], b[key]), key  # bf16 rounding shows
+            scale = a[key].abs().max().item() + 1e-6
+            assert (a[key] - b[key]).abs().max().item() < 0.1 * scale, key
+
+
+def test_resuming_with_another_precision_is_an_error(tmp_path: Path) -> None:
+    data = frames(4, seed=2)
+    train(_opts(tmp_path, epochs=2, max_steps=2, precision="bf16"), train_source=data)
+    with pytest.raises(ValueError, match="precision bf16"):
+        train(_opts(tmp_path, epochs=2, resume=True), train_source=data)
+
+
+def test_unknown_training_precision_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="training precision must be one of"):
+        train(_opts(tmp_path, precision="fp16"), train_source=frames(4))
 
 
 def test_batches_offset_pillar_ids_and_index_the_batch() -> None:

@@ -1,10 +1,10 @@
-"""The inference choices, defined once: the Detector, the node's parameters, ``launch``, ``eval`` and the
-deployment commands all take their allowed values from here."""
+"""The inference and training choices, defined once: the Detector, the node's parameters, ``launch``, ``eval``,
+``train`` and the deployment commands all take their allowed values from here."""
 
 from __future__ import annotations
 
 __all__ = ["BACKENDS", "CPU_BACKENDS", "CPU_BACKENDS_AMX", "CPU_PRECISIONS", "DEVICES", "ON_INSUFFICIENT_MEMORY",
-           "PRECISIONS"]
+           "PRECISIONS", "TRAIN_PRECISIONS"]
 
 #: Dense-network back ends: auto (on the CPU onnxruntime, else OpenVINO, else torch, but OpenVINO first on processors
 #: with AMX; on a GPU TensorRT, else torch), or one by name.
@@ -23,3 +23,6 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
 CPU_PRECISIONS = ("bf16", "int8")
 #: What to do when the GPU lacks memory for the model: fail, fall back to fp16, or run on the CPU.
 ON_INSUFFICIENT_MEMORY = ("error", "fp16", "cpu")
+#: Training arithmetic of the dense part: fp32, or bf16 autocast (about twice the step rate on processors with AMX
+#: bf16 units; weights, optimizer state, the pillar encoder and the losses stay fp32).
+TRAIN_PRECISIONS = ("fp32", "bf16")

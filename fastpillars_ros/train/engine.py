@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 from ..config import ModelConfig, load_model_config
 from ..model import build_model
 from ..model.checkpoint import load_checkpoint, save_checkpoint
+from ..runtime.choices import TRAIN_PRECISIONS
 from .data import CameraViewFrames, ConcatFrames, EpochSampler, TrainSet, collate, default_augment
 from .losses import LossWeights, compute_losses
 from .targets import head_geometry
@@ -70,6 +71,7 @@ class TrainOptions:
     init: str | None = None  # start from these weights (fine-tuning) instead of a random init
     real_repeat: int = 1  # each real frame (``real`` and ``camera_view`` folders) is seen this many times per epoch
     licence: str | None = None  # terms of the trained weights (those of the training data), stored in checkpoints
+    precision: str = "fp32"  # arithmetic of the dense part's forward and backward passes: one of TRAIN_PRECISIONS
     loss_weights: LossWeights = field(default_factory=LossWeights)
 
 
@@ -128,12 +130,19 @@ def _loader(dataset: TrainSet, batch_size: int, seed: int, shuffle: bool, worker
     return loader, sampler
 
 
-def _forward(model: torch.nn.Module, batch: dict[str, Any], device: torch.device) -> list[dict[str, torch.Tensor]]:
+def _forward(model: torch.nn.Module, batch: dict[str, Any], device: torch.device,
+             precision: str = "fp32") -> list[dict[str, torch.Tensor]]:
+    """Head maps (fp32) of one batch; with ``precision`` bf16 the dense part runs under bf16 autocast."""
     canvas = model.encode(batch["features"].to(device, non_blocking=True),  # type: ignore[operator]
                           batch["point_pillar"].to(device, non_blocking=True),
                           batch["coords"].to(device, non_blocking=True), batch_size=batch["batch_size"],
                           batch_index=batch["batch_index"].to(device, non_blocking=True))
-    return model.forward_dense(canvas)  # type: ignore[operator]
+    if precision == "fp32":
+        return model.forward_dense(canvas)  # type: ignore[operator]
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        out = model.forward_dense(canvas)  # type: ignore[operator]
+    # The focal and L1 losses sum over thousands of cells: they are computed from fp32 maps.
+    return [{k: v.float() for k, v in task.items()} for task in out]
 
 
 def evaluate_loss(model: torch.nn.Module, loader: DataLoader, config: ModelConfig, device: torch.device,
@@ -174,6 +183,8 @@ def train(opts: TrainOptions, train_source: Any = None, val_source: Any = None, 
     ``opts.max_frames`` limits the frames taken from ``data``; each ``real`` and ``camera_view`` frame is used
     ``opts.real_repeat`` times per epoch.
     """
+    if opts.precision not in TRAIN_PRECISIONS:
+        raise ValueError(f"training precision must be one of {TRAIN_PRECISIONS}, got {opts.precision!r}")
     config = load_model_config(opts.config)
     run_dir = Path(opts.out)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -235,6 +246,10 @@ def train(opts: TrainOptions, train_source: Any = None, val_source: Any = None, 
             raise ValueError(f"cannot resume {run_dir}: it was started with {state['total_steps']} total steps "
                              f"(epochs x frames / batch), this run has {total_steps}; use the same --epochs, "
                              "--batch-size and --max-frames")
+        started = state["options"].get("precision", "fp32")
+        if started != opts.precision:
+            raise ValueError(f"cannot resume {run_dir}: it was started with --precision {started}, this run has "
+                             f"{opts.precision}; use the same precision")
         load_checkpoint(model, run_dir / "last.pt")
         model.to(device).train()
         optimizer.load_state_dict(state["optimizer"])
@@ -263,7 +278,7 @@ def train(opts: TrainOptions, train_source: Any = None, val_source: Any = None, 
         it = loader if bar_cls is None else bar_cls(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/"
                                                     f"{opts.epochs}", unit="it", dynamic_ncols=True)
         for batch in it:
-            out = _forward(model, batch, device)
+            out = _forward(model, batch, device, opts.precision)
             loss, parts = compute_losses(out, batch["targets"].to(device), config, geo, opts.loss_weights)
             optimizer.zero_grad(set_to_none=True)
             if math.isfinite(parts["loss"]):
