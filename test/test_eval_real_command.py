@@ -129,3 +129,17 @@ def test_the_precision_can_be_chosen_to_compare_int8_with_fp32(tmp_path, capsys)
     folder = _one_frame_folder(tmp_path / "drive", "000010")
     assert cli_main(["eval-real", "--sets", "", "--kitti", f"a={folder}", "--precision", "fp32", "--no-progress"]) == 0
     assert "precision fp32" in capsys.readouterr().out
+
+
+def test_the_kitti_difficulty_decides_which_objects_count(tmp_path):
+    # KITTI 000010 holds cars of every difficulty: two hard ones (23 and 29 m) and one of none (7 m, truncated).
+    folder = _one_frame_folder(tmp_path / "drive", "000010")
+    cars = {}
+    for difficulty in ("moderate", "hard", "all"):
+        out = tmp_path / f"{difficulty}.json"
+        assert cli_main(["eval-real", "--sets", "", "--kitti", f"d={folder}", "--difficulty", difficulty,
+                         "--out", str(out), "--no-progress"]) == 0
+        report = json.loads(out.read_text())
+        assert report["kitti_difficulty"] == difficulty
+        cars[difficulty] = report["sets"][0]["num_objects"]["car"]
+    assert cars["moderate"] == cars["hard"] - 2 and cars["all"] > cars["hard"], cars
