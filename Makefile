@@ -66,11 +66,12 @@ STAGE2 = --init out/train/tiny360/epoch_003.pt --data out/sim/train_ramps_kl --m
 	  --camera-view-data $(REAL)/2011_09_26_drive_0005 --camera-view-data $(REAL)/2011_09_26_drive_0052 --real-repeat 3 \
 	  --val $(REAL)/2011_09_26_drive_0048 --val-camera-view --epochs 5 --lr 8e-4 --pct-start 0.15 --threads 2 \
 	  --workers 1 --gt-sampling --weights-licence "$(KITTI_LICENCE)" --precision $(TRAIN_PRECISION) $(RESUME)
-# $(call ship,CONFIG,CHECKPOINT): default thresholds calibrated on drive 0048 and the 7 KITTI development frames, once
-# with the INT8 dense part and once with the fp32 one (each arithmetic publishes at its own), the fresh simulated split
-# and the development set, then the weights into the package.
-ship = for p in int8 fp32; do $(FP) calibrate --config $(1) --checkpoint $(2) --data $(REAL)/2011_09_26_drive_0048 \
-	  --data $(REAL_DEV)/kitti/training --backend onnxruntime --precision $$p --write || exit 1; done && \
+# $(call ship,CONFIG,CHECKPOINT): default thresholds calibrated on drive 0048 and the 7 KITTI development frames, with
+# the INT8 and the fp32 dense part (onnxruntime) and the bf16 one (OpenVINO; each arithmetic publishes at its own), the
+# fresh simulated split and the development set, then the weights into the package.
+ship = for p in onnxruntime:int8 onnxruntime:fp32 openvino:bf16; do $(FP) calibrate --config $(1) --checkpoint $(2) \
+	  --data $(REAL)/2011_09_26_drive_0048 --data $(REAL_DEV)/kitti/training --backend $${p%%:*} --precision $${p##*:} \
+	  --write || exit 1; done && \
 	$(FP) eval --config $(1) --checkpoint $(2) --data out/sim/test_fresh_kl --no-progress \
 	  --out $(basename $(2))_eval_sim_test.json && \
 	$(FP) eval-real --config $(1) --checkpoint $(2) --no-progress && \

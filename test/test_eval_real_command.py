@@ -125,6 +125,29 @@ def test_calibrating_a_floating_point_dense_part_stores_its_own_thresholds_besid
         assert det.default_score_thresholds == pytest.approx(expected)
 
 
+def test_calibrating_bf16_stores_a_set_of_its_own_and_keeps_the_others(tmp_path, capsys):
+    from fastpillars_ros.config import load_model_config
+    from fastpillars_ros.detector import Detector
+    from fastpillars_ros.model import build_model, save_checkpoint, update_checkpoint_meta
+    from fastpillars_ros.model.checkpoint import checkpoint_meta
+
+    small = Path(__file__).parent / "data" / "train_small.yaml"
+    weights = tmp_path / "w.pt"
+    save_checkpoint(build_model(load_model_config(small)), weights)
+    update_checkpoint_meta(weights, score_thresholds={"car": 0.9, "pedestrian": 0.9, "cyclist": 0.9},
+                           float_score_thresholds={"car": 0.8, "pedestrian": 0.8, "cyclist": 0.8})
+    folder = _one_frame_folder(tmp_path / "drive", "000010")
+    assert cli_main(["calibrate", "--config", str(small), "--checkpoint", str(weights), "--data", str(folder),
+                     "--backend", "openvino", "--precision", "bf16", "--write"]) == 0
+    assert "(precision_score_thresholds[bf16])" in capsys.readouterr().out
+    meta = checkpoint_meta(weights)
+    assert meta.score_thresholds == {"car": 0.9, "pedestrian": 0.9, "cyclist": 0.9}
+    assert meta.float_score_thresholds == {"car": 0.8, "pedestrian": 0.8, "cyclist": 0.8}
+    assert set(meta.precision_score_thresholds) == {"bf16"}
+    det = Detector(small, weights, device="cpu", backend="openvino", precision="bf16", warmup=False)
+    assert det.default_score_thresholds == pytest.approx(meta.precision_score_thresholds["bf16"])
+
+
 def test_the_precision_can_be_chosen_to_compare_int8_with_fp32(tmp_path, capsys):
     folder = _one_frame_folder(tmp_path / "drive", "000010")
     assert cli_main(["eval-real", "--sets", "", "--kitti", f"a={folder}", "--precision", "fp32", "--no-progress"]) == 0

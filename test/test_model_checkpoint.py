@@ -148,3 +148,11 @@ def test_thresholds_follow_the_arithmetic_they_were_calibrated_on():
     only_int8 = CheckpointMeta(score_thresholds={"car": 0.48})
     assert only_int8.thresholds_for("fp32") == {"car": 0.48}  # the other set rather than none
     assert CheckpointMeta(float_score_thresholds={"car": 0.5}).thresholds_for("int8") == {"car": 0.5}
+
+
+def test_a_bf16_set_is_used_by_bf16_alone_and_fp32_set_by_the_other_float_precisions():
+    meta = CheckpointMeta(score_thresholds={"car": 0.48}, float_score_thresholds={"car": 0.50},
+                          precision_score_thresholds={"bf16": {"car": 0.504}})
+    assert meta.thresholds_for("bf16") == {"car": 0.504}
+    assert meta.thresholds_for("fp32") == meta.thresholds_for("fp16") == {"car": 0.50}
+    assert meta.thresholds_for("int8") == {"car": 0.48}

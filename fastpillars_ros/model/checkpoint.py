@@ -162,21 +162,24 @@ class CheckpointMeta:
     """What one of our checkpoints says about its weights besides the tensors.
 
     ``score_thresholds``: default published score per class, calibrated on the INT8 dense part (the CPU default
-    where onnxruntime runs it); ``float_score_thresholds``: the same calibration with a floating-point dense part
-    (fp32, and bf16/fp16, whose scores stay within a few thousandths of fp32's). INT8 moves scores by up to a few
-    hundredths, enough to move a calibrated threshold; empty when not calibrated (the other set is used then).
+    where onnxruntime runs it); ``float_score_thresholds``: the same calibration with the fp32 dense part, also
+    used by bf16 and fp16 when they have no set of their own; ``precision_score_thresholds``: sets calibrated at
+    bf16 or fp16 (``{"bf16": {"car": ...}}``). INT8 moves scores by up to a few hundredths and bf16 by a few
+    thousandths, either enough to move a box across a calibrated threshold; a set is empty when not calibrated.
     """
 
     licence: str | None = None
     score_thresholds: dict[str, float] = field(default_factory=dict)
     float_score_thresholds: dict[str, float] = field(default_factory=dict)
+    precision_score_thresholds: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def thresholds_for(self, precision: str) -> dict[str, float]:
         """The calibrated thresholds for a dense part running at ``precision`` ("int8", "fp32", "bf16", "fp16"):
-        the set calibrated at that arithmetic where there is one, else the other."""
+        the set calibrated at that arithmetic where there is one, else the nearest other (bf16/fp16: fp32's)."""
         if precision == "int8":
             return self.score_thresholds or self.float_score_thresholds
-        return self.float_score_thresholds or self.score_thresholds
+        return (self.precision_score_thresholds.get(precision) or self.float_score_thresholds
+                or self.score_thresholds)
 
 
 def _class_values(raw: Any) -> dict[str, float]:
@@ -191,15 +194,21 @@ def checkpoint_meta(path: str | Path) -> CheckpointMeta:
     if not isinstance(obj, dict):
         return CheckpointMeta()
     licence = obj.get("licence") if isinstance(obj.get("licence"), str) else None
+    by_precision = obj.get("precision_score_thresholds")
+    by_precision = ({str(k): _class_values(v) for k, v in by_precision.items()}
+                    if isinstance(by_precision, dict) else {})
     return CheckpointMeta(licence, _class_values(obj.get("score_thresholds")),
-                          _class_values(obj.get("float_score_thresholds")))
+                          _class_values(obj.get("float_score_thresholds")),
+                          {k: v for k, v in by_precision.items() if v})
 
 
 def update_checkpoint_meta(path: str | Path, *, licence: str | None = None,
                            score_thresholds: dict[str, float] | None = None,
-                           float_score_thresholds: dict[str, float] | None = None) -> None:
-    """Rewrite a checkpoint with new ``licence`` / ``score_thresholds`` / ``float_score_thresholds`` entries
-    (atomically; weights unchanged)."""
+                           float_score_thresholds: dict[str, float] | None = None,
+                           precision_score_thresholds: dict[str, dict[str, float]] | None = None) -> None:
+    """Rewrite a checkpoint with new ``licence`` / ``score_thresholds`` / ``float_score_thresholds`` entries and
+    ``precision_score_thresholds`` sets (each precision given replaces its set, the others stay; atomically;
+    weights unchanged)."""
     path = Path(path)
     obj = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(obj, dict) or "state_dict" not in obj:
@@ -209,6 +218,12 @@ def update_checkpoint_meta(path: str | Path, *, licence: str | None = None,
     for key, values in (("score_thresholds", score_thresholds), ("float_score_thresholds", float_score_thresholds)):
         if values is not None:
             obj[key] = {str(k): float(v) for k, v in values.items()}
+    if precision_score_thresholds:
+        sets = obj.get("precision_score_thresholds")
+        sets = dict(sets) if isinstance(sets, dict) else {}
+        sets.update({str(p): {str(k): float(v) for k, v in values.items()}
+                     for p, values in precision_score_thresholds.items()})
+        obj["precision_score_thresholds"] = sets
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)

@@ -451,7 +451,8 @@ class Calibrate:
         parser.add_argument("--backend", default="auto", choices=BACKENDS, help="dense-part back end (default auto)")
         parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                             help="dense-part precision (default auto): int8 calibrates the thresholds of INT8 "
-                                 "dense parts, any other those of floating-point ones (fp32, bf16, fp16)")
+                                 "dense parts, fp32 those of floating-point ones, bf16 and fp16 a set of their own "
+                                 "(used before fp32's)")
         parser.add_argument("--write", action="store_true",
                             help="store the thresholds in the checkpoint, as the set of the precision that ran")
 
@@ -487,14 +488,20 @@ class Calibrate:
         spread = threshold_intervals(by_frame, budget, floor)
         print(f"{frames} frames; false objects at the floor {floor:g}: "
               + ", ".join(f"{c} {len(scores.get(c, []))}" for c in budget))
-        int8 = detector.precision == "int8"  # which of the checkpoint's two threshold sets this calibrates
+        int8 = detector.precision == "int8"  # which of the checkpoint's threshold sets this calibrates
         arithmetic = f"{'int8' if int8 else 'floating-point'} dense part: {detector.backend} {detector.precision}"
         print(f"thresholds ({arithmetic}): " + ", ".join(f"{c} {t:.3f}" for c, t in chosen.items()))
         # A threshold set from few frames is itself uncertain; say how much (e.g. 10 frames of one drive).
         print("90 % interval over a bootstrap of the frames: "
               + ", ".join(f"{c} {lo:.3f}-{hi:.3f}" for c, (lo, hi) in spread.items()))
         if args.write:
-            key = "score_thresholds" if int8 else "float_score_thresholds"
-            update_checkpoint_meta(args.checkpoint, **{key: chosen})
+            # Each arithmetic publishes at its own calibration: INT8 and fp32 have their sets, bf16 and fp16 one
+            # each beside them (otherwise they use fp32's).
+            if int8 or detector.precision == "fp32":
+                key = "score_thresholds" if int8 else "float_score_thresholds"
+                update_checkpoint_meta(args.checkpoint, **{key: chosen})
+            else:
+                key = f"precision_score_thresholds[{detector.precision}]"
+                update_checkpoint_meta(args.checkpoint, precision_score_thresholds={detector.precision: chosen})
             print(f"written to {args.checkpoint} ({key})")
         return 0
