@@ -269,7 +269,8 @@ def format_reports(reports: Sequence[SetReport], thresholds: dict[str, float], d
     lines = ["default score thresholds: " + ", ".join(f"{c} {t:.2f}" for c, t in thresholds.items()),
              f"objects within {MAX_RANGE:g} m in the camera's view; loose IoU "
              + ", ".join(f"{c} {t:g}" for c, t in LOOSE_IOU.items())
-             + f"; KITTI objects up to difficulty {difficulty} (harder ones ignored)"]
+             + ("; every KITTI object counts" if difficulty == "all"
+                else f"; KITTI objects up to difficulty {difficulty} (harder ones ignored)")]
     for r in reports:
         objs = ", ".join(f"{n} {c}" for c, n in r.num_objects.items())
         lines.append(f"\n[{r.name}] {r.num_frames} frames, {objs}")
