@@ -263,3 +263,13 @@ def test_clouds_skipped_while_nobody_listens_still_enter_the_sweep_history(make_
     node.det_pub.get_subscription_count = lambda: 0
     node._process(_cloud(), time.monotonic())
     assert node.sweeps.added == [100] and node.sweeps.processed == [] and node.published == []
+
+
+def test_the_ready_line_names_the_published_score_per_class(make_node, monkeypatch):
+    import fastpillars_ros.ros.node as node_module
+
+    recorder = Recorder()
+    monkeypatch.setattr(node_module.DetectorNode, "get_logger", lambda self: recorder)
+    make_node(score_threshold=0.45, score_thresholds__cyclist=0.3)
+    (ready,) = [text for level, text in recorder.lines if text.startswith("ready:")]
+    assert "score thresholds car=0.45, pedestrian=0.45, cyclist=0.3," in ready

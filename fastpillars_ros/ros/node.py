@@ -219,7 +219,8 @@ class DetectorNode(Node):
             weights += f", weights licence: {getattr(det, 'weights_licence', None) or 'not stated'}"
         log.info(
             f"ready: model {cfg.name} ({weights}), backend {det.backend}, device {det.device}, "
-            f"precision {det.precision}{kernels}, classes {self.class_names}, input {self.sub.topic_name} "
+            f"precision {det.precision}{kernels}, classes {self.class_names}, score thresholds "
+            f"{_thresholds_text(det, params, self)}, input {self.sub.topic_name} "
             f"fields [{fields}], intensity_scale {params.intensity_scale} (model 0..{det.intensity_scale:g}), "
             f"{sweeps_text}, warm-up {warm_text}, start-up {time.perf_counter() - t_start:.1f} s")
 
@@ -516,7 +517,7 @@ class DetectorNode(Node):
             "backend": det.backend, "device": det.device, "precision": det.precision,
             "classes": ",".join(self.class_names),
             "point_features": ",".join(det.point_features),
-            "score_thresholds": ", ".join(f"{k}={v:g}" for k, v in _thresholds(det, p, self).items()),
+            "score_thresholds": _thresholds_text(det, p, self),
             "model_intensity_scale": f"{det.intensity_scale:g}",
             "intensity_scale_param": str(p.intensity_scale),
             "max_points": p.max_points, "max_input_age_ms": f"{p.max_input_age_ms:g}",
@@ -608,14 +609,17 @@ def _describe_mounting(m: Mounting) -> str:
             f"pitch {math.degrees(m.pitch):.2f} deg")
 
 
-def _thresholds(det: Any, p: NodeParams, node: DetectorNode) -> dict[str, float]:
+def _thresholds_text(det: Any, p: NodeParams, node: DetectorNode) -> str:
+    """The published score per class, "car=0.504, pedestrian=0.491, ..." (the user's, else the weights' calibrated
+    defaults for the precision that runs)."""
     current = getattr(det, "score_thresholds", None)
     if isinstance(current, dict):
-        return current
-    eff = p.effective_score_threshold(node.class_names)
-    if eff is None:
-        return dict(getattr(det, "default_score_thresholds", {}))
-    return eff if isinstance(eff, dict) else {c: eff for c in node.class_names}
+        chosen = current
+    elif (eff := p.effective_score_threshold(node.class_names)) is None:
+        chosen = dict(getattr(det, "default_score_thresholds", {}))
+    else:
+        chosen = eff if isinstance(eff, dict) else {c: eff for c in node.class_names}
+    return ", ".join(f"{k}={v:.3g}" for k, v in chosen.items())
 
 
 def _torch_threads() -> int | str:
