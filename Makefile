@@ -6,7 +6,7 @@ PY := .venv/bin/python
 NETNS := scripts/netns_run.sh
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint bench demo model model-stage1 model-terrain model-tiny eval-real eval-heldout clean test-jazzy
+.PHONY: setup test lint bench demo model model-stage1 model-terrain model-tiny eval-real eval-heldout eval-other-sensors clean test-jazzy
 
 setup:
 	@bash scripts/setup_env.sh
@@ -117,6 +117,15 @@ eval-heldout: setup
 	$(FP) eval-real $(if $(MODEL),--config $(MODEL)) --sets "" --kitti drive_0001=$(REAL)/2011_09_26_drive_0001 \
 	  --kitti other_drives=$(REAL)/kitti_objects_mixed --kitti drive_0048_calibration=$(REAL)/2011_09_26_drive_0048 \
 	  --pool all_three --out out/eval_heldout.json --pictures out/eval_heldout
+
+# The default (or MODEL=name) on other lidars' real scans, labelled all around the sensor: 3 Argoverse 2 scans (two
+# VLP-32C) and 1 nuScenes scan (HDL-32E), extracted from public repositories (scripts/extract_other_sensors.py).
+OTHER := out/real/other_sensors
+eval-other-sensors: setup
+	@$(PY) -m pip install -q -r requirements/data.txt 2> >(grep -v "is ignored: it is neither" >&2)
+	$(PY) scripts/extract_other_sensors.py --out $(OTHER) $(if $(MIRRORS),--mirrors $(MIRRORS))
+	$(FP) eval-real $(if $(MODEL),--config $(MODEL)) --sets "" --all-around av2=$(OTHER)/av2 \
+	  --all-around nuscenes=$(OTHER)/nuscenes --out out/eval_other_sensors.json --pictures out/eval_other_sensors
 
 bench: setup
 	@$(PY) -m pip install -q -r requirements/bench.txt 2> >(grep -v "is ignored: it is neither" >&2) || \

@@ -85,8 +85,9 @@ def usable_frames(drives: list[tuple[str, int]], candidates: range) -> list[int]
 class Repo:
     """Read files of one repository at a pinned commit (``git show``), from a local git dir or a fresh clone."""
 
-    def __init__(self, key: str, mirrors: Path | None, cache: Path) -> None:
-        name, self.commit = REPOS[key]
+    def __init__(self, key: str, mirrors: Path | None, cache: Path, repos: dict[str, tuple[str, str]] | None = None
+                 ) -> None:
+        name, self.commit = (REPOS if repos is None else repos)[key]
         owner_name = name.replace("/", "+")
         if mirrors is not None and (mirrors / owner_name / "repo").exists():
             self.git_dir = mirrors / owner_name / "repo"

@@ -59,7 +59,7 @@ class RealSet:
     name: str
     folder: str  # under the real-data folder, or an absolute path (``--kitti NAME=DIR``)
     intensity_max: float  # reflectance range of its .bin files
-    image_size: tuple[int, int]  # camera 2 (width, height) px: the labelled view
+    image_size: tuple[int, int] | None  # camera 2 (width, height) px: the labelled view (None: all around)
     estimate_mounting: bool  # sensor mounted unlike the model's (estimate height/roll/pitch from the ground)
     turn_check: bool  # run the 180-degree check on it
     max_difficulty: int | None  # KITTI difficulty above which objects are ignored (None: KITTI's rule not used)
@@ -117,10 +117,12 @@ def _turn_boxes_back(boxes: np.ndarray) -> np.ndarray:
     return out
 
 
-def in_labelled_view(boxes: np.ndarray, calib: Any, image_size: tuple[int, int]) -> np.ndarray:
-    """(K,) bool: the box centre projects into camera 2's image and lies within :data:`MAX_RANGE` metres."""
+def in_labelled_view(boxes: np.ndarray, calib: Any, image_size: tuple[int, int] | None) -> np.ndarray:
+    """(K,) bool: the box centre lies within :data:`MAX_RANGE` metres and projects into camera 2's image (any
+    direction when ``image_size`` is None: labels all around the sensor)."""
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 7)
-    return in_camera_fov(b, calib, image_size) & (np.hypot(b[:, 0], b[:, 1]) <= MAX_RANGE)
+    near = np.hypot(b[:, 0], b[:, 1]) <= MAX_RANGE
+    return near if image_size is None else near & in_camera_fov(b, calib, image_size)
 
 
 def _in_dontcare(boxes: np.ndarray, frame: Any) -> np.ndarray:
@@ -267,7 +269,8 @@ def summarise(name: str, runs: Sequence[SetRun]) -> SetReport:
 def format_reports(reports: Sequence[SetReport], thresholds: dict[str, float], difficulty: str = "hard") -> str:
     """The development-set table (one block per set); ``difficulty``: the KITTI sets' (see ``--difficulty``)."""
     lines = ["default score thresholds: " + ", ".join(f"{c} {t:.2f}" for c, t in thresholds.items()),
-             f"objects within {MAX_RANGE:g} m in the camera's view; loose IoU "
+             f"objects within {MAX_RANGE:g} m in the labelled view (the camera's for KITTI and View-of-Delft, all "
+             "around for --all-around sets); loose IoU "
              + ", ".join(f"{c} {t:g}" for c, t in LOOSE_IOU.items())
              + ("; every KITTI object counts" if difficulty == "all"
                 else f"; KITTI objects up to difficulty {difficulty} (harder ones ignored)")]
@@ -318,6 +321,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kitti", action="append", default=[], metavar="NAME=DIR",
                         help="also evaluate a KITTI-layout folder of KITTI HDL-64 scans with camera-view labels (e.g. "
                              "the held-out drives that `make model` extracts), as the kitti set is; repeatable")
+    parser.add_argument("--all-around", action="append", default=[], metavar="NAME=DIR",
+                        help="also evaluate a KITTI-layout folder of another lidar labelled all around the sensor "
+                             "(intensity 0..255, mounting estimated per scan by a ground fit; e.g. the Argoverse 2 "
+                             "and nuScenes scans of scripts/extract_other_sensors.py); repeatable")
     parser.add_argument("--pool", default=None, metavar="NAME",
                         help="also report the frames of every --kitti set pooled as one set NAME (its APs are over "
                              "the union of the frames: more objects, tighter intervals than any one set's)")
@@ -343,7 +350,7 @@ def run(args: argparse.Namespace) -> int:
     wanted = [s.strip() for s in args.sets.split(",") if s.strip()]
     sets = [s for s in DEV_SETS if s.name in wanted]
     unknown = sorted(set(wanted) - {s.name for s in DEV_SETS})
-    if unknown or not (sets or args.kitti):
+    if unknown or not (sets or args.kitti or args.all_around):
         print(f"eval-real: unknown set(s) {unknown}; sets: {[s.name for s in DEV_SETS]}", file=sys.stderr)
         return 2
     if sets and not (root / sets[0].folder).is_dir():
@@ -360,6 +367,14 @@ def run(args: argparse.Namespace) -> int:
             return 2
         sets.append(replace(KITTI_SET, name=name, folder=str(Path(folder).resolve()), max_difficulty=difficulty))
         added.add(name)
+    for item in args.all_around:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not (Path(folder) / "velodyne").is_dir():
+            print(f"eval-real: --all-around {item!r}: give NAME=DIR, DIR a KITTI-layout folder (velodyne/, label_2/, "
+                  "calib/); the other lidars' scans come from `python scripts/extract_other_sensors.py`",
+                  file=sys.stderr)
+            return 2
+        sets.append(RealSet(name, str(Path(folder).resolve()), 255.0, None, True, False, None))
     if args.pool and len(added) < 2:
         print("eval-real: --pool needs two or more --kitti sets to pool", file=sys.stderr)
         return 2
