@@ -272,6 +272,25 @@ def test_simulate_cli_label_style_option_writes_kitti_sized_labels(tmp_path):
         parser.parse_args(["--out", str(tmp_path), "--scenes", "1", "--label-style", "loose"])
 
 
+def test_simulate_cli_mount_height_puts_the_ground_and_the_boxes_that_far_below_the_sensor(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    assert cli.run(parser.parse_args(["--out", str(tmp_path), "--scenes", "1", "--mount-height", "9"])) == 2
+    assert "--mount-height is the sensor's height" in capsys.readouterr().err
+    for name, height in (("own", None), ("kitti", "1.73")):
+        extra = [] if height is None else ["--mount-height", height]
+        assert cli.run(parser.parse_args(["--out", str(tmp_path / name), "--scenes", "1", "--seed", "7", "--sensor",
+                                          "vlp32", "--no-progress", *extra])) == 0
+    own, kitti = KittiDataset(tmp_path / "own")[0], KittiDataset(tmp_path / "kitti")[0]
+    assert own.names == kitti.names
+    shift = get_sensor("vlp32").mount_height - 1.73  # 0.07 m: the VLP-32 model sits at 1.80 m
+    bottoms = kitti.boxes[:, 2] - kitti.boxes[:, 5] / 2
+    assert np.allclose(bottoms - (own.boxes[:, 2] - own.boxes[:, 5] / 2), shift, atol=1e-3)
+    near = np.hypot(kitti.points[:, 0], kitti.points[:, 1]) < 6  # the road around the sensor
+    assert np.median(kitti.points[near, 2]) == pytest.approx(-1.73, abs=0.05)
+    assert json.loads((tmp_path / "kitti" / "sim_meta" / "000000.json").read_text())["mount_height"] == 1.73
+
+
 def test_write_frame_labels_read_back_with_points(tmp_path, frame):
     write_frame(tmp_path, "000000", frame)
     f = KittiDataset(tmp_path)[0]
