@@ -39,7 +39,7 @@ REAL_DEV := ../shared/data/real
 # Local bare git copies of the source repositories (<owner>+<name>/repo) instead of cloning them: make MIRRORS=DIR ...
 MIRRORS ?=
 # Training arithmetic of the dense part: fp32 (how the shipped weights were made) or bf16 (autocast; ~1.7x the step
-# rate on processors with AMX, MODEL_CARD.md): make model TRAIN_PRECISION=bf16
+# rate on processors with AMX, BENCHMARKS.md): make model TRAIN_PRECISION=bf16
 TRAIN_PRECISION ?= fp32
 KITTI_LICENCE := CC BY-NC-SA 3.0 (non-commercial): trained on KITTI raw drives 2011_09_26_0005 and 0052 (Geiger et al.) and simulated scenes
 # Stage 1 of the real-data models (MODEL_CARD.md): the simulated scenes, the real KITTI drives (extracted from public
