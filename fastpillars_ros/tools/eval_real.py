@@ -359,22 +359,23 @@ def run(args: argparse.Namespace) -> int:
     added: set[str] = set()
     difficulty = DIFFICULTIES[args.difficulty]
     sets = [s if s.max_difficulty is None else replace(s, max_difficulty=difficulty) for s in sets]
-    for item in args.kitti:
-        name, sep, folder = item.partition("=")
-        if not sep or not name or not (Path(folder) / "velodyne").is_dir():
-            print(f"eval-real: --kitti {item!r}: give NAME=DIR, DIR a KITTI-layout folder (velodyne/, label_2/, "
-                  "calib/); the held-out drives come from `python scripts/extract_real_kitti.py`", file=sys.stderr)
-            return 2
-        sets.append(replace(KITTI_SET, name=name, folder=str(Path(folder).resolve()), max_difficulty=difficulty))
-        added.add(name)
-    for item in args.all_around:
-        name, sep, folder = item.partition("=")
-        if not sep or not name or not (Path(folder) / "velodyne").is_dir():
-            print(f"eval-real: --all-around {item!r}: give NAME=DIR, DIR a KITTI-layout folder (velodyne/, label_2/, "
-                  "calib/); the other lidars' scans come from `python scripts/extract_other_sensors.py`",
-                  file=sys.stderr)
-            return 2
-        sets.append(RealSet(name, str(Path(folder).resolve()), 255.0, None, True, False, None))
+    #: flag -> (the set a folder becomes, where such folders come from)
+    folder_sets = {
+        "kitti": (replace(KITTI_SET, max_difficulty=difficulty),
+                  "the held-out drives come from `python scripts/extract_real_kitti.py`"),
+        "all_around": (RealSet("", "", 255.0, None, True, False, None),
+                       "the other lidars' scans come from `python scripts/extract_other_sensors.py`"),
+    }
+    for flag, (template, source) in folder_sets.items():
+        for item in getattr(args, flag):
+            name, sep, folder = item.partition("=")
+            if not sep or not name or not (Path(folder) / "velodyne").is_dir():
+                print(f"eval-real: --{flag.replace('_', '-')} {item!r}: give NAME=DIR, DIR a KITTI-layout folder "
+                      f"(velodyne/, label_2/, calib/); {source}", file=sys.stderr)
+                return 2
+            sets.append(replace(template, name=name, folder=str(Path(folder).resolve())))
+            if flag == "kitti":
+                added.add(name)
     if args.pool and len(added) < 2:
         print("eval-real: --pool needs two or more --kitti sets to pool", file=sys.stderr)
         return 2
