@@ -80,6 +80,10 @@ MATCH_SETTLE_S = 0.3
 # The first cloud is published again after this long without an answer (see the module docstring): well above a
 # detector's first answer once it is ready, short against the timeout.
 FIRST_RESEND_S = 1.0
+# How long the replay waits at the end for its reliable clouds and /clock to be acknowledged. A sample the
+# transport dropped (a full shared-memory port under load) is resent only after the writer's next heartbeat,
+# 3 s in Fast DDS, so the wait must outlast one.
+ACK_WAIT_S = 4.0
 
 
 # ==========================================================================================================
@@ -585,6 +589,8 @@ def replay(opts: ReplayOptions) -> ReplayStats:
 
         t0 = time.monotonic()
         _play(opts, first, frames, pub, clock_pub, Clock, tracker, pacer, t0)
+        if not opts.stop.is_set():
+            _wait_acked(opts, [p for p in (pub, clock_pub) if p is not None], ACK_WAIT_S)
     except KeyboardInterrupt:
         _log(opts, "interrupted")
     finally:
@@ -606,6 +612,24 @@ def replay(opts: ReplayOptions) -> ReplayStats:
         tracker.stats.evaluation = evaluate_answers([t for t in truth if t.stamp_ns in tracker.sent_stamps],
                                                     answers)
     return tracker.stats
+
+
+def _wait_acked(opts: ReplayOptions, publishers: Sequence[Any], timeout_s: float) -> bool:
+    """Wait until every subscriber acknowledged what ``publishers`` sent, at most ``timeout_s`` in all.
+
+    A reliable writer that goes away with samples unacknowledged takes them along: a reader that missed one
+    (and holds the later ones back to keep the order) would never see the bag's last clouds or ``/clock``.
+    Returns False, after a warning naming the topic, when the time ran out."""
+    from rclpy.duration import Duration
+
+    deadline = time.monotonic() + timeout_s
+    for publisher in publishers:
+        left = max(0.0, deadline - time.monotonic())
+        if not publisher.wait_for_all_acked(Duration(nanoseconds=round(left * NS))):
+            _log(opts, f"{publisher.topic_name}: not every subscriber acknowledged the last messages within "
+                       f"{timeout_s:g} s; they may not have received them")
+            return False
+    return True
 
 
 def _absolute(topic: str) -> str:
