@@ -348,6 +348,15 @@ def test_batches_offset_pillar_ids_and_index_the_batch() -> None:
     assert float(batch["targets"].mask[0].sum()) == s0["num_boxes"] + s1["num_boxes"]
 
 
+def test_training_without_a_progress_bar_still_logs_every_epoch(tmp_path: Path, capsys) -> None:
+    train(_opts(tmp_path, epochs=2), train_source=frames(4, seed=3))
+    out = capsys.readouterr().out
+    assert "2 steps/epoch, epochs 1..2" in out
+    lines = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+    assert all(" loss " in line and " min, " in line and "frames/s, step " in line for line in lines)
+
+
 def test_cli_trains_on_a_kitti_folder_and_the_checkpoint_loads(tmp_path: Path) -> None:
     from fastpillars_ros.datasets.kitti import format_label_line, labels_from_lidar_boxes
     from fastpillars_ros.model import build_model

@@ -260,10 +260,11 @@ def train(opts: TrainOptions, train_source: Any = None, val_source: Any = None, 
         (run_dir / "log.jsonl").unlink()
 
     geo = head_geometry(config)
-    if opts.progress:
-        print(f"train {config.name}: {n_frames} frames, batch {opts.batch_size}, {steps_per_epoch} steps/epoch, "
-              f"epochs {start_epoch + 1}..{opts.epochs}, device {device}"
-              + (f", {torch.get_num_threads()} CPU threads" if device.type == "cpu" else ""), flush=True)
+    # The header and one line per epoch are printed with or without the bar: a run in the background with its
+    # output in a log shows where it is.
+    print(f"train {config.name}: {n_frames} frames, batch {opts.batch_size}, {steps_per_epoch} steps/epoch, "
+          f"epochs {start_epoch + 1}..{opts.epochs}, device {device}"
+          + (f", {torch.get_num_threads()} CPU threads" if device.type == "cpu" else ""), flush=True)
     history: list[dict[str, Any]] = []
     bar_cls = None
     if opts.progress:
@@ -313,9 +314,17 @@ def train(opts: TrainOptions, train_source: Any = None, val_source: Any = None, 
                       "torch_rng": torch.get_rng_state(), "options": _plain_options(opts)}, state_path)
         with open(run_dir / "log.jsonl", "a") as fh:
             fh.write(json.dumps(record) + "\n")
+        print(_epoch_line(record, opts.epochs), flush=True)
         history.append(record)
     return {"run_dir": str(run_dir), "epochs_done": history[-1]["epoch"] if history else start_epoch,
             "steps": step, "history": history, "model": model}
+
+
+def _epoch_line(record: dict[str, Any], epochs: int) -> str:
+    """One log line for a finished epoch: losses, learning rate, duration and throughput."""
+    val = f", val loss {record['val_loss']:.4f}" if "val_loss" in record else ""
+    return (f"epoch {record['epoch']}/{epochs}: loss {record['loss']:.4f}{val}, lr {record['lr']:.2e}, "
+            f"{record['time_s'] / 60:.1f} min, {record['frames_per_s']:.2f} frames/s, step {record['step']}")
 
 
 def _plain_options(opts: TrainOptions) -> dict[str, Any]:
