@@ -15,7 +15,6 @@ from fastpillars_ros.tools.replay import (
     AnswerTracker,
     Pacer,
     ReplayOptions,
-    _wait_acked,
     bag_frames,
     count_detections_cdr,
     evaluate_answers,
@@ -36,6 +35,7 @@ T0 = bags.DEFAULT_START_NS
 ECHO = f"""
 import json, os, sys
 import rclpy, rclpy.executors
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import PointCloud2
 from vision_msgs.msg import Detection3D, Detection3DArray
@@ -53,7 +53,10 @@ def on_cloud(msg):
     det_pub.publish(Detection3DArray(header=msg.header, detections=[Detection3D(header=msg.header, id="a")]))
     marker_pub.publish(MarkerArray(markers=[Marker(header=msg.header)]))
 node.create_subscription(PointCloud2, prefix + "{TOPIC}", on_cloud, 10)
-node.create_subscription(Clock, "/clock", lambda m: seen["clocks"].append(m.clock.sec * 10**9 + m.clock.nanosec), 100)
+# Best effort, as rclpy's and rclcpp's time sources subscribe /clock (a reliable reader would not match the replay's).
+clock_qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT)
+node.create_subscription(Clock, "/clock", lambda m: seen["clocks"].append(m.clock.sec * 10**9 + m.clock.nanosec),
+                         clock_qos)
 print("ready", flush=True)
 try:
     rclpy.spin(node)
@@ -206,28 +209,6 @@ def _options(bag, **kw) -> ReplayOptions:
     base = dict(bag=bag, detections_topic=DETECTIONS, markers_topic=MARKERS, timeout_s=3.0, wait_s=20.0, quiet=True)
     base.update(kw)
     return ReplayOptions(**base)
-
-
-class _Publisher:
-    """A stand-in rclpy publisher whose subscribers acknowledge after ``ack_s`` seconds (never when None)."""
-
-    def __init__(self, topic, ack_s):
-        self.topic_name, self.ack_s, self.waited = topic, ack_s, []
-
-    def wait_for_all_acked(self, timeout):
-        budget = timeout.nanoseconds / 1e9
-        self.waited.append(budget)
-        return self.ack_s is not None and self.ack_s <= budget
-
-
-@pytest.mark.ros
-def test_end_of_replay_waits_for_acknowledgements_and_names_the_topic_that_missed_them(capsys):
-    opts = ReplayOptions(bag=None)
-    acked, lost = _Publisher("/points", 0.1), _Publisher("/clock", None)
-    assert _wait_acked(opts, [acked], 4.0)
-    assert not _wait_acked(opts, [acked, lost], 4.0)
-    assert lost.waited and lost.waited[0] <= 4.0  # one budget for all publishers
-    assert "/clock: not every subscriber acknowledged the last messages within 4 s" in capsys.readouterr().err
 
 
 @pytest.mark.ros

@@ -8,9 +8,10 @@ What it does:
 * paces them like the recording (bag time scaled by ``--rate``), or with ``--max-rate`` as fast as the
   detector answers: the next cloud goes out when the answer to the previous one arrived or ``--timeout-s``
   passed (back-pressure, so every frame gets its chance);
-* ``--clock``: publishes ``/clock`` (``rosgraph_msgs/Clock``) with the bag time, for detectors started with
-  ``use_sim_time`` (ours drops clouds older than ``max_input_age_ms`` against its clock: replay old bags with
-  ``--clock`` and ``use_sim_time``, or set ``max_input_age_ms`` to 0);
+* ``--clock``: publishes ``/clock`` (``rosgraph_msgs/Clock``, best effort like every ROS time source's
+  subscription) with the bag time, for detectors started with ``use_sim_time`` (ours drops clouds older than
+  ``max_input_age_ms`` against its clock: replay old bags with ``--clock`` and ``use_sim_time``, or set
+  ``max_input_age_ms`` to 0);
 * ``--loop`` / ``--loops N``, ``--start S`` / ``--duration D`` (seconds of bag time from the bag's start);
 * subscribes the detector's ``vision_msgs/Detection3DArray`` (``--detections-topic``) and matches each answer
   to the cloud with the same header stamp (any detector that copies the input header works, not only
@@ -80,10 +81,6 @@ MATCH_SETTLE_S = 0.3
 # The first cloud is published again after this long without an answer (see the module docstring): well above a
 # detector's first answer once it is ready, short against the timeout.
 FIRST_RESEND_S = 1.0
-# How long the replay waits at the end for its reliable clouds and /clock to be acknowledged. A sample the
-# transport dropped (a full shared-memory port under load) is resent only after the writer's next heartbeat,
-# 3 s in Fast DDS, so the wait must outlast one.
-ACK_WAIT_S = 4.0
 
 
 # ==========================================================================================================
@@ -536,7 +533,11 @@ def replay(opts: ReplayOptions) -> ReplayStats:
         cloud_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.RELIABLE,
                                durability=DurabilityPolicy.VOLATILE)
         pub = node.create_publisher(PointCloud2, out_topic, cloud_qos)
-        clock_pub = node.create_publisher(Clock, "/clock", 10) if opts.clock else None
+        # /clock as time sources subscribe it (rclpy's TimeSource, rclcpp's ClockQoS: best effort, the latest
+        # only): a reliable writer would hold every later time back behind one lost sample until its next heartbeat.
+        clock_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT,
+                               durability=DurabilityPolicy.VOLATILE)
+        clock_pub = node.create_publisher(Clock, "/clock", clock_qos) if opts.clock else None
 
         def on_answer(raw: bytes) -> None:
             t = time.monotonic()
@@ -589,8 +590,6 @@ def replay(opts: ReplayOptions) -> ReplayStats:
 
         t0 = time.monotonic()
         _play(opts, first, frames, pub, clock_pub, Clock, tracker, pacer, t0)
-        if not opts.stop.is_set():
-            _wait_acked(opts, [p for p in (pub, clock_pub) if p is not None], ACK_WAIT_S)
     except KeyboardInterrupt:
         _log(opts, "interrupted")
     finally:
@@ -612,24 +611,6 @@ def replay(opts: ReplayOptions) -> ReplayStats:
         tracker.stats.evaluation = evaluate_answers([t for t in truth if t.stamp_ns in tracker.sent_stamps],
                                                     answers)
     return tracker.stats
-
-
-def _wait_acked(opts: ReplayOptions, publishers: Sequence[Any], timeout_s: float) -> bool:
-    """Wait until every subscriber acknowledged what ``publishers`` sent, at most ``timeout_s`` in all.
-
-    A reliable writer that goes away with samples unacknowledged takes them along: a reader that missed one
-    (and holds the later ones back to keep the order) would never see the bag's last clouds or ``/clock``.
-    Returns False, after a warning naming the topic, when the time ran out."""
-    from rclpy.duration import Duration
-
-    deadline = time.monotonic() + timeout_s
-    for publisher in publishers:
-        left = max(0.0, deadline - time.monotonic())
-        if not publisher.wait_for_all_acked(Duration(nanoseconds=round(left * NS))):
-            _log(opts, f"{publisher.topic_name}: not every subscriber acknowledged the last messages within "
-                       f"{timeout_s:g} s; they may not have received them")
-            return False
-    return True
 
 
 def _absolute(topic: str) -> str:
@@ -701,6 +682,7 @@ def _play(opts: ReplayOptions, first: BagFrame, frames: Iterator[BagFrame], pub:
             pub.publish(frame.raw)
 
     frame: BagFrame | None = first
+    last_frame: BagFrame | None = None
     prev_seq: int | None = None
     while frame is not None and not opts.stop.is_set():
         if opts.max_frames is not None and stats.sent >= opts.max_frames:
@@ -728,12 +710,15 @@ def _play(opts: ReplayOptions, first: BagFrame, frames: Iterator[BagFrame], pub:
             t_send = t0 + offset
         stats.send_s = t_send - t0
         stats.bag_s = pacer.bag_offset_ns(frame.loop, frame.bag_time_ns) / NS
+        last_frame = frame
         frame = next(frames, None)
     # Wait for the answers still in flight (each has timeout_s from its send).
     deadline = time.monotonic() + opts.timeout_s + 0.1
     while tracker.outstanding() and time.monotonic() < deadline and not opts.stop.is_set():
         tracker.expire(time.monotonic())
         time.sleep(0.01)
+    if clock_pub is not None and last_frame is not None:
+        publish_clock(last_frame.bag_time_ns)  # best effort: once more, in case the last time was lost
     return stats
 
 
