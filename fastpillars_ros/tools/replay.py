@@ -647,14 +647,15 @@ def _play(opts: ReplayOptions, first: BagFrame, frames: Iterator[BagFrame], pub:
 
     stats = tracker.stats
     last_clock = -math.inf
+    last_clock_ns: int | None = None
     clock_period = 1.0 / opts.clock_hz if opts.clock_hz > 0 else math.inf
 
     def publish_clock(bag_ns: int) -> None:
-        nonlocal last_clock
+        nonlocal last_clock, last_clock_ns
         sec, nanosec = ns_to_stamp(bag_ns)
         clock_pub.publish(Clock(clock=Time(sec=sec, nanosec=nanosec)))
         stats.clock_published += 1
-        last_clock = time.monotonic()
+        last_clock, last_clock_ns = time.monotonic(), bag_ns
 
     def wait_until(due: float, frame: BagFrame) -> None:
         # Sleep until the frame is due; meanwhile /clock runs up to the frame's bag time at the scaled pace.
@@ -682,7 +683,6 @@ def _play(opts: ReplayOptions, first: BagFrame, frames: Iterator[BagFrame], pub:
             pub.publish(frame.raw)
 
     frame: BagFrame | None = first
-    last_frame: BagFrame | None = None
     prev_seq: int | None = None
     while frame is not None and not opts.stop.is_set():
         if opts.max_frames is not None and stats.sent >= opts.max_frames:
@@ -710,15 +710,14 @@ def _play(opts: ReplayOptions, first: BagFrame, frames: Iterator[BagFrame], pub:
             t_send = t0 + offset
         stats.send_s = t_send - t0
         stats.bag_s = pacer.bag_offset_ns(frame.loop, frame.bag_time_ns) / NS
-        last_frame = frame
         frame = next(frames, None)
     # Wait for the answers still in flight (each has timeout_s from its send).
     deadline = time.monotonic() + opts.timeout_s + 0.1
     while tracker.outstanding() and time.monotonic() < deadline and not opts.stop.is_set():
         tracker.expire(time.monotonic())
         time.sleep(0.01)
-    if clock_pub is not None and last_frame is not None:
-        publish_clock(last_frame.bag_time_ns)  # best effort: once more, in case the last time was lost
+    if last_clock_ns is not None:
+        publish_clock(last_clock_ns)  # best effort: once more, in case the last time was lost
     return stats
 
 
