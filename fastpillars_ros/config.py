@@ -51,9 +51,6 @@ class BackboneConfig:
     num_blocks: tuple[int, ...] = (6, 6, 3, 1)
     strides: tuple[int, ...] = (1, 2, 2, 2)
     bn_eps: float = 1e-3
-    # Scan context (model/scan_context.py, not in the official model): the scan's mean pillar feature scales and
-    # shifts every pillar's features before stage 1, so the network can read which kind of lidar made the scan.
-    scan_context: bool = False
 
 
 @dataclass(frozen=True)
@@ -385,8 +382,6 @@ def validate(cfg: ModelConfig, source: str = "<config>") -> None:
              f"upsamples it x2), got {list(b.strides)}")
     if any(w <= 0 for w in b.widths) or any(n < 0 for n in b.num_blocks):
         fail("'backbone.widths' must be positive and 'backbone.num_blocks' non-negative")
-    if not isinstance(b.scan_context, bool):
-        fail(f"'backbone.scan_context' must be true or false, got {b.scan_context!r}")
     stride = b.strides[0] * b.strides[1] * b.strides[2]
     if cfg.out_size_factor != stride:
         fail(f"'out_size_factor' must equal the stride of backbone stage 3 w.r.t. the pillar grid "

@@ -66,7 +66,6 @@ def _tiny_dict():
     (lambda d: d["decode"].update(rectifier=2.0), "decode.rectifier"),
     (lambda d: d["head"].update(colour=1), "head"),
     (lambda d: d["head"].update(axis="yes"), "head.axis"),
-    (lambda d: d["backbone"].update(scan_context="yes"), "backbone.scan_context"),
     (lambda d: d.update(num_sweeps=3), "num_sweeps"),
     (lambda d: d.update(bogus=1), "bogus"),
     (lambda d: d.update(pc_range=[0.0, -25.6, -3.0, 51.2, 25.9, 1.0]), "pc_range"),

@@ -73,15 +73,13 @@ def fusion_level_of(state: dict[str, Tensor]) -> str:
 
 
 def check_state_dict(model: torch.nn.Module, state: dict[str, Tensor], strict: bool = True,
-                     source: str = "checkpoint", config: dict[str, Any] | None = None,
-                     fresh: tuple[str, ...] = ()) -> None:
+                     source: str = "checkpoint", config: dict[str, Any] | None = None) -> None:
     """Raise ONE ValueError listing missing, unexpected and shape-mismatched keys (if any).
 
-    With ``strict=False`` missing and unexpected keys are tolerated; shape mismatches never are. Keys under a
-    ``fresh`` prefix may be missing even when strict (layers new to the model that keep their initialisation).
+    With ``strict=False`` missing and unexpected keys are tolerated; shape mismatches never are.
     """
     own = model.state_dict()
-    missing = [k for k in own if k not in state and not (fresh and k.startswith(fresh))]
+    missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
                   for k in own if k in state and state[k].shape != own[k].shape]
@@ -109,14 +107,12 @@ def check_state_dict(model: torch.nn.Module, state: dict[str, Tensor], strict: b
 
 
 @torch.no_grad()
-def load_checkpoint(model: FastPillars, path: str | Path, strict: bool = True, fresh: tuple[str, ...] = ()
-                    ) -> FastPillars:
+def load_checkpoint(model: FastPillars, path: str | Path, strict: bool = True) -> FastPillars:
     """Load weights into ``model`` (in place) and return it.
 
     If the checkpoint is more fused than the model, the model is fused to the checkpoint's level
     first; if it is less fused, it is loaded into a fresh copy in the checkpoint's form which is
-    then fused to the model's level and copied over. ``fresh``: key prefixes the checkpoint may lack (layers
-    new to the model, e.g. :attr:`FastPillars.identity_layers` when fine-tuning weights trained without them).
+    then fused to the model's level and copied over.
 
     Raises:
         ValueError: unreadable file (see :func:`read_state_dict`) or key/shape mismatch (one message).
@@ -128,16 +124,16 @@ def load_checkpoint(model: FastPillars, path: str | Path, strict: bool = True, f
         if level != model.fusion_level:
             # Check against a fused copy first, so that a bad file leaves the model untouched.
             probe = FastPillars(model.config).fuse(level)
-            check_state_dict(probe, state, strict, src, config, fresh)
+            check_state_dict(probe, state, strict, src, config)
             model.fuse(level)
-        check_state_dict(model, state, strict, src, config, fresh)
-        model.load_state_dict(state, strict=strict and not fresh)
+        check_state_dict(model, state, strict, src, config)
+        model.load_state_dict(state, strict=strict)
         return model
     tmp = FastPillars(model.config)
     if level != "train":
         tmp.fuse(level)
-    check_state_dict(tmp, state, strict, src, config, fresh)
-    tmp.load_state_dict(state, strict=strict and not fresh)
+    check_state_dict(tmp, state, strict, src, config)
+    tmp.load_state_dict(state, strict=strict)
     tmp.eval().fuse(model.fusion_level)
     model.load_state_dict(tmp.state_dict(), strict=True)
     return model

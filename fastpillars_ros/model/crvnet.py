@@ -12,7 +12,6 @@ from torch import Tensor, nn
 
 from .mape import MAPE
 from .repvgg import RepDense2DBasicBlock, RepVGGBlock
-from .scan_context import ScanContext
 
 STAGE_NAMES = ("conv2", "conv3", "conv4", "conv5")
 
@@ -27,10 +26,9 @@ class CRVNet(nn.Module):
 
     def __init__(self, in_features: int, encoder_filters: int, widths: tuple[int, ...],
                  num_blocks: tuple[int, ...], strides: tuple[int, ...], encoder_eps: float = 1e-3,
-                 eps: float = 1e-3, scan_context: bool = False) -> None:
+                 eps: float = 1e-3) -> None:
         super().__init__()
         self.pillar_pooling1 = MAPE(in_features, encoder_filters, encoder_eps)
-        self.scan_context = ScanContext(encoder_filters) if scan_context else None
         cin = encoder_filters
         for name, width, depth, stride in zip(STAGE_NAMES, widths, num_blocks, strides, strict=True):
             self.add_module(f"{name}_first_block", nn.Sequential(RepVGGBlock(cin, width, stride, eps)))
@@ -38,7 +36,7 @@ class CRVNet(nn.Module):
             cin = width
 
     def forward(self, canvas: Tensor) -> tuple[Tensor, Tensor]:
-        x = canvas if self.scan_context is None else self.scan_context(canvas)
+        x = canvas
         outs = []
         for name in STAGE_NAMES:
             x = getattr(self, f"{name}_first_block")(x)

@@ -32,18 +32,12 @@ class FastPillars(nn.Module):
         self.config = config
         b, n, h = config.backbone, config.neck, config.head
         self.backbone = CRVNet(config.num_decorated_features, config.encoder.num_filters, b.widths, b.num_blocks,
-                               b.strides, config.encoder.bn_eps, b.bn_eps, b.scan_context)
+                               b.strides, config.encoder.bn_eps, b.bn_eps)
         self.neck = RPNV2(b.widths[2], b.widths[3], n.layer_nums, n.ds_num_filters, n.us_num_filters,
                           up_stride=b.strides[3], eps=n.bn_eps)
         self.bbox_head = CenterHead(self.neck.out_channels, tuple(len(t) for t in config.tasks), config.heads,
                                     h.shared_conv, h.head_conv, h.final_kernel, h.bn_eps)
         self._fusion = "train"
-
-    @property
-    def identity_layers(self) -> tuple[str, ...]:
-        """State-dict prefixes of layers that start as the identity (the scan context): weights trained without
-        them load with them fresh (``load_checkpoint(..., fresh=model.identity_layers)``) and compute the same."""
-        return ("backbone.scan_context.",) if self.backbone.scan_context is not None else ()
 
     # ---- stages ---------------------------------------------------------------------------
     def encode(self, features: Tensor, point_pillar: Tensor, coords: Tensor, batch_size: int = 1,

@@ -224,7 +224,7 @@ def train(opts: TrainOptions, train_source: Any = None, val_source: Any = None, 
     torch.manual_seed(opts.seed)
     model = build_model(config)
     if opts.init:
-        load_checkpoint(model, opts.init, fresh=model.identity_layers)
+        load_checkpoint(model, opts.init)
     else:
         init_heatmap_bias(model)
     # Contiguous layout: channels_last was 1.15x faster for the dense part alone but no faster per training
