@@ -25,8 +25,8 @@ repository), labelled **all around the sensor** (these datasets label every dire
   Data: PandaSet, CC BY 4.0 (Scale AI and Hesai; the repository's code is Apache-2.0).
 
 Classes: cars (AV2 ``REGULAR_VEHICLE``, nuScenes ``car``, PandaSet ``Car``) -> Car, pedestrians -> Pedestrian,
-riders on bicycles (AV2 ``BICYCLIST``, PandaSet ``Bicycle`` with a rider, whose own pedestrian box is dropped) ->
-Cyclist; trucks, buses, trailers -> Truck and bicycles (ridden or parked: nuScenes does not
+riders on bicycles (AV2 ``BICYCLIST``, PandaSet ``Bicycle`` with a rider; a pedestrian box on a ridden bicycle or
+motorcycle is dropped) -> Cyclist; trucks, buses, trailers -> Truck and bicycles (ridden or parked: nuScenes does not
 say which here), motorcycles, strollers, wheelchairs -> Misc (PandaSet's pick-up trucks -> Truck: AV2 counts them as
 regular vehicles, KITTI as cars or vans), both written as objects that are neither found nor
 false; cones, barriers, bollards and signs are not written (a detection there is a false object). An object with
@@ -302,7 +302,7 @@ def pandaset_frame(scan: dict[str, np.ndarray], cuboids: dict[str, np.ndarray], 
     ridden = np.zeros(len(keep), bool) if riders is None else riders[keep] == "With Rider"
     names = [("Cyclist" if ride and label == "Bicycle" else PANDASET_CLASSES[label])
              for label, ride in zip(cuboids["label"][keep], ridden, strict=True)]
-    # A rider is labelled as a pedestrian of its own on top of the bicycle: part of the cyclist, not a pedestrian.
+    # A rider labelled as a pedestrian of its own, on the bicycle or motorcycle, is part of that object.
     vehicles = boxes[ridden]
     if len(vehicles):
         inside = points_in_boxes(boxes[:, :3], vehicles).any(axis=1)

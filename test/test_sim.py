@@ -300,7 +300,7 @@ def test_write_frame_labels_read_back_with_points(tmp_path, frame):
 
 
 def test_every_sensor_model_scans_within_its_beam_table():
-    for name in ("vlp32", "os1-64", "vls128"):
+    for name in ("vlp32", "os1-64", "vls128", "pandar64"):
         sensor = get_sensor(name)
         f = simulate_frame(5, 0, sensor)
         xyz = f.points[:, :3].astype(np.float64)
@@ -309,3 +309,10 @@ def test_every_sensor_model_scans_within_its_beam_table():
         assert 0.5 * sensor.beams * sensor.columns < len(f.points) < sensor.beams * sensor.columns
         assert el.min() > sensor.elevations_deg[0] - 0.5 and el.max() < sensor.elevations_deg[-1] + 0.5
         assert f.meta["sensor"] == name and len(f.types) > 0
+
+
+def test_pandar64_model_has_the_published_beam_layout():
+    el = np.array(get_sensor("pandar64").elevations_deg)
+    assert len(el) == 64 and el[0] == -25.0 and el[-1] == 15.0 and np.all(np.diff(el) > 0)
+    fine = el[(el > -6.01) & (el < 1.9)]
+    assert len(fine) == 48 and np.allclose(np.diff(fine), 1.0 / 6.0)   # the dense band about the horizon

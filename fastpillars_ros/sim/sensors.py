@@ -76,6 +76,15 @@ def _vlp32_elevations() -> tuple[float, ...]:
     return tuple(float(v) for v in np.sort(np.concatenate([below, dense, above])))
 
 
+def _pandar64_elevations() -> tuple[float, ...]:
+    # Hesai Pandar64's published layout: -25 .. +15 deg; 48 lasers 1/6 deg apart from +1.83 to -6 deg, 1 deg apart
+    # from -7 to -14, then -19 and -25 below and 2, 3, 5, 8, 11 and 15 above.
+    fine = np.linspace(11.0 / 6.0, -6.0, 48)
+    coarse = np.arange(-7.0, -14.5, -1.0)
+    sparse = np.array([15.0, 11.0, 8.0, 5.0, 3.0, 2.0, -19.0, -25.0])
+    return tuple(float(v) for v in np.sort(np.concatenate([sparse, fine, coarse])))
+
+
 SENSORS: dict[str, SensorModel] = {
     "hdl64": SensorModel("hdl64", _hdl64_elevations(), columns=2083, mount_height=1.73, max_range=120.0,
                          range_noise=0.02, dropout=0.03),
@@ -86,6 +95,8 @@ SENSORS: dict[str, SensorModel] = {
     "vls128": SensorModel("vls128", tuple(float(v) for v in np.sort(np.concatenate(
         [np.linspace(-25.0, -6.0, 24), np.linspace(-5.8, 3.0, 88), np.linspace(3.5, 15.0, 16)]))),
         columns=1800, mount_height=1.9, max_range=200.0, range_noise=0.03, dropout=0.02),
+    "pandar64": SensorModel("pandar64", _pandar64_elevations(), columns=1800, mount_height=1.9, max_range=200.0,
+                            min_range=0.3, range_noise=0.02, dropout=0.02),
 }
 
 
