@@ -1,0 +1,37 @@
+"""The Makefile's training recipes expand to complete shell commands (``make -n``: nothing runs)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+
+
+def _dry_run(*args: str) -> str:
+    return subprocess.run(["make", "-n", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.parametrize("target, checkpoint", [("model", "out/train/tiny360_mean.pt"),
+                                                ("model-sensor", "out/train/tiny360_pandar64/last.pt")])
+def test_training_recipes_calibrate_every_arithmetic_on_the_whole_command_line(target, checkpoint):
+    # A '#' in a make variable starts a comment: unescaped, it cut the calibration loop off mid-word.
+    out = _dry_run(target)
+    loop = next(line for line in out.splitlines() if "calibrate" in line)
+    assert f"--checkpoint {checkpoint}" in loop
+    assert "--precision ${p##*:} --write || exit 1; done" in loop
+
+
+def test_model_sensor_simulates_the_chosen_lidar_and_trains_from_the_shipped_weights():
+    out = _dry_run("model-sensor", "SENSOR=os1-64")
+    assert "simulate --out out/sim/train_os1-64_kl --scenes 1000 --seed 5000 --sensor os1-64" in out
+    assert "--init fastpillars_ros/weights/tiny360.pt --data out/sim/train_os1-64_kl" in out
+
+
+def test_eval_targets_take_a_checkpoint():
+    out = " ".join(_dry_run("eval-other-sensors", "CHECKPOINT=out/train/tiny360_pandar64/last.pt").split())
+    assert "eval-real --checkpoint out/train/tiny360_pandar64/last.pt" in out
