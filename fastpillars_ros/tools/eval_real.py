@@ -323,8 +323,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the held-out drives that `make model` extracts), as the kitti set is; repeatable")
     parser.add_argument("--all-around", action="append", default=[], metavar="NAME=DIR",
                         help="also evaluate a KITTI-layout folder of another lidar labelled all around the sensor "
-                             "(intensity 0..255, mounting estimated per scan by a ground fit; e.g. the Argoverse 2 "
-                             "and nuScenes scans of scripts/extract_other_sensors.py); repeatable")
+                             "(intensity 0..255, mounting estimated per scan by a ground fit; e.g. the Argoverse 2, "
+                             "nuScenes and PandaSet scans of scripts/extract_other_sensors.py); repeatable")
     parser.add_argument("--pool", default=None, metavar="NAME",
                         help="also report the frames of every --kitti set pooled as one set NAME (its APs are over "
                              "the union of the frames: more objects, tighter intervals than any one set's)")
