@@ -42,6 +42,10 @@ MIRRORS ?=
 # rate on processors with AMX, BENCHMARKS.md): make model TRAIN_PRECISION=bf16
 TRAIN_PRECISION ?= fp32
 KITTI_LICENCE := CC BY-NC-SA 3.0 (non-commercial): trained on KITTI raw drives 2011_09_26_0005 and 0052 (Geiger et al.) and simulated scenes
+# The real KITTI drives every real-data training run uses: 0005 and 0052 (labels in the camera's view only, so the
+# loss is masked outside it) three times per epoch, validation loss on drive 0048.
+REAL_DRIVES = --camera-view-data $(REAL)/2011_09_26_drive_0005 --camera-view-data $(REAL)/2011_09_26_drive_0052 \
+	  --real-repeat 3 --val $(REAL)/2011_09_26_drive_0048 --val-camera-view
 # Stage 1 of the real-data models (MODEL_CARD.md): the simulated scenes, the real KITTI drives (extracted from public
 # repositories at pinned commits by scripts/extract_real_kitti.py; needs network once), and the sim-only tiny weights
 # fine-tuned on a +-40.8 m canvas (~40 min, 2 cores; skipped once done). Every epoch is checkpointed:
@@ -55,16 +59,13 @@ model-stage1: setup
 	$(PY) scripts/extract_real_kitti.py --out $(REAL) $(if $(MIRRORS),--mirrors $(MIRRORS))
 	test -f out/train/tiny360/epoch_003.pt || $(FP) train --config config/training/tiny360_stage1.yaml \
 	  --init fastpillars_ros/weights/tiny.pt \
-	  --data out/sim/train --max-frames 1000 --camera-view-data $(REAL)/2011_09_26_drive_0005 \
-	  --camera-view-data $(REAL)/2011_09_26_drive_0052 --real-repeat 3 \
-	  --val $(REAL)/2011_09_26_drive_0048 --val-camera-view --epochs 6 --max-steps 1104 --lr 1e-3 \
+	  --data out/sim/train --max-frames 1000 $(REAL_DRIVES) --epochs 6 --max-steps 1104 --lr 1e-3 \
 	  --out out/train/tiny360 --threads 2 --workers 1 --gt-sampling --seed 0 --precision $(TRAIN_PRECISION) $(RESUME)
 
 # Stage 2 (5 epochs from stage 1's weights on the scenes with ramps and KITTI-style label boxes plus the real drives,
 # ~50 min) and the checks after it; the model config and seed are given where it is used.
-STAGE2 = --init out/train/tiny360/epoch_003.pt --data out/sim/train_ramps_kl --max-frames 1000 \
-	  --camera-view-data $(REAL)/2011_09_26_drive_0005 --camera-view-data $(REAL)/2011_09_26_drive_0052 --real-repeat 3 \
-	  --val $(REAL)/2011_09_26_drive_0048 --val-camera-view --epochs 5 --lr 8e-4 --pct-start 0.15 --threads 2 \
+STAGE2 = --init out/train/tiny360/epoch_003.pt --data out/sim/train_ramps_kl --max-frames 1000 $(REAL_DRIVES) \
+	  --epochs 5 --lr 8e-4 --pct-start 0.15 --threads 2 \
 	  --workers 1 --gt-sampling --weights-licence "$(KITTI_LICENCE)" --precision $(TRAIN_PRECISION) $(RESUME)
 # $(call calibrate,CONFIG,CHECKPOINT): default thresholds calibrated on drive 0048 and the 7 KITTI development frames,
 # with the INT8 and the fp32 dense part (onnxruntime) and the bf16 one (OpenVINO; each arithmetic publishes at its own).
@@ -107,9 +108,8 @@ model-sensor: setup
 	  --ramps 0.5 --label-style kitti --workers 2 --skip-existing --no-progress
 	$(PY) scripts/extract_real_kitti.py --out $(REAL) $(if $(MIRRORS),--mirrors $(MIRRORS))
 	test -f out/train/tiny360_$(SENSOR)/epoch_002.pt || $(FP) train --config tiny360 \
-	  --init fastpillars_ros/weights/tiny360.pt --data out/sim/train_$(SENSOR)_kl \
-	  --camera-view-data $(REAL)/2011_09_26_drive_0005 --camera-view-data $(REAL)/2011_09_26_drive_0052 --real-repeat 3 \
-	  --val $(REAL)/2011_09_26_drive_0048 --val-camera-view --epochs 2 --lr 2e-4 --pct-start 0.15 --threads 2 \
+	  --init fastpillars_ros/weights/tiny360.pt --data out/sim/train_$(SENSOR)_kl $(REAL_DRIVES) \
+	  --epochs 2 --lr 2e-4 --pct-start 0.15 --threads 2 \
 	  --workers 1 --gt-sampling --seed 1 --weights-licence "$(KITTI_LICENCE)" --precision $(TRAIN_PRECISION) \
 	  --no-progress --out out/train/tiny360_$(SENSOR) $(RESUME)
 	$(call calibrate,tiny360,out/train/tiny360_$(SENSOR)/last.pt)

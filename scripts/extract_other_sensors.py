@@ -58,6 +58,7 @@ from extract_real_kitti import Repo
 
 from fastpillars_ros.boxes import points_in_boxes
 from fastpillars_ros.datasets.kitti import format_label_line, labels_from_lidar_boxes
+from fastpillars_ros.ros.pose_sources import quat_to_matrix
 from fastpillars_ros.sim.generate import SIM_CALIB
 
 REPOS = {
@@ -145,15 +146,8 @@ def _feather(raw: bytes) -> dict[str, np.ndarray]:
     return {name: table.column(name).to_numpy() for name in table.column_names}
 
 
-def quaternion_matrix(w: float, x: float, y: float, z: float) -> np.ndarray:
-    """Rotation matrix (3, 3) of a unit quaternion (w, x, y, z)."""
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-                     [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-                     [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
-
-
 def _pose(row: dict[str, np.ndarray], i: int) -> tuple[np.ndarray, np.ndarray]:
-    rot = quaternion_matrix(*(float(row[k][i]) for k in ("qw", "qx", "qy", "qz")))
+    rot = quat_to_matrix([float(row[k][i]) for k in ("qx", "qy", "qz", "qw")])
     return rot, np.array([float(row[k][i]) for k in ("tx_m", "ty_m", "tz_m")])
 
 
@@ -280,7 +274,7 @@ class _PandasTable(pickle.Unpickler):
 
 def _pandaset_pose(pose: dict) -> tuple[np.ndarray, np.ndarray]:
     """The Pandar64's pose in world coordinates as (rotation of REP 103 sensor axes, translation)."""
-    rot = quaternion_matrix(*(float(pose["heading"][k]) for k in ("w", "x", "y", "z")))
+    rot = quat_to_matrix([float(pose["heading"][k]) for k in ("x", "y", "z", "w")])
     return rot @ PANDASET_AXES, np.array([pose["position"][k] for k in ("x", "y", "z")], dtype=np.float64)
 
 
