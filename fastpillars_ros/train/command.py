@@ -35,6 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="times each --real-data and --camera-view-data frame is used per epoch (default 1)")
     parser.add_argument("--init", default=None, metavar="CHECKPOINT",
                         help="start from these weights (fine-tuning; the config must match their layers)")
+    parser.add_argument("--teacher", default=None, metavar="CONFIG:CHECKPOINT",
+                        help="distil: also learn this trained model's head maps on every batch, over the whole canvas "
+                        "(its config must share the grid, point features and head; e.g. a narrow model from the "
+                        "default: --teacher tiny360:fastpillars_ros/weights/tiny360.pt)")
+    parser.add_argument("--distill-weight", type=float, nargs=2, default=None, metavar=("HM", "REG"),
+                        help="weights of the distillation heatmap and box terms (default 1.0 0.25)")
     parser.add_argument("--weights-licence", default=None, metavar="TEXT",
                         help="licence of the trained weights (that of the training data, e.g. 'CC BY-NC-SA 3.0' for "
                         "KITTI), stored in every checkpoint and shown in the node's ready line")
@@ -76,6 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .distill import DistillWeights
     from .engine import TrainOptions, train
 
     if args.device.startswith("cuda"):
@@ -91,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
                         progress=not args.no_progress, max_steps=args.max_steps, init=args.init,
                         real_repeat=args.real_repeat, licence=args.weights_licence,
                         pct_start=args.pct_start, tilt=math.radians(args.tilt), lift=args.lift,
-                        precision=args.precision)
+                        precision=args.precision, teacher=args.teacher,
+                        distill_weights=DistillWeights(*(args.distill_weight or ())))
     try:
         summary = train(opts, data=args.data, val=args.val, camera_view=args.camera_view_data,
                         camera_view_val=args.val_camera_view, real=args.real_data)

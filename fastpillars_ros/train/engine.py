@@ -32,6 +32,7 @@ from ..model import build_model
 from ..model.checkpoint import load_checkpoint, save_checkpoint
 from ..runtime.choices import TRAIN_PRECISIONS
 from .data import CameraViewFrames, ConcatFrames, EpochSampler, TrainSet, collate, default_augment
+from .distill import DistillWeights, Teacher, distillation_loss
 from .losses import LossWeights, compute_losses
 from .targets import head_geometry
 
@@ -73,6 +74,8 @@ class TrainOptions:
     licence: str | None = None  # terms of the trained weights (those of the training data), stored in checkpoints
     precision: str = "fp32"  # arithmetic of the dense part's forward and backward passes: one of TRAIN_PRECISIONS
     loss_weights: LossWeights = field(default_factory=LossWeights)
+    teacher: str | None = None  # "CONFIG:CHECKPOINT" of a model whose head maps the run also learns (train/distill.py)
+    distill_weights: DistillWeights = field(default_factory=DistillWeights)
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -259,6 +262,13 @@ def train(opts: TrainOptions, train_source: Any = None, val_source: Any = None, 
     elif not opts.resume and (run_dir / "log.jsonl").exists():
         (run_dir / "log.jsonl").unlink()
 
+    teacher = None
+    if opts.teacher:
+        teacher_config, sep, teacher_checkpoint = opts.teacher.rpartition(":")
+        if not sep or not teacher_config:
+            raise ValueError(f"--teacher must be CONFIG:CHECKPOINT (e.g. tiny360:fastpillars_ros/weights/tiny360.pt), "
+                             f"got {opts.teacher!r}")
+        teacher = Teacher(teacher_config, teacher_checkpoint, config, device)
     geo = head_geometry(config)
     # The header and one line per epoch are printed with or without the bar: a run in the background with its
     # output in a log shows where it is.
@@ -281,6 +291,12 @@ def train(opts: TrainOptions, train_source: Any = None, val_source: Any = None, 
         for batch in it:
             out = _forward(model, batch, device, opts.precision)
             loss, parts = compute_losses(out, batch["targets"].to(device), config, geo, opts.loss_weights)
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher_out = _forward(teacher.model, batch, device, opts.precision)
+                kd_loss, kd_parts = distillation_loss(out, teacher_out, opts.distill_weights)
+                loss = loss + kd_loss
+                parts.update(kd_parts, loss=float(loss.detach()))
             optimizer.zero_grad(set_to_none=True)
             if math.isfinite(parts["loss"]):
                 loss.backward()
@@ -330,4 +346,5 @@ def _epoch_line(record: dict[str, Any], epochs: int) -> str:
 def _plain_options(opts: TrainOptions) -> dict[str, Any]:
     d = asdict(opts)
     d["loss_weights"] = dict(d["loss_weights"])
+    d["distill_weights"] = dict(d["distill_weights"])
     return {k: v for k, v in d.items() if v is None or isinstance(v, (int, float, str, bool, dict))}
