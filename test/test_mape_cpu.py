@@ -35,7 +35,7 @@ def _encode(lib, mape, feats, ids, num_pillars, threads=1):
                                 LEAKY_SLOPE, threads)
 
 
-@pytest.mark.parametrize("channels", [32, 16])  # a channel count with its own loop, and the general loop
+@pytest.mark.parametrize("channels", [32, 16, 24])  # channel counts with their own loop, and the general loop
 @torch.no_grad()
 def test_kernel_gives_the_pure_torch_result(channels):
     lib = _kernel_or_skip()

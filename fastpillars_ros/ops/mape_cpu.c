@@ -106,6 +106,7 @@ static inline void encode(const job_t *j, int64_t C) {
 static void *run(void *arg) {
     const job_t *j = arg;
     switch (j->channels) {
+    case 16: encode(j, 16); break; /* tiny360_lite (config/training) */
     case 32: encode(j, 32); break;
     case 64: encode(j, 64); break;
     default: encode(j, j->channels);
