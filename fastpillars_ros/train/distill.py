@@ -26,10 +26,9 @@ from torch import Tensor
 from ..config import ModelConfig, load_model_config
 from ..model import build_model
 from ..model.checkpoint import load_checkpoint
+from .losses import LOGIT_CLAMP
 
 __all__ = ["DistillWeights", "Teacher", "check_compatible", "distillation_loss"]
-
-_LOGIT_CLAMP = 9.21  # sigmoid within [1e-4, 1 - 1e-4], as the label focal loss
 
 
 @dataclass
@@ -65,8 +64,8 @@ def distillation_loss(student: list[dict[str, Tensor]], teacher: list[dict[str, 
     total = student[0]["hm"].new_zeros(())
     parts = {"kd_hm": 0.0, "kd_reg": 0.0}
     for s_out, t_out in zip(student, teacher, strict=True):
-        s_logit = s_out["hm"].float().clamp(-_LOGIT_CLAMP, _LOGIT_CLAMP)
-        p_t = torch.sigmoid(t_out["hm"].detach().float().clamp(-_LOGIT_CLAMP, _LOGIT_CLAMP))
+        s_logit = s_out["hm"].float().clamp(-LOGIT_CLAMP, LOGIT_CLAMP)
+        p_t = torch.sigmoid(t_out["hm"].detach().float().clamp(-LOGIT_CLAMP, LOGIT_CLAMP))
         focus = (torch.sigmoid(s_logit) - p_t).abs().pow(2)
         bce = F.binary_cross_entropy_with_logits(s_logit, p_t, reduction="none")
         hm_loss = (bce * focus).sum() / p_t.sum().clamp_min(1.0)

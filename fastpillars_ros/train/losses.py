@@ -22,9 +22,9 @@ from ..model.head import det3d_angle, wrap_angle
 from ..ops.iou import iou_3d_pairs
 from .targets import HeadGeometry, regression_branches
 
-__all__ = ["BatchTargets", "LossWeights", "compute_losses", "focal_loss", "iou_targets"]
+__all__ = ["LOGIT_CLAMP", "BatchTargets", "LossWeights", "compute_losses", "focal_loss", "iou_targets"]
 
-_LOGIT_CLAMP = math.log((1 - 1e-4) / 1e-4)  # sigmoid clamped to [1e-4, 1 - 1e-4] as CenterPoint
+LOGIT_CLAMP = math.log((1 - 1e-4) / 1e-4)  # sigmoid clamped to [1e-4, 1 - 1e-4] as CenterPoint
 
 
 @dataclass
@@ -62,7 +62,7 @@ def focal_loss(logits: Tensor, gt: Tensor, ignore: Tensor | None = None) -> Tens
     ``logits`` and ``gt`` ``[B, C, H, W]``; positives are cells with ``gt == 1``; ``ignore`` ``[B, H, W]``
     removes negatives (all channels) from the sum.
     """
-    x = logits.float().clamp(-_LOGIT_CLAMP, _LOGIT_CLAMP)
+    x = logits.float().clamp(-LOGIT_CLAMP, LOGIT_CLAMP)
     p = torch.sigmoid(x)
     pos = gt.eq(1).float()
     neg_w = torch.pow(1 - gt, 4) * (1 - pos)
