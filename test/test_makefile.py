@@ -17,7 +17,8 @@ def _dry_run(*args: str) -> str:
 
 
 @pytest.mark.parametrize("target, checkpoint", [("model", "out/train/tiny360_mean.pt"),
-                                                ("model-sensor", "out/train/tiny360_pandar64/last.pt")])
+                                                ("model-sensor", "out/train/tiny360_pandar64/last.pt"),
+                                                ("model-lite", "out/train/tiny360_lite/last.pt")])
 def test_training_recipes_calibrate_every_arithmetic_on_the_whole_command_line(target, checkpoint):
     # A '#' in a make variable starts a comment: unescaped, it cut the calibration loop off mid-word.
     out = _dry_run(target)
@@ -35,3 +36,10 @@ def test_model_sensor_simulates_the_chosen_lidar_and_trains_from_the_shipped_wei
 def test_eval_targets_take_a_checkpoint():
     out = " ".join(_dry_run("eval-other-sensors", "CHECKPOINT=out/train/tiny360_pandar64/last.pt").split())
     assert "eval-real --checkpoint out/train/tiny360_pandar64/last.pt" in out
+
+
+def test_model_lite_slims_the_shipped_default_and_distils_it_into_the_narrow_network():
+    out = " ".join(_dry_run("model-lite").replace("\\\n", " ").split())  # continuation lines joined
+    assert "slim --checkpoint fastpillars_ros/weights/tiny360.pt --config config/training/tiny360_lite.yaml" in out
+    assert "--init out/train/tiny360_lite/slim.pt" in out
+    assert "--teacher tiny360:fastpillars_ros/weights/tiny360.pt --distill-weight 4 0.25" in out
