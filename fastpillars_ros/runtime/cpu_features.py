@@ -3,8 +3,8 @@ and the compiled CPU kernels (``ops/native.py``) key their builds on them.
 
 On an Intel Xeon with AMX (2 cores, 2026-12-07, BENCHMARKS.md) OpenVINO computes the dense part in bf16 on the
 AMX tiles in 11.7 ms against onnxruntime INT8's 37.9 ms, and bf16 keeps fp32's accuracy (within 0.3 points on
-every set) where INT8 loses up to 2. Without AMX (an AMD EPYC with AVX-512 BF16 and VNNI, session 12) the two take
-the same time and onnxruntime INT8 stays the CPU default.
+every set) where INT8 loses up to 2. Without AMX (AMD EPYCs with AVX-512 BF16 and VNNI, sessions 12 and 18) bf16
+takes as long as onnxruntime INT8 or up to 14 % longer, and onnxruntime INT8 stays the CPU default.
 """
 
 from __future__ import annotations
