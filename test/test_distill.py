@@ -86,3 +86,10 @@ def test_training_on_the_teacher_alone_brings_the_student_to_its_maps(tmp_path: 
 def test_a_teacher_must_be_given_as_config_and_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="CONFIG:CHECKPOINT"):
         train(_opts(tmp_path, teacher="teacher.pt"), train_source=frames(4))
+
+
+def test_resuming_with_another_teacher_is_an_error(tmp_path: Path) -> None:
+    teacher = _teacher_checkpoint(tmp_path / "teacher.pt")
+    train(_opts(tmp_path / "run", epochs=2, max_steps=1), train_source=frames(4))
+    with pytest.raises(ValueError, match="same teacher"):
+        train(_opts(tmp_path / "run", epochs=2, resume=True, teacher=f"{SMALL}:{teacher}"), train_source=frames(4))

@@ -253,6 +253,9 @@ def train(opts: TrainOptions, train_source: Any = None, val_source: Any = None, 
         if started != opts.precision:
             raise ValueError(f"cannot resume {run_dir}: it was started with --precision {started}, this run has "
                              f"{opts.precision}; use the same precision")
+        if state["options"].get("teacher") != opts.teacher:
+            raise ValueError(f"cannot resume {run_dir}: it was started with --teacher "
+                             f"{state['options'].get('teacher')}, this run has {opts.teacher}; use the same teacher")
         load_checkpoint(model, run_dir / "last.pt")
         model.to(device).train()
         optimizer.load_state_dict(state["optimizer"])
