@@ -116,7 +116,7 @@ model-sensor: setup
 
 # A quarter-size network for processors without AMX (issue #17; MODEL_CARD item 24): tiny360 slimmed to half the
 # channels (config/training/tiny360_lite.yaml), then 4 epochs of the default's stage-2 data with the shipped default
-# as teacher (train --teacher), thresholds calibrated like the default's; ~75 min on 2 cores. End to end about 3x
+# as teacher (train --teacher), thresholds calibrated like the default's; ~40 min on 2 cores. End to end about 3x
 # faster than issue #17's anchor on an AMD EPYC, but 12 points of held-out car AP@0.7 below the default, so it is
 # not the default. Run it with -p model:=config/training/tiny360_lite.yaml -p checkpoint:=out/train/tiny360_lite/last.pt
 LITE = config/training/tiny360_lite.yaml
