@@ -42,6 +42,11 @@ MIRRORS ?=
 # rate on processors with AMX, BENCHMARKS.md): make model TRAIN_PRECISION=bf16
 TRAIN_PRECISION ?= fp32
 KITTI_LICENCE := CC BY-NC-SA 3.0 (non-commercial): trained on KITTI raw drives 2011_09_26_0005 and 0052 (Geiger et al.) and simulated scenes
+# The real KITTI drives, extracted from public repositories at pinned commits (needs network once; skipped once done).
+EXTRACT_REAL = $(PY) scripts/extract_real_kitti.py --out $(REAL) $(if $(MIRRORS),--mirrors $(MIRRORS))
+# Stage 2's simulated scenes (roads that change grade, KITTI-style label boxes; skipped once written).
+SIMULATE_RAMPS_KL = $(FP) simulate --out out/sim/train_ramps_kl --scenes 1000 --seed 0 --sensor hdl64 --ramps 0.5 \
+	  --label-style kitti --workers 2 --skip-existing
 # The real KITTI drives every real-data training run uses: 0005 and 0052 (labels in the camera's view only, so the
 # loss is masked outside it) three times per epoch, validation loss on drive 0048.
 REAL_DRIVES = --camera-view-data $(REAL)/2011_09_26_drive_0005 --camera-view-data $(REAL)/2011_09_26_drive_0052 \
@@ -52,11 +57,10 @@ REAL_DRIVES = --camera-view-data $(REAL)/2011_09_26_drive_0005 --camera-view-dat
 # `make model RESUME=--resume` continues an interrupted run.
 model-stage1: setup
 	$(FP) simulate --out out/sim/train --scenes 1500 --seed 0 --sensor hdl64 --workers 2 --skip-existing
-	$(FP) simulate --out out/sim/train_ramps_kl --scenes 1000 --seed 0 --sensor hdl64 --ramps 0.5 --label-style kitti \
-	  --workers 2 --skip-existing
+	$(SIMULATE_RAMPS_KL)
 	$(FP) simulate --out out/sim/test_fresh_kl --scenes 200 --seed 2000 --sensor hdl64 --label-style kitti --workers 2 \
 	  --skip-existing
-	$(PY) scripts/extract_real_kitti.py --out $(REAL) $(if $(MIRRORS),--mirrors $(MIRRORS))
+	$(EXTRACT_REAL)
 	test -f out/train/tiny360/epoch_003.pt || $(FP) train --config config/training/tiny360_stage1.yaml \
 	  --init fastpillars_ros/weights/tiny.pt \
 	  --data out/sim/train --max-frames 1000 $(REAL_DRIVES) --epochs 6 --max-steps 1104 --lr 1e-3 \
@@ -106,7 +110,7 @@ SENSOR ?= pandar64
 model-sensor: setup
 	$(FP) simulate --out out/sim/train_$(SENSOR)_kl --scenes 1000 --seed 5000 --sensor $(SENSOR) --mount-height 1.73 \
 	  --ramps 0.5 --label-style kitti --workers 2 --skip-existing --no-progress
-	$(PY) scripts/extract_real_kitti.py --out $(REAL) $(if $(MIRRORS),--mirrors $(MIRRORS))
+	$(EXTRACT_REAL)
 	test -f out/train/tiny360_$(SENSOR)/epoch_002.pt || $(FP) train --config tiny360 \
 	  --init fastpillars_ros/weights/tiny360.pt --data out/sim/train_$(SENSOR)_kl $(REAL_DRIVES) \
 	  --epochs 2 --lr 2e-4 --pct-start 0.15 --threads 2 \
@@ -121,9 +125,8 @@ model-sensor: setup
 # not the default. Run it with -p model:=config/training/tiny360_lite.yaml -p checkpoint:=out/train/tiny360_lite/last.pt
 LITE = config/training/tiny360_lite.yaml
 model-lite: setup
-	$(FP) simulate --out out/sim/train_ramps_kl --scenes 1000 --seed 0 --sensor hdl64 --ramps 0.5 --label-style kitti \
-	  --workers 2 --skip-existing --no-progress
-	$(PY) scripts/extract_real_kitti.py --out $(REAL) $(if $(MIRRORS),--mirrors $(MIRRORS))
+	$(SIMULATE_RAMPS_KL)
+	$(EXTRACT_REAL)
 	test -f out/train/tiny360_lite/slim.pt || $(FP) slim --checkpoint fastpillars_ros/weights/tiny360.pt \
 	  --config $(LITE) --data $(REAL)/2011_09_26_drive_0005 --data $(REAL)/2011_09_26_drive_0052 \
 	  --out out/train/tiny360_lite/slim.pt
@@ -156,7 +159,7 @@ eval-real: setup
 # other drives), and on drive 0048 (its thresholds were calibrated there), then all three pooled (77 frames, 247
 # cars: the tightest AP intervals the real data allow); extracts them first (public repositories).
 eval-heldout: setup
-	$(PY) scripts/extract_real_kitti.py --out $(REAL) $(if $(MIRRORS),--mirrors $(MIRRORS))
+	$(EXTRACT_REAL)
 	$(FP) eval-real $(EVAL_MODEL) --sets "" --kitti drive_0001=$(REAL)/2011_09_26_drive_0001 \
 	  --kitti other_drives=$(REAL)/kitti_objects_mixed --kitti drive_0048_calibration=$(REAL)/2011_09_26_drive_0048 \
 	  --pool all_three --out out/eval_heldout.json --pictures out/eval_heldout
