@@ -91,5 +91,5 @@ def test_a_teacher_must_be_given_as_config_and_checkpoint(tmp_path: Path) -> Non
 def test_resuming_with_another_teacher_is_an_error(tmp_path: Path) -> None:
     teacher = _teacher_checkpoint(tmp_path / "teacher.pt")
     train(_opts(tmp_path / "run", epochs=2, max_steps=1), train_source=frames(4))
-    with pytest.raises(ValueError, match="same teacher"):
+    with pytest.raises(ValueError, match="use the same --teacher"):
         train(_opts(tmp_path / "run", epochs=2, resume=True, teacher=f"{SMALL}:{teacher}"), train_source=frames(4))

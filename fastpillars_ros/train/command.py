@@ -41,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "default: --teacher tiny360:fastpillars_ros/weights/tiny360.pt)")
     parser.add_argument("--distill-weight", type=float, nargs=2, default=None, metavar=("HM", "REG"),
                         help="weights of the distillation heatmap and box terms (default 1.0 0.25)")
+    parser.add_argument("--box-loss-weight", type=float, default=0.0, metavar="W",
+                        help="add FastPillars' DIoU loss on the decoded boxes with this weight (default 0: off)")
     parser.add_argument("--weights-licence", default=None, metavar="TEXT",
                         help="licence of the trained weights (that of the training data, e.g. 'CC BY-NC-SA 3.0' for "
                         "KITTI), stored in every checkpoint and shown in the node's ready line")
@@ -84,6 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .distill import DistillWeights
     from .engine import TrainOptions, train
+    from .losses import LossWeights
 
     if args.device.startswith("cuda"):
         import torch
@@ -99,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
                         real_repeat=args.real_repeat, licence=args.weights_licence,
                         pct_start=args.pct_start, tilt=math.radians(args.tilt), lift=args.lift,
                         precision=args.precision, teacher=args.teacher,
-                        distill_weights=DistillWeights(*(args.distill_weight or ())))
+                        distill_weights=DistillWeights(*(args.distill_weight or ())),
+                        loss_weights=LossWeights(box=args.box_loss_weight))
     try:
         summary = train(opts, data=args.data, val=args.val, camera_view=args.camera_view_data,
                         camera_view_val=args.val_camera_view, real=args.real_data)

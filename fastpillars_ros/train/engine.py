@@ -249,13 +249,14 @@ def train(opts: TrainOptions, train_source: Any = None, val_source: Any = None, 
             raise ValueError(f"cannot resume {run_dir}: it was started with {state['total_steps']} total steps "
                              f"(epochs x frames / batch), this run has {total_steps}; use the same --epochs, "
                              "--batch-size and --max-frames")
-        started = state["options"].get("precision", "fp32")
-        if started != opts.precision:
-            raise ValueError(f"cannot resume {run_dir}: it was started with --precision {started}, this run has "
-                             f"{opts.precision}; use the same precision")
-        if state["options"].get("teacher") != opts.teacher:
-            raise ValueError(f"cannot resume {run_dir}: it was started with --teacher "
-                             f"{state['options'].get('teacher')}, this run has {opts.teacher}; use the same teacher")
+        started = state["options"]
+        for flag, then, now in (("--precision", started.get("precision", "fp32"), opts.precision),
+                                ("--teacher", started.get("teacher"), opts.teacher),
+                                ("--box-loss-weight", started.get("loss_weights", {}).get("box", 0.0),
+                                 opts.loss_weights.box)):
+            if then != now:
+                raise ValueError(f"cannot resume {run_dir}: it was started with {flag} {then}, this run has {now}; "
+                                 f"use the same {flag}")
         load_checkpoint(model, run_dir / "last.pt")
         model.to(device).train()
         optimizer.load_state_dict(state["optimizer"])

@@ -4,7 +4,8 @@ Per task: CenterNet focal loss on the heatmap (alpha 2, beta 4, normalised by th
 L1 on the regression branches at the GT cells with det3d's code weights
 (reg 1 1, height 1, dim 1 1 1, [vel 0.2 0.2], rot 1 1, [axis 1 1]) scaled by ``reg_weight`` (0.25), and L1 on the IoU
 branch against ``2 * IoU3D(decoded prediction, GT) - 1`` (the prediction is detached: the IoU target is a
-label, not a path for gradients). The official DIoU box loss is not used. The total is the sum over tasks.
+label, not a path for gradients). The DIoU box loss of the official recipe (``train/box_loss.py``) is off by default
+and weighted by ``LossWeights.box`` when on. The total is the sum over tasks.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import Tensor
 from ..config import HEAD_CHANNELS, ModelConfig
 from ..model.head import det3d_angle, wrap_angle
 from ..ops.iou import iou_3d_pairs
+from .box_loss import diou_loss
 from .targets import HeadGeometry, regression_branches
 
 __all__ = ["LOGIT_CLAMP", "BatchTargets", "LossWeights", "compute_losses", "focal_loss", "iou_targets"]
@@ -33,6 +35,7 @@ class LossWeights:
     reg: float = 0.25
     iou: float = 1.0
     vel_code: float = 0.2
+    box: float = 0.0  # DIoU loss on the decoded boxes at the GT cells (0: off, the default's recipe)
 
 
 @dataclass
@@ -111,13 +114,14 @@ def iou_targets(pred_boxes: Tensor, gt_boxes: Tensor, mask: Tensor) -> Tensor:
 
 def compute_losses(outputs: list[dict[str, Tensor]], targets: BatchTargets, config: ModelConfig,
                    geo: HeadGeometry, weights: LossWeights | None = None) -> tuple[Tensor, dict[str, float]]:
-    """Total loss (sum over tasks) and a dict of detached per-part sums (``hm``, ``reg``, ``iou``, ``loss``)."""
+    """Total loss (sum over tasks) and a dict of detached per-part sums (``hm``, ``reg``, ``iou``, ``loss``; ``box``
+    when the DIoU term is on)."""
     w = weights or LossWeights()
     axis = config.head.axis
     names = regression_branches(config)
     code = torch.cat([torch.full((HEAD_CHANNELS[n],), w.vel_code if n == "vel" else 1.0) for n in names])
     total = outputs[0]["hm"].new_zeros(())
-    parts = {"hm": 0.0, "reg": 0.0, "iou": 0.0}
+    parts = {"hm": 0.0, "reg": 0.0, "iou": 0.0} | ({"box": 0.0} if w.box > 0 else {})
     for t, out in enumerate(outputs):
         hm_loss = focal_loss(out["hm"], targets.hm[t], targets.ignore)
         ind, mask = targets.ind[t], targets.mask[t]
@@ -129,6 +133,12 @@ def compute_losses(outputs: list[dict[str, Tensor]], targets: BatchTargets, conf
         loss = w.hm * hm_loss + reg_loss
         parts["hm"] += float(hm_loss.detach())
         parts["reg"] += float(reg_loss.detach())
+        if w.box > 0:
+            sel = mask > 0
+            boxes = decode_at(pred, ind, geo, out["hm"].shape[-1], axis)
+            box_loss = diou_loss(boxes[sel], targets.boxes[t][sel].float()).sum() / num * w.box
+            loss = loss + box_loss
+            parts["box"] += float(box_loss.detach())
         if "iou" in out:
             boxes = decode_at(pred.detach(), ind, geo, out["hm"].shape[-1], axis)
             iou_t = iou_targets(boxes, targets.boxes[t], mask)
