@@ -13,6 +13,7 @@ import torch
 from test_train import _config, _opts, frames, ideal_maps
 
 from fastpillars_ros.ops.iou import iou_3d_pairs
+from fastpillars_ros.train import command
 from fastpillars_ros.train.box_loss import diou_loss, iou_3d_differentiable
 from fastpillars_ros.train.engine import train
 from fastpillars_ros.train.losses import BatchTargets, LossWeights, compute_losses
@@ -91,3 +92,9 @@ def test_resuming_with_another_box_loss_weight_is_an_error(tmp_path: Path) -> No
     with pytest.raises(ValueError, match="use the same --box-loss-weight"):
         train(_opts(tmp_path / "run", epochs=2, resume=True, loss_weights=LossWeights(box=0.5)),
               train_source=frames(4))
+
+
+def test_a_negative_box_loss_weight_is_refused_naming_the_flag(tmp_path: Path, capsys) -> None:
+    assert command.main(["--data", str(tmp_path), "--epochs", "1", "--out", str(tmp_path / "run"),
+                         "--box-loss-weight", "-0.5", "--no-progress"]) == 2
+    assert "--box-loss-weight must be >= 0" in capsys.readouterr().err

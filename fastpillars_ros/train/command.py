@@ -88,6 +88,10 @@ def run(args: argparse.Namespace) -> int:
     from .engine import TrainOptions, train
     from .losses import LossWeights
 
+    if args.box_loss_weight < 0:
+        print(f"fastpillars-ros train: --box-loss-weight must be >= 0 (0 switches the DIoU loss off), got "
+              f"{args.box_loss_weight}", file=sys.stderr)
+        return 2
     if args.device.startswith("cuda"):
         import torch
 
