@@ -38,14 +38,18 @@ def _corners(boxes: Tensor) -> Tensor:
     return torch.stack([x, y], dim=-1)
 
 
-def _inside(points: Tensor, boxes: Tensor) -> Tensor:
-    """``[N, P]`` bool: ``points`` ``[N, P, 2]`` inside (or on) box ``boxes[n]`` in BEV."""
-    d = points - boxes[:, None, :2]
-    c, s = torch.cos(boxes[:, 6])[:, None], torch.sin(boxes[:, 6])[:, None]
-    u = c * d[..., 0] + s * d[..., 1]
-    v = -s * d[..., 0] + c * d[..., 1]
-    tol = 1e-5
-    return (u.abs() <= boxes[:, None, 3] * 0.5 + tol) & (v.abs() <= boxes[:, None, 4] * 0.5 + tol)
+def _cross(a: Tensor, b: Tensor) -> Tensor:
+    """z component of the cross product of 2D vectors ``[..., 2]``."""
+    return a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]
+
+
+def _inside(points: Tensor, corners: Tensor) -> Tensor:
+    """``[N, P]`` bool: ``points`` ``[N, P, 2]`` inside (or within 1e-5 m of) the quadrilateral ``corners[n]``
+    (``[N, 4, 2]``, counter-clockwise): on the left of all four edges."""
+    start = corners[:, None, :, :]  # [N, 1, 4, 2]
+    edge = corners.roll(-1, dims=1)[:, None, :, :] - start
+    side = _cross(edge, points[:, :, None, :] - start)  # |edge| x signed distance to the edge's line
+    return (side >= -1e-5 * edge.norm(dim=-1)).all(dim=-1)
 
 
 def _edge_crossings(ca: Tensor, cb: Tensor) -> tuple[Tensor, Tensor]:
@@ -55,26 +59,21 @@ def _edge_crossings(ca: Tensor, cb: Tensor) -> tuple[Tensor, Tensor]:
     r = (ca.roll(-1, dims=1) - ca)[:, :, None, :]  # edge vector
     q = cb[:, None, :, :]
     s = (cb.roll(-1, dims=1) - cb)[:, None, :, :]
-
-    def cross(a: Tensor, b: Tensor) -> Tensor:
-        return a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]
-
-    den = cross(r, s)  # [N, 4, 4]
+    den = _cross(r, s)  # [N, 4, 4]
     ok = den.abs() > 1e-9
     safe = torch.where(ok, den, torch.ones_like(den))
-    t = cross(q - p, s) / safe
-    u = cross(q - p, r) / safe
+    t = _cross(q - p, s) / safe
+    u = _cross(q - p, r) / safe
     ok = ok & (t >= 0) & (t <= 1) & (u >= 0) & (u <= 1)
     pts = p + t[..., None] * r
     return pts.flatten(1, 2), ok.flatten(1, 2)
 
 
-def _intersection_area_bev(a: Tensor, b: Tensor) -> Tensor:
-    """BEV area (m^2) ``[N]`` of the overlap of boxes ``a[n]`` and ``b[n]`` (``[N, 7]`` each)."""
-    ca, cb = _corners(a), _corners(b)
+def _intersection_area_bev(ca: Tensor, cb: Tensor) -> Tensor:
+    """BEV area (m^2) ``[N]`` of the overlap of the quadrilaterals ``ca[n]`` and ``cb[n]`` (corners ``[N, 4, 2]``)."""
     cross_pts, cross_ok = _edge_crossings(ca, cb)
     pts = torch.cat([ca, cb, cross_pts], dim=1)  # [N, 24, 2]
-    ok = torch.cat([_inside(ca, b), _inside(cb, a), cross_ok], dim=1)  # [N, 24]
+    ok = torch.cat([_inside(ca, cb), _inside(cb, ca), cross_ok], dim=1)  # [N, 24]
     okf = ok.to(pts.dtype)
     count = okf.sum(dim=1)
     centre = (pts * okf[..., None]).sum(dim=1) / count.clamp_min(1.0)[:, None]
@@ -87,7 +86,7 @@ def _intersection_area_bev(a: Tensor, b: Tensor) -> Tensor:
     # Invalid points become copies of the first polygon vertex: their shoelace terms vanish.
     rel = torch.where(ok_sorted[..., None], rel, rel[:, :1, :].expand_as(rel))
     nxt = rel.roll(-1, dims=1)
-    twice = (rel[..., 0] * nxt[..., 1] - rel[..., 1] * nxt[..., 0]).sum(dim=1)
+    twice = _cross(rel, nxt).sum(dim=1)
     return torch.where(count >= 3, 0.5 * twice.abs(), torch.zeros_like(twice))
 
 
@@ -97,12 +96,17 @@ def _z_overlap(a: Tensor, b: Tensor) -> Tensor:
     return (top - bottom).clamp_min(0.0)
 
 
-def iou_3d_differentiable(a: Tensor, b: Tensor) -> Tensor:
-    """3D IoU ``[N]`` of box pairs ``a[n]``, ``b[n]`` (``[N, 7]`` each), differentiable in both."""
-    inter = _intersection_area_bev(a, b) * _z_overlap(a, b)
+def _iou_3d(a: Tensor, b: Tensor, ca: Tensor, cb: Tensor) -> Tensor:
+    """3D IoU ``[N]`` of boxes ``a``, ``b`` (``[N, 7]``) whose BEV corners ``ca``, ``cb`` are already known."""
+    inter = _intersection_area_bev(ca, cb) * _z_overlap(a, b)
     vol_a = a[:, 3] * a[:, 4] * a[:, 5]
     vol_b = b[:, 3] * b[:, 4] * b[:, 5]
     return inter / (vol_a + vol_b - inter).clamp_min(_EPS)
+
+
+def iou_3d_differentiable(a: Tensor, b: Tensor) -> Tensor:
+    """3D IoU ``[N]`` of box pairs ``a[n]``, ``b[n]`` (``[N, 7]`` each), differentiable in both."""
+    return _iou_3d(a, b, _corners(a), _corners(b))
 
 
 def diou_loss(pred: Tensor, target: Tensor) -> Tensor:
@@ -112,10 +116,11 @@ def diou_loss(pred: Tensor, target: Tensor) -> Tensor:
         pred: predicted boxes ``[N, 7]`` (the gradient flows through them).
         target: ground-truth boxes ``[N, 7]`` of the same frame.
     """
-    corners = torch.cat([_corners(pred), _corners(target)], dim=1)  # [N, 8, 2]
+    cp, ct = _corners(pred), _corners(target)
+    corners = torch.cat([cp, ct], dim=1)  # [N, 8, 2]
     lo_z = torch.minimum(pred[:, 2] - pred[:, 5] * 0.5, target[:, 2] - target[:, 5] * 0.5)
     hi_z = torch.maximum(pred[:, 2] + pred[:, 5] * 0.5, target[:, 2] + target[:, 5] * 0.5)
     extent = corners.amax(dim=1) - corners.amin(dim=1)  # [N, 2]
     diag2 = (extent ** 2).sum(dim=1) + (hi_z - lo_z) ** 2
     centre2 = ((pred[:, :3] - target[:, :3]) ** 2).sum(dim=1)
-    return 1.0 - iou_3d_differentiable(pred, target) + centre2 / diag2.clamp_min(_EPS)
+    return 1.0 - _iou_3d(pred, target, cp, ct) + centre2 / diag2.clamp_min(_EPS)

@@ -133,14 +133,13 @@ def compute_losses(outputs: list[dict[str, Tensor]], targets: BatchTargets, conf
         loss = w.hm * hm_loss + reg_loss
         parts["hm"] += float(hm_loss.detach())
         parts["reg"] += float(reg_loss.detach())
+        boxes = decode_at(pred, ind, geo, out["hm"].shape[-1], axis)  # the IoU targets detach it
         if w.box > 0:
             sel = mask > 0
-            boxes = decode_at(pred, ind, geo, out["hm"].shape[-1], axis)
             box_loss = diou_loss(boxes[sel], targets.boxes[t][sel].float()).sum() / num * w.box
             loss = loss + box_loss
             parts["box"] += float(box_loss.detach())
         if "iou" in out:
-            boxes = decode_at(pred.detach(), ind, geo, out["hm"].shape[-1], axis)
             iou_t = iou_targets(boxes, targets.boxes[t], mask)
             iou_pred = _gather(out["iou"].float(), ind)[..., 0]
             iou_loss = (torch.abs(iou_pred - iou_t) * mask).sum() / num
