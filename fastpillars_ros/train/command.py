@@ -43,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weights of the distillation heatmap and box terms (default 1.0 0.25)")
     parser.add_argument("--box-loss-weight", type=float, default=0.0, metavar="W",
                         help="add FastPillars' DIoU loss on the decoded boxes with this weight (default 0: off)")
+    parser.add_argument("--qat", action="store_true",
+                        help="quantisation-aware fine-tuning: the dense part trains through the INT8 weights of the "
+                        "CPU default (batch norm frozen); start it from trained weights (--init)")
     parser.add_argument("--weights-licence", default=None, metavar="TEXT",
                         help="licence of the trained weights (that of the training data, e.g. 'CC BY-NC-SA 3.0' for "
                         "KITTI), stored in every checkpoint and shown in the node's ready line")
@@ -107,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
                         pct_start=args.pct_start, tilt=math.radians(args.tilt), lift=args.lift,
                         precision=args.precision, teacher=args.teacher,
                         distill_weights=DistillWeights(*(args.distill_weight or ())),
-                        loss_weights=LossWeights(box=args.box_loss_weight))
+                        loss_weights=LossWeights(box=args.box_loss_weight), qat=args.qat)
     try:
         summary = train(opts, data=args.data, val=args.val, camera_view=args.camera_view_data,
                         camera_view_val=args.val_camera_view, real=args.real_data)

@@ -31,6 +31,7 @@ from ..config import ModelConfig, load_model_config
 from ..model import build_model
 from ..model.checkpoint import load_checkpoint, save_checkpoint
 from ..runtime.choices import TRAIN_PRECISIONS
+from . import qat
 from .data import CameraViewFrames, ConcatFrames, EpochSampler, TrainSet, collate, default_augment
 from .distill import DistillWeights, Teacher, distillation_loss
 from .losses import LossWeights, compute_losses
@@ -76,6 +77,7 @@ class TrainOptions:
     loss_weights: LossWeights = field(default_factory=LossWeights)
     teacher: str | None = None  # "CONFIG:CHECKPOINT" of a model whose head maps the run also learns (train/distill.py)
     distill_weights: DistillWeights = field(default_factory=DistillWeights)
+    qat: bool = False  # train the dense part through its INT8 weight grid (train/qat.py)
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -253,7 +255,8 @@ def train(opts: TrainOptions, train_source: Any = None, val_source: Any = None, 
         for flag, then, now in (("--precision", started.get("precision", "fp32"), opts.precision),
                                 ("--teacher", started.get("teacher"), opts.teacher),
                                 ("--box-loss-weight", started.get("loss_weights", {}).get("box", 0.0),
-                                 opts.loss_weights.box)):
+                                 opts.loss_weights.box),
+                                ("--qat", started.get("qat", False), opts.qat)):
             if then != now:
                 raise ValueError(f"cannot resume {run_dir}: it was started with {flag} {then}, this run has {now}; "
                                  f"use the same {flag}")
@@ -266,6 +269,9 @@ def train(opts: TrainOptions, train_source: Any = None, val_source: Any = None, 
     elif not opts.resume and (run_dir / "log.jsonl").exists():
         (run_dir / "log.jsonl").unlink()
 
+    if opts.qat:
+        print(f"quantisation-aware: {qat.prepare(model)} convolutions train through their INT8 weights, batch norm "
+              "frozen", flush=True)
     teacher = None
     if opts.teacher:
         teacher_config, sep, teacher_checkpoint = opts.teacher.rpartition(":")
