@@ -1,9 +1,10 @@
 """Quantisation-aware fine-tuning: train the dense part through the INT8 weight grid it is deployed on.
 
 Why: on processors without AMX the CPU default runs the dense part in INT8 (``runtime/quantize.py``), and its
-boxes then differ from fp32's by more than issue #17 allows on some sets. The error lies in the weights (16-bit
-activations still left pedestrians 2-5 points under fp32) and is spread over the network, so no layer can simply
-be kept in fp32. Here the network learns weights that survive the rounding.
+boxes then differ from fp32's by more than issue #17 allows on some sets. The error is spread over the network, so
+no layer can simply be kept in fp32; here the network learns weights that survive the rounding. Measured (MODEL_CARD
+step 5 item 26): on the default's weights this does not remove INT8's loss, which lies in the 8-bit activations
+(16-bit activations with these int8 weights give fp32's APs); the option stays for weights of other fine-tunes.
 
 What the forward pass sees (:func:`prepare`), every convolution the INT8 graph quantises, exactly as
 :func:`~fastpillars_ros.runtime.quantize.quantize_dense` rounds it:
@@ -89,21 +90,32 @@ def _repvgg_forward(block: RepVGGBlock, x: Tensor) -> Tensor:
     return block.act(out)
 
 
+def _rounded_blocks(model: FastPillars) -> list[RepVGGBlock]:
+    """The RepVGG blocks the INT8 graph quantises: all but the first (in order), which reads the canvas."""
+    return model.backbone.repvgg_blocks()[1:]
+
+
+def _rounded_convs(model: FastPillars) -> list[tuple[str, nn.Conv2d | nn.ConvTranspose2d, int]]:
+    """(name, module, output-channel axis of its weight) of the neck's and head's convolutions."""
+    return [(name, module, 1 if isinstance(module, nn.ConvTranspose2d) else 0)
+            for name, module in model.named_modules()
+            if name.startswith(("neck.", "bbox_head.")) and isinstance(module, (nn.Conv2d, nn.ConvTranspose2d))]
+
+
 def rounded_weights(model: FastPillars) -> dict[str, Tensor]:
     """What :func:`prepare` trains through, keyed by the fused model's weight names as the INT8 graph names them
     (``backbone.conv3.0.conv1.rbr_reparam.weight``, ``...rbr_reparam.weight_identity``, ``neck.block_4.1.weight``;
     the neck's and head's weights before their batch norm is folded in, which scales each output channel)."""
+    names = {module: name for name, module in model.named_modules()}
     out: dict[str, Tensor] = {}
     with torch.no_grad():
-        for name, module in model.named_modules():
-            if isinstance(module, RepVGGBlock) and module is not model.backbone.repvgg_blocks()[0]:
-                kernel, _, diagonal = repvgg_weights(module)
-                out[f"{name}.rbr_reparam.weight"] = kernel
-                if diagonal is not None:
-                    out[f"{name}.rbr_reparam.weight_identity"] = diagonal
-            elif name.startswith(("neck.", "bbox_head.")) and isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-                out[f"{name}.weight"] = fake_quant_int8(module.weight, 1 if isinstance(module, nn.ConvTranspose2d)
-                                                        else 0)
+        for block in _rounded_blocks(model):
+            kernel, _, diagonal = repvgg_weights(block)
+            out[f"{names[block]}.rbr_reparam.weight"] = kernel
+            if diagonal is not None:
+                out[f"{names[block]}.rbr_reparam.weight_identity"] = diagonal
+        for name, conv, axis in _rounded_convs(model):
+            out[f"{name}.weight"] = fake_quant_int8(conv.weight, axis)
     return out
 
 
@@ -125,21 +137,14 @@ def prepare(model: FastPillars) -> int:
     norms, in place; returns how many convolutions are rounded. Parameters and state-dict keys are unchanged."""
     if model.fused:
         raise ValueError("quantisation-aware training needs the training form (an unfused model)")
-    count = 0
-    # repvgg_blocks() lists the blocks in order: the first reads the canvas and stays fp32.
-    for block in model.backbone.repvgg_blocks()[1:]:
+    blocks, convs = _rounded_blocks(model), _rounded_convs(model)
+    for block in blocks:
         block.forward = partial(_repvgg_forward, block)  # type: ignore[method-assign]
-        count += 1
-    for part in (model.neck, model.bbox_head):
-        for module in part.modules():
-            if isinstance(module, nn.ConvTranspose2d):
-                module.forward = partial(_conv_transpose_forward, module)  # type: ignore[method-assign]
-                count += 1
-            elif isinstance(module, nn.Conv2d):
-                module.forward = partial(_conv_forward, module)  # type: ignore[method-assign]
-                count += 1
+    for _, conv, _ in convs:
+        forward = _conv_transpose_forward if isinstance(conv, nn.ConvTranspose2d) else _conv_forward
+        conv.forward = partial(forward, conv)  # type: ignore[method-assign]
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.train = partial(_frozen_train, module)  # type: ignore[method-assign]
             module.eval()
-    return count
+    return len(blocks) + len(convs)
