@@ -4,7 +4,7 @@ Why: on processors without AMX the CPU default runs the dense part in INT8 (``ru
 boxes then differ from fp32's by more than issue #17 allows on some sets. The error is spread over the network, so
 no layer can simply be kept in fp32; here the network learns weights that survive the rounding. Measured (MODEL_CARD
 step 5 item 26): on the default's weights this does not remove INT8's loss, which lies in the 8-bit activations
-(16-bit activations with these int8 weights give fp32's APs); the option stays for weights of other fine-tunes.
+(16-bit activations with these int8 weights give fp32's APs within 1.1); the option stays for other fine-tunes.
 
 What the forward pass sees (:func:`prepare`), every convolution the INT8 graph quantises, exactly as
 :func:`~fastpillars_ros.runtime.quantize.quantize_dense` rounds it:
