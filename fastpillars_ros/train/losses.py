@@ -133,7 +133,8 @@ def compute_losses(outputs: list[dict[str, Tensor]], targets: BatchTargets, conf
         loss = w.hm * hm_loss + reg_loss
         parts["hm"] += float(hm_loss.detach())
         parts["reg"] += float(reg_loss.detach())
-        boxes = decode_at(pred, ind, geo, out["hm"].shape[-1], axis)  # the IoU targets detach it
+        # Decoded once for both terms; with a gradient only where the DIoU term is on (the IoU targets are labels).
+        boxes = decode_at(pred if w.box > 0 else pred.detach(), ind, geo, out["hm"].shape[-1], axis)
         if w.box > 0:
             sel = mask > 0
             box_loss = diou_loss(boxes[sel], targets.boxes[t][sel].float()).sum() / num * w.box
