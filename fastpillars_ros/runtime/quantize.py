@@ -33,7 +33,8 @@ How (deterministic, from the shipped weights, at first use):
   0005) by -4 % to +10 % (heat) and -1 % to +15 % (box maps): the INT8 error is spread over the network.
   Weights that learnt this rounding (``train --qat``, session 20) lose as much; with 16-bit activations these int8
   weights give fp32's APs within 0.3 on nearly every set (within 1.1 on all; MODEL_CARD step 5 item 26), so what INT8
-  loses is in the 8-bit activations of the backbone and neck;
+  loses is in the 8-bit activations of the backbone and neck. NNCF's quantiser for OpenVINO, which also corrects
+  each channel's bias for the rounding, loses as much elsewhere (session 21, BENCHMARKS.md);
 * cache: the INT8 model is stored in the engine cache (``runtime/engine_cache.py``) under a key of the fp32
   graph's SHA-256, the onnxruntime version, precision ``int8``, the input shape and a digest of everything the
   calibration depends on (the bag, the MAPE weights, these settings). A stale or corrupt cached model is
