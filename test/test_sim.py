@@ -17,12 +17,14 @@ from fastpillars_ros.sim.generate import (
     MIN_POINTS,
     label_boxes,
     render_scene,
+    scene_rng,
     simulate_frame,
     write_frame,
 )
 from fastpillars_ros.sim.raycast import cast_rays, ground_hits
 from fastpillars_ros.sim.scene import LABEL_MARGIN, Ground, Scene
 from fastpillars_ros.sim.sensors import SensorModel, get_sensor
+from fastpillars_ros.sim.street import street_scene
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +106,30 @@ def test_ramps_change_only_the_ground_beyond_the_grade_change(frame, ramp_frame)
     # placed at, which may lie up to ~1 m from its box centre: 0.1 m at the steepest grade)
     ramp = g.height(a[:, 0], a[:, 1]) - frame.scene.ground.height(a[:, 0], a[:, 1])
     assert np.allclose(b[:, 2] - a[:, 2], ramp, atol=0.1) and np.abs(ramp[~near]).max() > 1.0
+
+
+def test_crossings_only_add_vehicles_across_the_road():
+    sensor = get_sensor("hdl64")
+    added = 0
+    for index in range(4):
+        plain = street_scene(scene_rng(7, index), sensor)
+        crossing = street_scene(scene_rng(7, index), sensor, crossings=1.0)
+        before = np.array([o.box for o in plain.objects])
+        # the same street and objects, in the same order; the crossing vehicles come after them
+        assert np.array_equal(np.array([o.box for o in crossing.objects[:len(before)]]), before)
+        for obj in crossing.objects[len(before):]:
+            assert obj.kitti_type in ("Car", "Van", "Truck")
+            across = abs((obj.box[6] - crossing.ground.road_dir) % np.pi - np.pi / 2)
+            assert across < np.radians(30)  # side on to the road's own traffic
+            u = obj.box[:2] @ crossing.ground.axis_dir
+            assert 8.0 - 12.0 < abs(u) < 45.0 + 12.0  # about CROSSING_AT from the sensor (3 m spread, car length)
+            added += 1
+    assert added >= 4
+
+
+def test_street_scene_refuses_a_crossings_probability_outside_0_1():
+    with pytest.raises(ValueError, match="crossings must be a probability"):
+        street_scene(scene_rng(7, 0), get_sensor("hdl64"), crossings=1.5)
 
 
 def test_a_ray_meets_the_ramp_ahead_and_passes_over_a_crest():
@@ -256,6 +282,16 @@ def test_simulate_cli_ramps_option_records_grades_and_refuses_non_probabilities(
                                       "--no-progress"])) == 0
     grades = json.loads((tmp_path / "sim_meta" / "000000.json").read_text())["ground"]["grades"]
     assert all(g[1] != 0.0 and 4.0 <= g[0] <= 30.0 for g in grades)
+
+
+def test_simulate_cli_crossings_option_records_it_and_refuses_non_probabilities(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    assert cli.run(parser.parse_args(["--out", str(tmp_path), "--scenes", "1", "--crossings", "-0.1"])) == 2
+    assert "--crossings is a probability" in capsys.readouterr().err
+    assert cli.run(parser.parse_args(["--out", str(tmp_path), "--scenes", "1", "--seed", "7", "--crossings", "1",
+                                      "--no-progress"])) == 0
+    assert json.loads((tmp_path / "sim_meta" / "000000.json").read_text())["crossings"] == 1.0
 
 
 def test_simulate_cli_label_style_option_writes_kitti_sized_labels(tmp_path):

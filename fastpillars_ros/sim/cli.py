@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ramps", type=float, default=0.0,
                         help="probability (0..1) of a grade change on the road ahead of and behind the sensor each "
                              "(ramps, hills: objects far away stand off the sensor's ground plane; default 0)")
+    parser.add_argument("--crossings", type=float, default=0.0,
+                        help="probability (0..1) of vehicles crossing the road at right angles ahead of and behind "
+                             "the sensor each (side-on cars, as at junctions; default 0)")
     parser.add_argument("--label-style", choices=LABEL_STYLES, default="tight",
                         help="label boxes tight around each object (default), or as KITTI's annotators draw them "
                              "(pedestrians longer, cyclists narrower; models meant for KITTI-labelled data)")
@@ -40,17 +43,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _one(job: tuple[str, int, int, str, float, str, float | None]) -> tuple[int, int, int]:
+def _one(job: tuple[str, int, int, str, float, str, float | None, float]) -> tuple[int, int, int]:
     from dataclasses import replace
 
     from fastpillars_ros.sim.generate import simulate_frame, write_frame
     from fastpillars_ros.sim.sensors import get_sensor
 
-    out, seed, index, sensor, ramps, label_style, mount_height = job
+    out, seed, index, sensor, ramps, label_style, mount_height, crossings = job
     model = get_sensor(sensor)
     if mount_height is not None:
         model = replace(model, mount_height=mount_height)
-    frame = simulate_frame(seed, index, model, ramps=ramps, label_style=label_style)
+    frame = simulate_frame(seed, index, model, ramps=ramps, label_style=label_style, crossings=crossings)
     if mount_height is not None:
         frame.meta["mount_height"] = mount_height
     write_frame(out, f"{index:06d}", frame)
@@ -59,14 +62,15 @@ def _one(job: tuple[str, int, int, str, float, str, float | None]) -> tuple[int,
 
 def generate(out: str | Path, scenes: int, seed: int = 0, start: int = 0, sensor: str = "hdl64", workers: int = 1,
              progress: bool = True, skip_existing: bool = False, ramps: float = 0.0, label_style: str = "tight",
-             mount_height: float | None = None) -> int:
+             mount_height: float | None = None, crossings: float = 0.0) -> int:
     """Write scenes ``start .. start + scenes - 1``; returns the number written. ``mount_height``: the sensor's
-    height above the ground in metres (None: the sensor model's own)."""
+    height above the ground in metres (None: the sensor model's own); ``ramps``, ``crossings``: see
+    :func:`~fastpillars_ros.sim.street.street_scene`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     indices = [i for i in range(start, start + scenes)
                if not (skip_existing and (out / "sim_meta" / f"{i:06d}.json").is_file())]
-    jobs = [(str(out), seed, i, sensor, ramps, label_style, mount_height) for i in indices]
+    jobs = [(str(out), seed, i, sensor, ramps, label_style, mount_height, crossings) for i in indices]
     bar = None
     if progress:
         from tqdm import tqdm
@@ -95,9 +99,10 @@ def run(args: argparse.Namespace) -> int:
     if args.scenes < 0 or args.start < 0 or args.seed < 0:
         print("simulate: --scenes, --start and --seed must be >= 0", file=sys.stderr)
         return 2
-    if not 0.0 <= args.ramps <= 1.0:
-        print(f"simulate: --ramps is a probability in [0, 1], got {args.ramps}", file=sys.stderr)
-        return 2
+    for flag, value in (("--ramps", args.ramps), ("--crossings", args.crossings)):
+        if not 0.0 <= value <= 1.0:
+            print(f"simulate: {flag} is a probability in [0, 1], got {value}", file=sys.stderr)
+            return 2
     if args.mount_height is not None and not 0.3 <= args.mount_height <= 5.0:
         print(f"simulate: --mount-height is the sensor's height above the ground, 0.3..5 m, got {args.mount_height}",
               file=sys.stderr)
@@ -105,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     n = generate(args.out, args.scenes, seed=args.seed, start=args.start, sensor=args.sensor,
                  workers=max(1, args.workers), progress=not args.no_progress, skip_existing=args.skip_existing,
-                 ramps=args.ramps, label_style=args.label_style, mount_height=args.mount_height)
+                 ramps=args.ramps, label_style=args.label_style, mount_height=args.mount_height,
+                 crossings=args.crossings)
     dt = time.perf_counter() - t0
     print(f"simulate: wrote {n} scene(s) to {args.out} in {dt:.1f} s ({dt / max(n, 1):.2f} s/scene)")
     return 0

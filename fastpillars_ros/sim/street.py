@@ -1,6 +1,6 @@
 """Procedural street scenes: a sloped road with kerbs and sidewalks, buildings or open terrain with trees,
 bushes, walls and parking lots, poles and street furniture, parked rows and moving vehicles, pedestrians
-on the sidewalks and crossing, cyclists near the road edge.
+on the sidewalks and crossing, cyclists near the road edge, and (optionally) vehicles crossing the road.
 
 Road coordinates: ``u`` along the road (from the sensor), ``s`` lateral (positive left). Traffic is
 right-handed: lanes with ``s < 0`` drive towards +u. The sensor vehicle drives in one of the lanes.
@@ -81,18 +81,28 @@ def _vehicle(rng: np.random.Generator, p_van: float = 0.1, p_truck: float = 0.04
 # Grade changes (``ramps``): where along the road, and by how much the grade changes there (m per m).
 RAMP_START = (4.0, 30.0)
 RAMP_GRADE = 0.08
+# Cross traffic (``crossings``): how far ahead of or behind the sensor vehicles cross the road (m), and how many.
+CROSSING_AT = (8.0, 45.0)
+CROSSING_VEHICLES = (1, 3)
 
 
-def street_scene(rng: np.random.Generator, sensor: SensorModel, ramps: float = 0.0) -> Scene:
+def street_scene(rng: np.random.Generator, sensor: SensorModel, ramps: float = 0.0,
+                 crossings: float = 0.0) -> Scene:
     """A random street scene around a sensor mounted ``sensor.mount_height`` above the road.
 
     ``ramps``: the probability, ahead of and behind the sensor each, that the road changes grade (a ramp, the
     foot or crest of a hill) between ``RAMP_START`` metres away, by up to ``RAMP_GRADE`` either way. The grade
     changes are drawn from a stream of their own (``rng``'s bit generator jumped ahead), so a scene with
     ``ramps=0`` is the same scene as before they existed and ``ramps > 0`` changes only the ground beyond them.
+
+    ``crossings``: the probability, ahead of and behind the sensor each, of vehicles crossing the road at right
+    angles (:func:`_cross_traffic`): seen side on, as at a junction, where the street's own traffic is seen end on.
+    They are drawn last and from a stream of their own, so ``crossings > 0`` only adds vehicles to the scene.
     """
     if not 0.0 <= ramps <= 1.0:
         raise ValueError(f"ramps must be a probability in [0, 1], got {ramps}")
+    if not 0.0 <= crossings <= 1.0:
+        raise ValueError(f"crossings must be a probability in [0, 1], got {crossings}")
     grades = ((0.0, 0.0), (0.0, 0.0))
     if ramps > 0.0:
         side_rng = np.random.Generator(rng.bit_generator.jumped())
@@ -234,4 +244,20 @@ def street_scene(rng: np.random.Generator, sensor: SensorModel, ramps: float = 0
         side = -1 if rng.random() < 0.5 else 1
         p.place(objects.clutter(rng), _u(rng, -U_MAX, U_MAX), side * _u(rng, walk_in, max(walk_out, walk_in + 0.1)),
                 _u(rng, -0.2, 0.2), None, "clutter", margin=0.2)
+    if crossings > 0.0:
+        _cross_traffic(_Placer(scene, np.random.Generator(rng.bit_generator.jumped(2))), crossings, half_w)
     return scene
+
+
+def _cross_traffic(p: _Placer, probability: float, half_w: float) -> None:
+    """Ahead of and behind the sensor, each with ``probability``: ``CROSSING_VEHICLES`` vehicles crossing the road
+    (half width ``half_w``, m) at right angles about ``CROSSING_AT`` metres away, where they fit among what is there."""
+    for sign in (1.0, -1.0):
+        if p.rng.random() >= probability:
+            continue
+        u_cross = sign * _u(p.rng, *CROSSING_AT)
+        for _ in range(int(p.rng.integers(CROSSING_VEHICLES[0], CROSSING_VEHICLES[1] + 1))):
+            shape, kt, cat = _vehicle(p.rng)
+            heading = (math.pi / 2 if p.rng.random() < 0.5 else -math.pi / 2) + p.rng.normal(0, 0.1)
+            p.place(shape, u_cross + p.rng.normal(0, 3.0), _u(p.rng, -half_w + 1.0, half_w - 1.0), heading, kt, cat,
+                    margin=0.5, colour=_u(p.rng, 0.05, 0.7))
