@@ -273,25 +273,32 @@ def test_simulate_cli_writes_kitti_layout_and_split_runs_match(tmp_path):
         assert (out / sub / f"000001.{ext}").read_bytes() == (out2 / sub / f"000001.{ext}").read_bytes()
 
 
-def test_simulate_cli_ramps_option_records_grades_and_refuses_non_probabilities(tmp_path, capsys):
+def _simulate_one(out, *flags: str) -> int:
+    """``simulate`` scene 0 of seed 7 into ``out`` with ``flags``; its exit code."""
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
-    assert cli.run(parser.parse_args(["--out", str(tmp_path), "--scenes", "1", "--ramps", "1.5"])) == 2
-    assert "--ramps is a probability" in capsys.readouterr().err
-    assert cli.run(parser.parse_args(["--out", str(tmp_path), "--scenes", "1", "--seed", "7", "--ramps", "1",
-                                      "--no-progress"])) == 0
-    grades = json.loads((tmp_path / "sim_meta" / "000000.json").read_text())["ground"]["grades"]
-    assert all(g[1] != 0.0 and 4.0 <= g[0] <= 30.0 for g in grades)
+    return cli.run(parser.parse_args(["--out", str(out), "--scenes", "1", "--seed", "7", "--no-progress", *flags]))
 
 
-def test_simulate_cli_crossings_option_records_it_and_refuses_non_probabilities(tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    cli.add_arguments(parser)
-    assert cli.run(parser.parse_args(["--out", str(tmp_path), "--scenes", "1", "--crossings", "-0.1"])) == 2
-    assert "--crossings is a probability" in capsys.readouterr().err
-    assert cli.run(parser.parse_args(["--out", str(tmp_path), "--scenes", "1", "--seed", "7", "--crossings", "1",
-                                      "--no-progress"])) == 0
-    assert json.loads((tmp_path / "sim_meta" / "000000.json").read_text())["crossings"] == 1.0
+def _meta(out) -> dict:
+    return json.loads((out / "sim_meta" / "000000.json").read_text())
+
+
+@pytest.mark.parametrize("flag", ["--ramps", "--crossings"])
+def test_simulate_cli_refuses_probabilities_outside_0_1(tmp_path, capsys, flag):
+    assert _simulate_one(tmp_path, flag, "1.5") == 2 and _simulate_one(tmp_path, flag, "-0.1") == 2
+    assert f"{flag} is a probability" in capsys.readouterr().err
+    assert not (tmp_path / "sim_meta").exists()
+
+
+def test_simulate_cli_ramps_option_records_the_grades(tmp_path):
+    assert _simulate_one(tmp_path, "--ramps", "1") == 0
+    assert all(g[1] != 0.0 and 4.0 <= g[0] <= 30.0 for g in _meta(tmp_path)["ground"]["grades"])
+
+
+def test_simulate_cli_crossings_option_is_recorded(tmp_path):
+    assert _simulate_one(tmp_path, "--crossings", "1") == 0
+    assert _meta(tmp_path)["crossings"] == 1.0
 
 
 def test_simulate_cli_label_style_option_writes_kitti_sized_labels(tmp_path):
