@@ -35,8 +35,8 @@ How (deterministic, from the shipped weights, at first use):
   weights give fp32's APs within 0.3 on nearly every set (within 1.1 on all; MODEL_CARD step 5 item 26), so what INT8
   loses is in the 8-bit activations of the backbone and neck. NNCF's quantiser for OpenVINO, which also corrects
   each channel's bias for the rounding, loses as much elsewhere (session 21, BENCHMARKS.md); weights fine-tuned
-  through the 8-bit activations and distilled from the fp32 model come within 1.4 AP points of it, not within 1
-  (three runs, MODEL_CARD step 5 item 27);
+  through the 8-bit activations and distilled from the fp32 model lose at most 1.4 AP points against it, but more
+  than 1 somewhere in each of three runs (MODEL_CARD step 5 item 27);
 * cache: the INT8 model is stored in the engine cache (``runtime/engine_cache.py``) under a key of the fp32
   graph's SHA-256, the onnxruntime version, precision ``int8``, the input shape and a digest of everything the
   calibration depends on (the bag, the MAPE weights, these settings). A stale or corrupt cached model is
