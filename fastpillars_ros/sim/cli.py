@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from fastpillars_ros.sim.generate import LABEL_STYLES
 from fastpillars_ros.sim.sensors import SENSORS
@@ -43,17 +44,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _one(job: tuple[str, int, int, str, float, str, float | None, float]) -> tuple[int, int, int]:
+def _one(job: tuple[str, int, int, str, float | None, dict[str, Any]]) -> tuple[int, int, int]:
     from dataclasses import replace
 
     from fastpillars_ros.sim.generate import simulate_frame, write_frame
     from fastpillars_ros.sim.sensors import get_sensor
 
-    out, seed, index, sensor, ramps, label_style, mount_height, crossings = job
+    out, seed, index, sensor, mount_height, scene_options = job
     model = get_sensor(sensor)
     if mount_height is not None:
         model = replace(model, mount_height=mount_height)
-    frame = simulate_frame(seed, index, model, ramps=ramps, label_style=label_style, crossings=crossings)
+    frame = simulate_frame(seed, index, model, **scene_options)
     if mount_height is not None:
         frame.meta["mount_height"] = mount_height
     write_frame(out, f"{index:06d}", frame)
@@ -70,7 +71,9 @@ def generate(out: str | Path, scenes: int, seed: int = 0, start: int = 0, sensor
     out.mkdir(parents=True, exist_ok=True)
     indices = [i for i in range(start, start + scenes)
                if not (skip_existing and (out / "sim_meta" / f"{i:06d}.json").is_file())]
-    jobs = [(str(out), seed, i, sensor, ramps, label_style, mount_height, crossings) for i in indices]
+    # What simulate_frame takes besides the scene's identity, passed through by name.
+    scene_options = {"ramps": ramps, "label_style": label_style, "crossings": crossings}
+    jobs = [(str(out), seed, i, sensor, mount_height, scene_options) for i in indices]
     bar = None
     if progress:
         from tqdm import tqdm
