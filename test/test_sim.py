@@ -24,7 +24,7 @@ from fastpillars_ros.sim.generate import (
 from fastpillars_ros.sim.raycast import cast_rays, ground_hits
 from fastpillars_ros.sim.scene import LABEL_MARGIN, Ground, Scene
 from fastpillars_ros.sim.sensors import SensorModel, get_sensor
-from fastpillars_ros.sim.street import street_scene
+from fastpillars_ros.sim.street import KITTI_VRU_DISTANCE, street_scene
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +130,38 @@ def test_crossings_only_add_vehicles_across_the_road():
 def test_street_scene_refuses_a_crossings_probability_outside_0_1():
     with pytest.raises(ValueError, match="crossings must be a probability"):
         street_scene(scene_rng(7, 0), get_sensor("hdl64"), crossings=1.5)
+
+
+def _distances(scene, kitti_type: str) -> np.ndarray:
+    return np.array([np.hypot(*o.box[:2]) for o in scene.objects if o.kitti_type == kitti_type])
+
+
+def test_kitti_vru_ranges_bring_pedestrians_and_cyclists_nearer_among_the_same_vehicles():
+    sensor = get_sensor("hdl64")
+    near, far = {"Pedestrian": [], "Cyclist": []}, {"Pedestrian": [], "Cyclist": []}
+    for index in range(6):
+        uniform = street_scene(scene_rng(7, index), sensor)
+        kitti = street_scene(scene_rng(7, index), sensor, vru_ranges="kitti")
+        # everything drawn before the first pedestrian or cyclist (the street, its buildings and every vehicle)
+        first = next(i for i, o in enumerate(uniform.objects) if o.kitti_type in ("Pedestrian", "Cyclist"))
+        assert np.array_equal(np.array([o.box for o in kitti.objects[:first]]),
+                              np.array([o.box for o in uniform.objects[:first]]))
+        for scene in (uniform, kitti):
+            assert all(o.kitti_type not in ("Car", "Van", "Truck") for o in scene.objects[first:])
+        for kind in near:
+            near[kind] += list(_distances(kitti, kind))
+            far[kind] += list(_distances(uniform, kind))
+    for kind, (median, _) in (("Pedestrian", KITTI_VRU_DISTANCE["pedestrian"]),
+                              ("Cyclist", KITTI_VRU_DISTANCE["cyclist"])):
+        assert len(near[kind]) >= 5
+        # the along-road medians plus the sidewalk's or lane's offset; uniform puts them about twice as far
+        assert np.median(near[kind]) < median + 8.0 < np.median(far[kind])
+        assert max(near[kind]) <= 62.0
+
+
+def test_street_scene_refuses_unknown_vru_ranges():
+    with pytest.raises(ValueError, match="vru_ranges must be one of"):
+        street_scene(scene_rng(7, 0), get_sensor("hdl64"), vru_ranges="near")
 
 
 def test_a_ray_meets_the_ramp_ahead_and_passes_over_a_crest():
@@ -299,6 +331,11 @@ def test_simulate_cli_ramps_option_records_the_grades(tmp_path):
 def test_simulate_cli_crossings_option_is_recorded(tmp_path):
     assert _simulate_one(tmp_path, "--crossings", "1") == 0
     assert _meta(tmp_path)["crossings"] == 1.0
+
+
+def test_simulate_cli_vru_ranges_option_is_recorded(tmp_path):
+    assert _simulate_one(tmp_path, "--vru-ranges", "kitti") == 0
+    assert _meta(tmp_path)["vru_ranges"] == "kitti"
 
 
 def test_simulate_cli_label_style_option_writes_kitti_sized_labels(tmp_path):

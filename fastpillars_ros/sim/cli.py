@@ -16,6 +16,7 @@ from typing import Any
 
 from fastpillars_ros.sim.generate import LABEL_STYLES
 from fastpillars_ros.sim.sensors import SENSORS
+from fastpillars_ros.sim.street import VRU_RANGES
 
 __all__ = ["add_arguments", "generate", "run"]
 
@@ -35,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crossings", type=float, default=0.0,
                         help="probability (0..1) of vehicles crossing the road at right angles ahead of and behind "
                              "the sensor each (side-on cars, as at junctions; default 0)")
+    parser.add_argument("--vru-ranges", choices=VRU_RANGES, default="uniform",
+                        help="how far along the road pedestrians and cyclists stand: uniform out to 55-60 m "
+                             "(default), or nearer, as in KITTI's labels (kitti)")
     parser.add_argument("--label-style", choices=LABEL_STYLES, default="tight",
                         help="label boxes tight around each object (default), or as KITTI's annotators draw them "
                              "(pedestrians longer, cyclists narrower; models meant for KITTI-labelled data)")
@@ -63,16 +67,16 @@ def _one(job: tuple[str, int, int, str, float | None, dict[str, Any]]) -> tuple[
 
 def generate(out: str | Path, scenes: int, seed: int = 0, start: int = 0, sensor: str = "hdl64", workers: int = 1,
              progress: bool = True, skip_existing: bool = False, ramps: float = 0.0, label_style: str = "tight",
-             mount_height: float | None = None, crossings: float = 0.0) -> int:
+             mount_height: float | None = None, crossings: float = 0.0, vru_ranges: str = "uniform") -> int:
     """Write scenes ``start .. start + scenes - 1``; returns the number written. ``mount_height``: the sensor's
-    height above the ground in metres (None: the sensor model's own); ``ramps``, ``crossings``: see
+    height above the ground in metres (None: the sensor model's own); ``ramps``, ``crossings``, ``vru_ranges``: see
     :func:`~fastpillars_ros.sim.street.street_scene`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     indices = [i for i in range(start, start + scenes)
                if not (skip_existing and (out / "sim_meta" / f"{i:06d}.json").is_file())]
     # What simulate_frame takes besides the scene's identity, passed through by name.
-    scene_options = {"ramps": ramps, "label_style": label_style, "crossings": crossings}
+    scene_options = {"ramps": ramps, "label_style": label_style, "crossings": crossings, "vru_ranges": vru_ranges}
     jobs = [(str(out), seed, i, sensor, mount_height, scene_options) for i in indices]
     bar = None
     if progress:
@@ -114,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     n = generate(args.out, args.scenes, seed=args.seed, start=args.start, sensor=args.sensor,
                  workers=max(1, args.workers), progress=not args.no_progress, skip_existing=args.skip_existing,
                  ramps=args.ramps, label_style=args.label_style, mount_height=args.mount_height,
-                 crossings=args.crossings)
+                 crossings=args.crossings, vru_ranges=args.vru_ranges)
     dt = time.perf_counter() - t0
     print(f"simulate: wrote {n} scene(s) to {args.out} in {dt:.1f} s ({dt / max(n, 1):.2f} s/scene)")
     return 0

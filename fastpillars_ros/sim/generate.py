@@ -148,18 +148,20 @@ def render_scene(scene: Scene, sensor: SensorModel, rng: np.random.Generator, ef
 
 
 def simulate_frame(seed: int, index: int, sensor: str | SensorModel = "hdl64", ramps: float = 0.0,
-                   label_style: str = "tight", crossings: float = 0.0) -> SimFrame:
+                   label_style: str = "tight", crossings: float = 0.0, vru_ranges: str = "uniform") -> SimFrame:
     """Scene ``index`` of the run ``seed``: a random street scan with its labels (deterministic); ``ramps``:
     the probability of a grade change ahead of and behind the sensor, ``crossings`` that of vehicles crossing the
-    road there (:func:`street_scene`); ``label_style``: how the label boxes are drawn (:data:`LABEL_STYLES`; the
-    scan does not depend on it)."""
+    road there, ``vru_ranges`` how far away pedestrians and cyclists stand (:func:`street_scene`); ``label_style``:
+    how the label boxes are drawn (:data:`LABEL_STYLES`; the scan does not depend on it)."""
     model = get_sensor(sensor) if isinstance(sensor, str) else sensor
     rng = scene_rng(seed, index)
-    scene = street_scene(rng, model, ramps=ramps, crossings=crossings)
+    scene = street_scene(rng, model, ramps=ramps, crossings=crossings, vru_ranges=vru_ranges)
     frame = render_scene(scene, model, rng, label_style=label_style)
     frame.meta.update({"seed": int(seed), "index": int(index)})
     if crossings > 0.0:  # without them the records of earlier runs stay byte for byte
         frame.meta["crossings"] = crossings
+    if vru_ranges != "uniform":  # likewise
+        frame.meta["vru_ranges"] = vru_ranges
     if label_style != "tight":  # the tight default keeps the records of earlier runs byte for byte
         frame.meta["label_style"] = label_style
     return frame

@@ -9,6 +9,7 @@ right-handed: lanes with ``s < 0`` drive towards +u. The sensor vehicle drives i
 from __future__ import annotations
 
 import math
+import statistics
 
 import numpy as np
 
@@ -84,10 +85,32 @@ RAMP_GRADE = 0.08
 # Cross traffic (``crossings``): how far ahead of or behind the sensor vehicles cross the road (m), and how many.
 CROSSING_AT = (8.0, 45.0)
 CROSSING_VEHICLES = (1, 3)
+#: Where pedestrians and cyclists stand along the road (``vru_ranges``): "uniform" out to 55 m (pedestrians) and
+#: 60 m (cyclists) ahead and behind, or "kitti": nearer, as in KITTI's labels (MODEL_CARD step 5 item 28).
+VRU_RANGES = ("uniform", "kitti")
+#: "kitti": distance along the road as a lognormal (median m, sigma) per class, cut at the uniform range. In the
+#: camera's view this gives pedestrians at 14 / 18 / 23 m and cyclists at 16 / 21 / 29 m (quartiles; KITTI's
+#: labels: 10 / 15 / 23 m and 14 / 22 / 31 m, uniform: 21 / 30 / 40 m and 19 / 28 / 38 m).
+KITTI_VRU_DISTANCE = {"pedestrian": (14.0, 0.55), "cyclist": (21.0, 0.5)}
+
+
+def _along(r: float, limit: float, lognormal: tuple[float, float] | None) -> float:
+    """Position along the road (m) from one uniform draw ``r`` in ``[-limit, limit]``: ``r`` itself, or its
+    quantile mapped onto a ``(median, sigma)`` lognormal distance cut at ``limit`` (same side of the sensor).
+
+    Either way an object takes exactly one draw for its place, so what is drawn before it does not change.
+    """
+    if lognormal is None:
+        return r
+    median, sigma = lognormal
+    normal = statistics.NormalDist()
+    top = normal.cdf((math.log(limit) - math.log(median)) / sigma)
+    q = min(max(abs(r) / limit * top, 1e-9), 1.0 - 1e-9)
+    return math.copysign(math.exp(math.log(median) + sigma * normal.inv_cdf(q)), r)
 
 
 def street_scene(rng: np.random.Generator, sensor: SensorModel, ramps: float = 0.0,
-                 crossings: float = 0.0) -> Scene:
+                 crossings: float = 0.0, vru_ranges: str = "uniform") -> Scene:
     """A random street scene around a sensor mounted ``sensor.mount_height`` above the road.
 
     ``ramps``: the probability, ahead of and behind the sensor each, that the road changes grade (a ramp, the
@@ -98,11 +121,17 @@ def street_scene(rng: np.random.Generator, sensor: SensorModel, ramps: float = 0
     ``crossings``: the probability, ahead of and behind the sensor each, of vehicles crossing the road at right
     angles (:func:`_cross_traffic`): seen side on, as at a junction, where the street's own traffic is seen end on.
     They are drawn last and from a stream of their own, so ``crossings > 0`` only adds vehicles to the scene.
+
+    ``vru_ranges``: how far along the road pedestrians and cyclists stand (:data:`VRU_RANGES`); "kitti" draws
+    them nearer (:data:`KITTI_VRU_DISTANCE`) in the same street, among the same vehicles (drawn before them).
     """
     if not 0.0 <= ramps <= 1.0:
         raise ValueError(f"ramps must be a probability in [0, 1], got {ramps}")
     if not 0.0 <= crossings <= 1.0:
         raise ValueError(f"crossings must be a probability in [0, 1], got {crossings}")
+    if vru_ranges not in VRU_RANGES:
+        raise ValueError(f"vru_ranges must be one of {VRU_RANGES}, got {vru_ranges!r}")
+    vru_distance = KITTI_VRU_DISTANCE if vru_ranges == "kitti" else {}
     grades = ((0.0, 0.0), (0.0, 0.0))
     if ramps > 0.0:
         side_rng = np.random.Generator(rng.bit_generator.jumped())
@@ -219,12 +248,13 @@ def street_scene(rng: np.random.Generator, sensor: SensorModel, ramps: float = 0
         else:
             s = side * _u(rng, walk_in + 0.4, max(walk_out, walk_in + 0.5))
             heading = _u(rng, -math.pi, math.pi)
-        p.place(objects.cyclist(rng), _u(rng, -60, 60), s, heading, "Cyclist", "cyclist", margin=0.3)
+        p.place(objects.cyclist(rng), _along(_u(rng, -60, 60), 60.0, vru_distance.get("cyclist")), s, heading,
+                "Cyclist", "cyclist", margin=0.3)
 
     # --- pedestrians -----------------------------------------------------------------------------------------
     for _ in range(int(rng.integers(3, 18))):
         side = -1 if rng.random() < 0.5 else 1
-        u0 = _u(rng, -55, 55)
+        u0 = _along(_u(rng, -55, 55), 55.0, vru_distance.get("pedestrian"))
         if rng.random() < 0.15:  # crossing the road
             s0 = _u(rng, -half_w + 0.5, half_w - 0.5)
             heading = (math.pi / 2 if rng.random() < 0.5 else -math.pi / 2) + rng.normal(0, 0.2)
