@@ -18,6 +18,7 @@ def _dry_run(*args: str) -> str:
 
 @pytest.mark.parametrize("target, checkpoint", [("model", "out/train/tiny360_mean.pt"),
                                                 ("model-sensor", "out/train/tiny360_pandar64/last.pt"),
+                                                ("model-vru", "out/train/tiny360_vru_mean.pt"),
                                                 ("model-lite", "out/train/tiny360_lite/last.pt")])
 def test_training_recipes_calibrate_every_arithmetic_on_the_whole_command_line(target, checkpoint):
     # A '#' in a make variable starts a comment: unescaped, it cut the calibration loop off mid-word.
@@ -28,9 +29,17 @@ def test_training_recipes_calibrate_every_arithmetic_on_the_whole_command_line(t
 
 
 def test_model_sensor_simulates_the_chosen_lidar_and_trains_from_the_shipped_weights():
-    out = _dry_run("model-sensor", "SENSOR=os1-64")
+    out = " ".join(_dry_run("model-sensor", "SENSOR=os1-64").replace("\\\n", " ").split())
     assert "simulate --out out/sim/train_os1-64_kl --scenes 1000 --seed 5000 --sensor os1-64" in out
-    assert "--init fastpillars_ros/weights/tiny360.pt --data out/sim/train_os1-64_kl" in out
+    assert "--init fastpillars_ros/weights/tiny360.pt" in out and "--data out/sim/train_os1-64_kl --seed 1" in out
+
+
+def test_model_vru_fine_tunes_three_seeds_on_near_pedestrians_and_cyclists_and_averages_them():
+    out = " ".join(_dry_run("model-vru").replace("\\\n", " ").split())
+    assert "--ramps 0.5 --label-style kitti --vru-ranges kitti" in out
+    assert "--init fastpillars_ros/weights/tiny360.pt" in out
+    assert "--data out/sim/train_ramps_kl_vru --seed $seed" in out
+    assert "average " + " ".join(f"out/train/tiny360_vru_seed{s}/last.pt" for s in (1, 2, 3)) in out
 
 
 def test_eval_targets_take_a_checkpoint():
