@@ -123,7 +123,8 @@ model-sensor: setup
 # The embedded default fine-tuned on stage 2's streets with pedestrians and cyclists as near as in KITTI's labels
 # (simulate --vru-ranges kitti; MODEL_CARD step 5 item 30): three runs (seeds 1, 2, 3; ~28 min each on 2 cores) and
 # their mean, thresholds calibrated like the default's. In fp32 it finds real cyclists about twice as often as the
-# default; not the default (its INT8 path failed the shipping rule). Run it with -p checkpoint:=out/train/tiny360_vru_mean.pt
+# default; not the default (its INT8 path failed the shipping rule). Run it with
+# -p checkpoint:=out/train/tiny360_vru_mean.pt -p precision:=fp32 (or bf16 where the processor has it).
 model-vru: setup
 	$(FP) simulate --out out/sim/train_ramps_kl_vru --scenes 1000 --seed 0 --sensor hdl64 --ramps 0.5 \
 	  --label-style kitti --vru-ranges kitti --workers 2 --skip-existing --no-progress
