@@ -94,19 +94,22 @@ VRU_RANGES = ("uniform", "kitti")
 KITTI_VRU_DISTANCE = {"pedestrian": (14.0, 0.55), "cyclist": (21.0, 0.5)}
 
 
-def _along(r: float, limit: float, lognormal: tuple[float, float] | None) -> float:
-    """Position along the road (m) from one uniform draw ``r`` in ``[-limit, limit]``: ``r`` itself, or its
-    quantile mapped onto a ``(median, sigma)`` lognormal distance cut at ``limit`` (same side of the sensor).
+_NORMAL = statistics.NormalDist()
+
+
+def _along(rng: np.random.Generator, limit: float, lognormal: tuple[float, float] | None) -> float:
+    """Position along the road (m), from one uniform draw in ``[-limit, limit]``: the draw itself, or its quantile
+    mapped onto a ``(median, sigma)`` lognormal distance cut at ``limit`` (same side of the sensor).
 
     Either way an object takes exactly one draw for its place, so what is drawn before it does not change.
     """
+    r = _u(rng, -limit, limit)
     if lognormal is None:
         return r
     median, sigma = lognormal
-    normal = statistics.NormalDist()
-    top = normal.cdf((math.log(limit) - math.log(median)) / sigma)
+    top = _NORMAL.cdf((math.log(limit) - math.log(median)) / sigma)
     q = min(max(abs(r) / limit * top, 1e-9), 1.0 - 1e-9)
-    return math.copysign(math.exp(math.log(median) + sigma * normal.inv_cdf(q)), r)
+    return math.copysign(math.exp(math.log(median) + sigma * _NORMAL.inv_cdf(q)), r)
 
 
 def street_scene(rng: np.random.Generator, sensor: SensorModel, ramps: float = 0.0,
@@ -248,13 +251,13 @@ def street_scene(rng: np.random.Generator, sensor: SensorModel, ramps: float = 0
         else:
             s = side * _u(rng, walk_in + 0.4, max(walk_out, walk_in + 0.5))
             heading = _u(rng, -math.pi, math.pi)
-        p.place(objects.cyclist(rng), _along(_u(rng, -60, 60), 60.0, vru_distance.get("cyclist")), s, heading,
+        p.place(objects.cyclist(rng), _along(rng, 60.0, vru_distance.get("cyclist")), s, heading,
                 "Cyclist", "cyclist", margin=0.3)
 
     # --- pedestrians -----------------------------------------------------------------------------------------
     for _ in range(int(rng.integers(3, 18))):
         side = -1 if rng.random() < 0.5 else 1
-        u0 = _along(_u(rng, -55, 55), 55.0, vru_distance.get("pedestrian"))
+        u0 = _along(rng, 55.0, vru_distance.get("pedestrian"))
         if rng.random() < 0.15:  # crossing the road
             s0 = _u(rng, -half_w + 0.5, half_w - 0.5)
             heading = (math.pi / 2 if rng.random() < 0.5 else -math.pi / 2) + rng.normal(0, 0.2)
