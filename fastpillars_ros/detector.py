@@ -100,13 +100,15 @@ class Detector:
             else torch (with one warning); on the CPU onnxruntime where installed (the faster CPU engine for the
             dense part, BENCHMARKS.md), else OpenVINO, else torch, but OpenVINO first on a processor with AMX
             bf16 units (there bf16 is 3x faster than onnxruntime INT8 with fp32's accuracy,
-            ``runtime/cpu_features.py``); OpenVINO with precision "bf16".
+            ``runtime/cpu_features.py``), and on one with AVX-512 BF16 for weights that rule INT8 out of auto
+            (``CheckpointMeta.auto_int8``); OpenVINO with precision "bf16".
         device: "cpu", "cuda" or "auto" (cuda when available).
         precision: "fp32", "fp16" (GPU only), "bf16" (OpenVINO on the CPU: fp32's boxes, fast where the
             processor has native bf16), "int8" (the dense part quantised on the CPU, ``runtime/quantize.py``, run
             by onnxruntime or OpenVINO) or "auto": int8 with onnxruntime (2x faster dense part than fp32, boxes
             within the tolerance of ``test/test_quantize.py``), with OpenVINO bf16 where native else int8, fp32
-            elsewhere.
+            elsewhere; fp32 in place of int8 for weights whose checkpoint rules INT8 out of auto (their INT8
+            accuracy was not accepted).
         score_threshold: minimum published score, one float or ``{class_name: threshold}`` (classes not in
             the dict use the default); None = the defaults (:attr:`default_score_thresholds`: calibrated
             thresholds stored in the checkpoint, else the config's ``decode.score_threshold``).
@@ -171,24 +173,31 @@ class Detector:
         # Set after the warm-up: synthetic points must not feed an AutoMounting's ground estimate.
         self.mounting_source: Mounting | AutoMounting | None = None
 
-        self.device, self.precision = self._resolve_device(device, precision, backend, on_insufficient_memory)
-        self.backend = self._resolve_backend(backend, self.precision)
-        self.precision = self._resolve_precision(self.precision, self.backend)
         self.checkpoint = self._resolve_checkpoint(checkpoint)
+        # Read before the arithmetic is chosen: the weights say whether "auto" may run them in INT8.
+        meta = checkpoint_meta(self.checkpoint) if self.checkpoint is not None else CheckpointMeta()
+        self.device, self.precision = self._resolve_device(device, precision, backend, on_insufficient_memory)
+        self.backend = self._resolve_backend(backend, self.precision, meta.auto_int8)
+        self.precision = self._resolve_precision(self.precision, self.backend, meta.auto_int8)
 
         model = build_model(cfg)
         #: Terms the loaded weights are under (stated in the checkpoint; None: not stated or random weights).
-        self.weights_licence: str | None = None
+        self.weights_licence: str | None = meta.licence
         #: Published score per class when the user sets none: the thresholds stored with the weights for the
         #: precision that runs (set once the dense part exists: a failed engine falls back), else the config's
         #: decode floor.
         self.default_score_thresholds = {c: float(self.config.decode.score_threshold) for c in self.class_names}
         self.set_score_threshold(score_threshold)  # a bad value fails here, before any engine is built
-        meta = CheckpointMeta()
         if self.checkpoint is not None:
             load_checkpoint(model, self.checkpoint, strict=True)
-            meta = checkpoint_meta(self.checkpoint)
-            self.weights_licence = meta.licence
+        if precision == "auto" and self.device == "cpu" and not meta.auto_int8 and self._resolve_precision(
+                "auto", self._resolve_backend(backend, "auto", True), True) == "int8":
+            log.info("precision auto: %s, not int8: these weights (%s) were not accepted in INT8 (MODEL_CARD.md)",
+                     self.precision, self.checkpoint)
+        elif self.precision == "int8" and not meta.auto_int8:
+            log.warning("precision int8 was asked for by name, but these weights (%s) were not accepted in INT8 "
+                        "(more false objects than in floating point, MODEL_CARD.md): precision 'auto' runs them "
+                        "in bf16 or fp32", self.checkpoint)
         model.eval().fuse("full")
         self.model = model.to(self.device)
         explicit = backend != "auto" or precision in CPU_PRECISIONS
@@ -243,7 +252,7 @@ class Detector:
             return "cpu", "fp32"
         raise InsufficientMemoryError(message)
 
-    def _resolve_backend(self, backend: str, precision: str) -> str:
+    def _resolve_backend(self, backend: str, precision: str, auto_int8: bool) -> str:
         if backend == "auto" and precision == "bf16":
             backend = "openvino"  # the only back end that runs bf16
         if backend in CPU_BACKENDS:
@@ -255,7 +264,7 @@ class Detector:
                                    "or use backend 'auto' or 'torch'")
             return backend
         if backend == "auto" and self.device == "cpu":
-            return resolve_backend("auto", "cpu")
+            return resolve_backend("auto", "cpu", auto_int8=auto_int8 or precision != "auto")
         if backend == "torch":
             return "torch"
         if self.device != "cuda":
@@ -272,13 +281,14 @@ class Detector:
         return "tensorrt"
 
     @staticmethod
-    def _resolve_precision(precision: str, backend: str) -> str:
+    def _resolve_precision(precision: str, backend: str, auto_int8: bool) -> str:
         if precision == "auto":
+            int8 = "int8" if auto_int8 else "fp32"
             if backend == "openvino":
                 from .runtime.openvino_backend import native_bf16
 
-                return "bf16" if native_bf16() else "int8"
-            return "int8" if backend == "onnxruntime" else "fp32"
+                return "bf16" if native_bf16() else int8
+            return int8 if backend == "onnxruntime" else "fp32"
         if precision == "int8" and backend not in CPU_BACKENDS:
             raise ValueError(f"precision 'int8' needs a CPU back end (OpenVINO or onnxruntime), not {backend!r}: "
                              "use backend 'openvino', 'onnxruntime' or 'auto', or precision 'fp32'")

@@ -166,3 +166,22 @@ def test_the_kitti_difficulty_decides_which_objects_count(tmp_path):
         assert report["kitti_difficulty"] == difficulty
         cars[difficulty] = report["sets"][0]["num_objects"]["car"]
     assert cars["moderate"] == cars["hard"] - 2 and cars["all"] > cars["hard"], cars
+
+
+def test_calibrate_stores_that_auto_keeps_the_weights_out_of_int8(tmp_path, capsys):
+    from fastpillars_ros.config import load_model_config
+    from fastpillars_ros.model import build_model, checkpoint_meta, save_checkpoint
+
+    small = Path(__file__).parent / "data" / "train_small.yaml"
+    weights = tmp_path / "w.pt"
+    save_checkpoint(build_model(load_model_config(small)), weights)
+    folder = _one_frame_folder(tmp_path / "drive", "000010")
+    args = ["calibrate", "--config", str(small), "--checkpoint", str(weights), "--data", str(folder),
+            "--backend", "onnxruntime", "--precision", "int8", "--no-auto-int8"]
+    assert checkpoint_meta(weights).auto_int8
+    assert cli_main(args) == 2  # stored in the checkpoint: without --write it would be lost
+    assert "add --write" in capsys.readouterr().err
+    assert cli_main([*args, "--write"]) == 0
+    assert "auto_int8 False" in capsys.readouterr().out
+    meta = checkpoint_meta(weights)
+    assert not meta.auto_int8 and set(meta.score_thresholds) == {"car", "pedestrian", "cyclist"}

@@ -16,16 +16,22 @@ def _dry_run(*args: str) -> str:
     return subprocess.run(["make", "-n", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
 
 
-@pytest.mark.parametrize("target, checkpoint", [("model", "out/train/tiny360_mean.pt"),
+@pytest.mark.parametrize("target, checkpoint", [("model", "out/train/tiny360_vru_mean.pt"),
+                                                ("model-terrain", "out/train/tiny360_terrain_mean.pt"),
                                                 ("model-sensor", "out/train/tiny360_pandar64/last.pt"),
-                                                ("model-vru", "out/train/tiny360_vru_mean.pt"),
                                                 ("model-lite", "out/train/tiny360_lite/last.pt")])
 def test_training_recipes_calibrate_every_arithmetic_on_the_whole_command_line(target, checkpoint):
     # A '#' in a make variable starts a comment: unescaped, it cut the calibration loop off mid-word.
     out = _dry_run(target)
     loop = next(line for line in out.splitlines() if "calibrate" in line)
     assert f"--checkpoint {checkpoint}" in loop
-    assert "--precision ${p##*:} --write || exit 1; done" in loop
+    assert "--precision ${p##*:} --write" in loop and "|| exit 1; done" in loop
+
+
+def test_only_the_default_keeps_auto_off_int8():
+    assert "--write --no-auto-int8 || exit 1; done" in _dry_run("model")
+    for target in ("model-terrain", "model-sensor", "model-lite"):
+        assert "--write || exit 1; done" in _dry_run(target)
 
 
 def test_model_sensor_simulates_the_chosen_lidar_and_trains_from_the_shipped_weights():
@@ -34,12 +40,13 @@ def test_model_sensor_simulates_the_chosen_lidar_and_trains_from_the_shipped_wei
     assert "--init fastpillars_ros/weights/tiny360.pt" in out and "--data out/sim/train_os1-64_kl --seed 1" in out
 
 
-def test_model_vru_fine_tunes_three_seeds_on_near_pedestrians_and_cyclists_and_averages_them():
-    out = " ".join(_dry_run("model-vru").replace("\\\n", " ").split())
+def test_model_ends_with_three_fine_tunes_of_the_stage_2_mean_on_near_pedestrians_and_cyclists_averaged():
+    out = " ".join(_dry_run("model").replace("\\\n", " ").split())
     assert "--ramps 0.5 --label-style kitti --vru-ranges kitti" in out
-    assert "--init fastpillars_ros/weights/tiny360.pt" in out
-    assert "--data out/sim/train_ramps_kl_vru --seed $seed" in out
+    assert "--init out/train/tiny360_mean.pt --data out/sim/train_ramps_kl_vru --seed $seed" in out
     assert "average " + " ".join(f"out/train/tiny360_vru_seed{s}/last.pt" for s in (1, 2, 3)) in out
+    assert out.index("--out out/train/tiny360_mean.pt") < out.index("--init out/train/tiny360_mean.pt")
+    assert out.endswith("cp out/train/tiny360_vru_mean.pt fastpillars_ros/weights/tiny360.pt")
 
 
 def test_eval_targets_take_a_checkpoint():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fastpillars_ros.model import build_model, load_checkpoint, read_state_dict, save_checkpoint
-from fastpillars_ros.model.checkpoint import CheckpointMeta
+from fastpillars_ros.model.checkpoint import CheckpointMeta, checkpoint_meta, update_checkpoint_meta
 from fastpillars_ros.model.testing import randomize_
 
 
@@ -156,3 +156,13 @@ def test_a_bf16_set_is_used_by_bf16_alone_and_fp32_set_by_the_other_float_precis
     assert meta.thresholds_for("bf16") == {"car": 0.504}
     assert meta.thresholds_for("fp32") == meta.thresholds_for("fp16") == {"car": 0.50}
     assert meta.thresholds_for("int8") == {"car": 0.48}
+
+
+def test_weights_may_be_kept_out_of_int8_and_old_checkpoints_are_not(tmp_path, trained):
+    model, _, _ = trained
+    path = tmp_path / "w.pt"
+    save_checkpoint(model, path)
+    assert checkpoint_meta(path).auto_int8  # no entry: every arithmetic, as before the entry existed
+    update_checkpoint_meta(path, auto_int8=False)
+    update_checkpoint_meta(path, score_thresholds={"car": 0.5})  # another entry leaves it as it is
+    assert not checkpoint_meta(path).auto_int8

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
 from pathlib import Path
 
 import pytest
 from test_quantize import REAL_SCANS, _frames
 
-from fastpillars_ros.detector import Detector
+from fastpillars_ros.detector import Detector, default_checkpoint
 from fastpillars_ros.runtime import openvino_backend
 from fastpillars_ros.tools.regression import compare
 
@@ -116,6 +118,48 @@ def test_auto_on_a_processor_with_amx_is_openvino_bf16_and_onnxruntime_int8_with
     monkeypatch.setattr(openvino_backend, "openvino_version", lambda: None)
     det = Detector("tiny", device="cpu", warmup=False)
     assert (det.backend, det.precision) == ("onnxruntime", "int8")
+
+
+@pytest.fixture
+def weights_kept_out_of_int8(tmp_path):
+    from fastpillars_ros.model import update_checkpoint_meta
+
+    path = tmp_path / "tiny_no_int8.pt"
+    shutil.copy(default_checkpoint("tiny"), path)
+    update_checkpoint_meta(path, auto_int8=False)
+    return path
+
+
+def test_auto_runs_weights_kept_out_of_int8_in_bf16_where_native(monkeypatch, weights_kept_out_of_int8):
+    from fastpillars_ros.runtime import memory
+
+    monkeypatch.setattr(memory, "amx_bf16", lambda: False)
+    monkeypatch.setattr(memory, "bf16_units", lambda: True)
+    monkeypatch.setattr(openvino_backend, "native_bf16", lambda: True)
+    det = Detector("tiny", weights_kept_out_of_int8, device="cpu", warmup=False)
+    assert (det.backend, det.precision) == ("openvino", "bf16")
+
+
+def test_auto_runs_weights_kept_out_of_int8_in_fp32_without_bf16(monkeypatch, weights_kept_out_of_int8, caplog):
+    from fastpillars_ros.runtime import memory
+
+    monkeypatch.setattr(memory, "amx_bf16", lambda: False)
+    monkeypatch.setattr(memory, "bf16_units", lambda: False)
+    with caplog.at_level(logging.INFO, logger="fastpillars_ros.detector"):
+        det = Detector("tiny", weights_kept_out_of_int8, device="cpu", warmup=False)
+    assert (det.backend, det.precision) == ("onnxruntime", "fp32")
+    assert "not int8: these weights" in caplog.text
+    monkeypatch.setattr(openvino_backend, "native_bf16", lambda: False)  # OpenVINO alone, without native bf16
+    det = Detector("tiny", weights_kept_out_of_int8, device="cpu", backend="openvino", warmup=False)
+    assert det.precision == "fp32"
+
+
+def test_int8_asked_for_by_name_still_runs_weights_kept_out_of_it_with_a_warning(weights_kept_out_of_int8, caplog):
+    with caplog.at_level(logging.WARNING, logger="fastpillars_ros.detector"):
+        det = Detector("tiny", weights_kept_out_of_int8, device="cpu", backend="onnxruntime", precision="int8",
+                       warmup=False)
+    assert det.precision == "int8"
+    assert "were not accepted in INT8" in caplog.text
 
 
 def test_without_openvino_an_explicit_request_says_what_is_missing(monkeypatch):

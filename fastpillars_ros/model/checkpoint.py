@@ -166,12 +166,15 @@ class CheckpointMeta:
     used by bf16 and fp16 when they have no set of their own; ``precision_score_thresholds``: sets calibrated at
     bf16 or fp16 (``{"bf16": {"car": ...}}``). INT8 moves scores by up to a few hundredths and bf16 by a few
     thousandths, either enough to move a box across a calibrated threshold; a set is empty when not calibrated.
+    ``auto_int8``: whether precision "auto" may run these weights in INT8 (False where their INT8 accuracy failed
+    the rule they were shipped by; INT8 then runs only when asked for by name).
     """
 
     licence: str | None = None
     score_thresholds: dict[str, float] = field(default_factory=dict)
     float_score_thresholds: dict[str, float] = field(default_factory=dict)
     precision_score_thresholds: dict[str, dict[str, float]] = field(default_factory=dict)
+    auto_int8: bool = True
 
     def thresholds_for(self, precision: str) -> dict[str, float]:
         """The calibrated thresholds for a dense part running at ``precision`` ("int8", "fp32", "bf16", "fp16"):
@@ -188,8 +191,8 @@ def _class_values(raw: Any) -> dict[str, float]:
 
 
 def checkpoint_meta(path: str | Path) -> CheckpointMeta:
-    """The ``licence`` and calibrated ``score_thresholds`` / ``float_score_thresholds`` entries of a checkpoint
-    (empty when absent)."""
+    """What a checkpoint says besides its tensors (:class:`CheckpointMeta`; each entry empty or its default when
+    absent)."""
     obj = torch.load(Path(path), map_location="cpu", weights_only=True)
     if not isinstance(obj, dict):
         return CheckpointMeta()
@@ -199,16 +202,17 @@ def checkpoint_meta(path: str | Path) -> CheckpointMeta:
                     if isinstance(by_precision, dict) else {})
     return CheckpointMeta(licence, _class_values(obj.get("score_thresholds")),
                           _class_values(obj.get("float_score_thresholds")),
-                          {k: v for k, v in by_precision.items() if v})
+                          {k: v for k, v in by_precision.items() if v}, obj.get("auto_int8") is not False)
 
 
 def update_checkpoint_meta(path: str | Path, *, licence: str | None = None,
                            score_thresholds: dict[str, float] | None = None,
                            float_score_thresholds: dict[str, float] | None = None,
-                           precision_score_thresholds: dict[str, dict[str, float]] | None = None) -> None:
-    """Rewrite a checkpoint with new ``licence`` / ``score_thresholds`` / ``float_score_thresholds`` entries and
-    ``precision_score_thresholds`` sets (each precision given replaces its set, the others stay; atomically;
-    weights unchanged)."""
+                           precision_score_thresholds: dict[str, dict[str, float]] | None = None,
+                           auto_int8: bool | None = None) -> None:
+    """Rewrite a checkpoint with new ``licence`` / ``score_thresholds`` / ``float_score_thresholds`` /
+    ``auto_int8`` entries and ``precision_score_thresholds`` sets (each precision given replaces its set, the
+    others stay; atomically; weights unchanged)."""
     path = Path(path)
     obj = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(obj, dict) or "state_dict" not in obj:
@@ -224,6 +228,8 @@ def update_checkpoint_meta(path: str | Path, *, licence: str | None = None,
         sets.update({str(p): {str(k): float(v) for k, v in values.items()}
                      for p, values in precision_score_thresholds.items()})
         obj["precision_score_thresholds"] = sets
+    if auto_int8 is not None:
+        obj["auto_int8"] = bool(auto_int8)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)

@@ -135,13 +135,14 @@ SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("backend", "auto", "string",
               "Inference backend for the dense network: auto (on a GPU TensorRT when installed, else torch; on "
               "the CPU onnxruntime when installed, else OpenVINO, else torch; OpenVINO first where the CPU has "
-              "AMX), torch, tensorrt, onnxruntime or "
-              "openvino (CPU only; bf16 with fp32's accuracy, or int8 1.5x faster).",
+              "AMX, or AVX-512 BF16 for weights not accepted in INT8, such as the default's), torch, tensorrt, "
+              "onnxruntime or openvino (CPU only; bf16 with fp32's accuracy, or int8 1.5x faster).",
               choices=BACKENDS),
     ParamSpec("device", "auto", "string", "auto (cuda when available, else cpu), cpu or cuda.", choices=DEVICES),
     ParamSpec("precision", "auto", "string",
               "Numeric precision: auto (int8 with onnxruntime; with openvino bf16 where the CPU has native bf16, "
-              "else int8; fp32 elsewhere), fp32, fp16 (GPU), bf16 (openvino) or int8 (onnxruntime or openvino).",
+              "else int8; fp32 elsewhere, and in place of int8 for weights not accepted in INT8, such as the "
+              "default's), fp32, fp16 (GPU), bf16 (openvino) or int8 (onnxruntime or openvino).",
               choices=PRECISIONS),
     ParamSpec("on_insufficient_memory", "error", "string",
               "What the start-up GPU memory check does when the model does not fit: error (exit with the "

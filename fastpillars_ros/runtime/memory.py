@@ -39,8 +39,8 @@ from typing import Any
 import torch
 
 from ..config import ModelConfig, load_model_config
-from .choices import CPU_BACKENDS, CPU_BACKENDS_AMX
-from .cpu_features import amx_bf16
+from .choices import CPU_BACKENDS, CPU_BACKENDS_BF16
+from .cpu_features import amx_bf16, bf16_units
 
 MIB = 1024 * 1024
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
@@ -140,16 +140,18 @@ def cpu_backend_version(backend: str) -> str | None:
     return onnxruntime_version()
 
 
-def resolve_backend(backend: str, device: str = "cuda") -> str:
+def resolve_backend(backend: str, device: str = "cuda", *, auto_int8: bool = True) -> str:
     """The back end a Detector with ``backend`` on ``device`` runs ("tensorrt", "torch", "openvino" or
     "onnxruntime"), resolved as the Detector does: "auto" is TensorRT on a GPU where the package is installed,
-    else torch; on the CPU the first of :data:`~.choices.CPU_BACKENDS` installed (of
-    :data:`~.choices.CPU_BACKENDS_AMX` on a processor with AMX bf16 units), else torch. Decided before anything
-    is allocated, so the memory check budgets the back end that will really run."""
+    else torch; on the CPU the first of :data:`~.choices.CPU_BACKENDS` installed, else torch. OpenVINO comes first
+    (:data:`~.choices.CPU_BACKENDS_BF16`) where auto will run bf16: on a processor with AMX bf16 units, or with
+    AVX-512 BF16 when ``auto_int8`` is False (weights whose INT8 accuracy was not accepted, so that they run bf16
+    rather than onnxruntime fp32). Decided before anything is allocated, so the memory check budgets the back end
+    that will really run."""
     if backend != "auto":
         return backend
     if device == "cpu":
-        order = CPU_BACKENDS_AMX if amx_bf16() else CPU_BACKENDS
+        order = CPU_BACKENDS_BF16 if amx_bf16() or (not auto_int8 and bf16_units()) else CPU_BACKENDS
         return next((b for b in order if cpu_backend_version(b) is not None), "torch")
     from .tensorrt_backend import tensorrt_version
 

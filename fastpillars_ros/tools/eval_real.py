@@ -472,6 +472,10 @@ class Calibrate:
                                  "(used before fp32's)")
         parser.add_argument("--write", action="store_true",
                             help="store the thresholds in the checkpoint, as the set of the precision that ran")
+        parser.add_argument("--auto-int8", action=argparse.BooleanOptionalAction, default=None,
+                            help="with --write, also store whether precision 'auto' may run these weights in INT8 "
+                                 "(--no-auto-int8 where their INT8 accuracy was not accepted: auto then runs bf16 "
+                                 "or fp32, and int8 runs only by name); default: leave it as it is")
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
@@ -480,6 +484,9 @@ class Calibrate:
         from fastpillars_ros.model import update_checkpoint_meta
 
         config = load_model_config(args.config or DEFAULT_MODEL)
+        if args.auto_int8 is not None and not args.write:
+            print("calibrate: --auto-int8/--no-auto-int8 is stored in the checkpoint: add --write", file=sys.stderr)
+            return 2
         try:
             budget = parse_class_values(args.false_per_frame, config.class_names, "--false-per-frame")
         except ValueError as exc:
@@ -520,5 +527,8 @@ class Calibrate:
             else:
                 key = f"precision_score_thresholds[{detector.precision}]"
                 update_checkpoint_meta(args.checkpoint, precision_score_thresholds={detector.precision: chosen})
+            if args.auto_int8 is not None:
+                update_checkpoint_meta(args.checkpoint, auto_int8=args.auto_int8)
+                key += f", auto_int8 {args.auto_int8}"
             print(f"written to {args.checkpoint} ({key})")
         return 0
