@@ -195,3 +195,18 @@ def test_bf16_without_native_bf16_warns_that_int8_is_the_fast_choice(monkeypatch
 def test_bf16_with_the_auto_back_end_runs_on_openvino():
     det = Detector("tiny", precision="bf16", warmup=False)
     assert (det.device, det.backend, det.precision) == ("cpu", "openvino", "bf16")
+
+
+def test_without_openvino_a_bf16_processor_is_told_how_to_run_weights_kept_out_of_int8_faster(
+        monkeypatch, weights_kept_out_of_int8, caplog):
+    from fastpillars_ros import detector
+    from fastpillars_ros.runtime import memory
+
+    monkeypatch.setattr(memory, "amx_bf16", lambda: False)
+    monkeypatch.setattr(memory, "bf16_units", lambda: True)
+    monkeypatch.setattr(detector, "bf16_units", lambda: True)
+    monkeypatch.setattr(openvino_backend, "openvino_version", lambda: None)
+    with caplog.at_level(logging.WARNING, logger="fastpillars_ros.detector"):
+        det = Detector("tiny", weights_kept_out_of_int8, device="cpu", warmup=False)
+    assert (det.backend, det.precision) == ("onnxruntime", "fp32")
+    assert "pip install openvino" in caplog.text
