@@ -130,21 +130,30 @@ def weights_kept_out_of_int8(tmp_path):
     return path
 
 
-def test_auto_runs_weights_kept_out_of_int8_in_bf16_where_native(monkeypatch, weights_kept_out_of_int8):
+@pytest.fixture
+def processor(monkeypatch):
+    """Pretend the processor has or lacks AMX and bf16 units, wherever the back-end choice reads them."""
+    from fastpillars_ros import detector
     from fastpillars_ros.runtime import memory
 
-    monkeypatch.setattr(memory, "amx_bf16", lambda: False)
-    monkeypatch.setattr(memory, "bf16_units", lambda: True)
+    def pretend(*, amx: bool = False, bf16: bool = False) -> None:
+        monkeypatch.setattr(memory, "amx_bf16", lambda: amx)
+        monkeypatch.setattr(memory, "bf16_units", lambda: bf16)
+        monkeypatch.setattr(detector, "bf16_units", lambda: bf16)
+
+    return pretend
+
+
+def test_auto_runs_weights_kept_out_of_int8_in_bf16_where_native(monkeypatch, processor, weights_kept_out_of_int8):
+    processor(bf16=True)
     monkeypatch.setattr(openvino_backend, "native_bf16", lambda: True)
     det = Detector("tiny", weights_kept_out_of_int8, device="cpu", warmup=False)
     assert (det.backend, det.precision) == ("openvino", "bf16")
 
 
-def test_auto_runs_weights_kept_out_of_int8_in_fp32_without_bf16(monkeypatch, weights_kept_out_of_int8, caplog):
-    from fastpillars_ros.runtime import memory
-
-    monkeypatch.setattr(memory, "amx_bf16", lambda: False)
-    monkeypatch.setattr(memory, "bf16_units", lambda: False)
+def test_auto_runs_weights_kept_out_of_int8_in_fp32_without_bf16(monkeypatch, processor, weights_kept_out_of_int8,
+                                                                   caplog):
+    processor(bf16=False)
     with caplog.at_level(logging.INFO, logger="fastpillars_ros.detector"):
         det = Detector("tiny", weights_kept_out_of_int8, device="cpu", warmup=False)
     assert (det.backend, det.precision) == ("onnxruntime", "fp32")
@@ -198,13 +207,8 @@ def test_bf16_with_the_auto_back_end_runs_on_openvino():
 
 
 def test_without_openvino_a_bf16_processor_is_told_how_to_run_weights_kept_out_of_int8_faster(
-        monkeypatch, weights_kept_out_of_int8, caplog):
-    from fastpillars_ros import detector
-    from fastpillars_ros.runtime import memory
-
-    monkeypatch.setattr(memory, "amx_bf16", lambda: False)
-    monkeypatch.setattr(memory, "bf16_units", lambda: True)
-    monkeypatch.setattr(detector, "bf16_units", lambda: True)
+        monkeypatch, processor, weights_kept_out_of_int8, caplog):
+    processor(bf16=True)
     monkeypatch.setattr(openvino_backend, "openvino_version", lambda: None)
     with caplog.at_level(logging.WARNING, logger="fastpillars_ros.detector"):
         det = Detector("tiny", weights_kept_out_of_int8, device="cpu", warmup=False)
