@@ -191,19 +191,8 @@ class Detector:
         self.set_score_threshold(score_threshold)  # a bad value fails here, before any engine is built
         if self.checkpoint is not None:
             load_checkpoint(model, self.checkpoint, strict=True)
-        if precision == "auto" and self.device == "cpu" and not meta.auto_int8 and self._resolve_precision(
-                "auto", self._resolve_backend(backend, "auto", True), True) == "int8":
-            # A processor with bf16 units runs these weights at INT8's speed in bf16, but only through OpenVINO.
-            slower = self.precision == "fp32" and bf16_units() and cpu_backend_version("openvino") is None
-            (log.warning if slower else log.info)(
-                "precision auto: %s, not int8: these weights (%s) were not accepted in INT8 (MODEL_CARD.md)%s",
-                self.precision, self.checkpoint,
-                "; this processor has native bf16: pip install openvino to run them in bf16 at INT8's speed "
-                "(fp32 takes 1.7-1.9x as long)" if slower else "")
-        elif self.precision == "int8" and not meta.auto_int8:
-            log.warning("precision int8 was asked for by name, but these weights (%s) were not accepted in INT8 "
-                        "(more false objects than in floating point, MODEL_CARD.md): precision 'auto' runs them "
-                        "in bf16 or fp32", self.checkpoint)
+        if not meta.auto_int8:
+            self._explain_kept_off_int8(backend, precision)
         model.eval().fuse("full")
         self.model = model.to(self.device)
         explicit = backend != "auto" or precision in CPU_PRECISIONS
@@ -285,6 +274,26 @@ class Detector:
                         "(install tensorrt for the faster engine)")
             return "torch"
         return "tensorrt"
+
+    def _explain_kept_off_int8(self, backend: str, precision: str) -> None:
+        """Say why weights whose checkpoint keeps ``auto`` off INT8 run as they do: once, where auto would have run
+        other weights in INT8, or where INT8 was asked for by name anyway."""
+        if self.precision == "int8":
+            log.warning("precision int8 was asked for by name, but these weights (%s) were not accepted in INT8 "
+                        "(more false objects than in floating point, MODEL_CARD.md): precision 'auto' runs them "
+                        "in bf16 or fp32", self.checkpoint)
+            return
+        if precision != "auto" or self.device != "cpu" or self._resolve_precision(
+                "auto", self._resolve_backend(backend, "auto", True), True) != "int8":
+            return
+        # A processor with bf16 units runs these weights at INT8's speed in bf16, but only through OpenVINO.
+        if self.precision == "fp32" and bf16_units() and cpu_backend_version("openvino") is None:
+            log.warning("precision auto: fp32, not int8: these weights (%s) were not accepted in INT8 (MODEL_CARD.md); "
+                        "this processor has native bf16: pip install openvino to run them in bf16 at INT8's speed "
+                        "(fp32 takes 1.7-1.9x as long)", self.checkpoint)
+        else:
+            log.info("precision auto: %s, not int8: these weights (%s) were not accepted in INT8 (MODEL_CARD.md)",
+                     self.precision, self.checkpoint)
 
     @staticmethod
     def _resolve_precision(precision: str, backend: str, auto_int8: bool) -> str:

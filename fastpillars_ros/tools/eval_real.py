@@ -523,12 +523,13 @@ class Calibrate:
             # each beside them (otherwise they use fp32's).
             if int8 or detector.precision == "fp32":
                 key = "score_thresholds" if int8 else "float_score_thresholds"
-                update_checkpoint_meta(args.checkpoint, **{key: chosen})
+                entries: dict[str, Any] = {key: chosen}
             else:
                 key = f"precision_score_thresholds[{detector.precision}]"
-                update_checkpoint_meta(args.checkpoint, precision_score_thresholds={detector.precision: chosen})
+                entries = {"precision_score_thresholds": {detector.precision: chosen}}
             if args.auto_int8 is not None:
-                update_checkpoint_meta(args.checkpoint, auto_int8=args.auto_int8)
+                entries["auto_int8"] = args.auto_int8
                 key += f", auto_int8 {args.auto_int8}"
+            update_checkpoint_meta(args.checkpoint, **entries)  # one rewrite of the checkpoint
             print(f"written to {args.checkpoint} ({key})")
         return 0
